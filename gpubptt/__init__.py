@@ -1,0 +1,11 @@
+"""gpubptt: recurrent networks trained by backpropagation through time, with Numba kernels on the
+CPU (``@njit``) and on NVIDIA GPUs (``@cuda.jit``), and a plain-NumPy reference that spells out the
+formulas. Notation: DESIGN.md §1 (x [T,B,D], S [T,B,H], Y [T,B,O], Wx, Ws, bx, bs, Wy, by).
+"""
+__version__ = "0.1.0"
+
+from .arrays import to_device, to_host
+from .model import RNN, bptt, forward
+from .params import init_params
+
+__all__ = ["RNN", "bptt", "forward", "init_params", "to_device", "to_host", "__version__"]

@@ -1,0 +1,73 @@
+"""The ``gpubptt`` command line (also ``python -m gpubptt``)."""
+import argparse
+import platform
+import sys
+from importlib import metadata
+
+from . import __version__
+
+
+def _version(*dists):
+    for dist in dists:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "not installed"
+
+
+def cmd_info(args):
+    from .backend import requested_backend, resolve
+    from .kernels.cuda_compat import device_description
+
+    print(f"gpubptt {__version__}")
+    print(f"Python {platform.python_version()}, NumPy {_version('numpy')}, Numba {_version('numba')}, "
+          f"numba-cuda {_version('numba-cuda')}, CuPy {_version('cupy-cuda13x', 'cupy-cuda12x', 'cupy')}")
+    requested, source = requested_backend("auto")
+    try:
+        be = resolve("auto", on_device=False)
+        print(f"backend: {be.name} ({be.reason})" if requested == "auto" else f"backend: {be.name} ({source})")
+    except ValueError as e:
+        print(f"backend: unavailable ({source}): {e}")
+    dev = device_description()
+    print(f"GPU: {dev[0]}, compute capability {dev[1][0]}.{dev[1][1]}" if dev else "GPU: none found")
+    return 0
+
+
+def cmd_check(args):
+    from .params import CELLS
+    from .selfcheck import run_check
+
+    cells = CELLS if args.cell == "all" else (args.cell,)
+    try:
+        ok = run_check(backend=args.backend, dtype=args.dtype, cells=cells)
+    except ValueError as e:
+        print(f"FAIL: {e}")
+        return 1
+    return 0 if ok else 1
+
+
+def build_parser():
+    from .backend import BACKENDS
+    from .params import CELLS
+
+    parser = argparse.ArgumentParser(prog="gpubptt", description="RNNs trained by backpropagation through time.")
+    parser.add_argument("--version", action="version", version=f"gpubptt {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="versions, the backend auto picks and why, the GPU")
+    p.set_defaults(func=cmd_info)
+    p = sub.add_parser("check", help="compare a backend's forward + BPTT with the reference")
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--cell", default="all", choices=("all",) + CELLS)
+    p.set_defaults(func=cmd_check)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

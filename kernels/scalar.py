@@ -1,0 +1,21 @@
+"""Compile a module of plain scalar Python functions for one target (CPU ``njit`` or CUDA device).
+
+The functions in ``kernels/activations.py`` call each other (``activate`` calls ``sigmoid``). Numba
+resolves such calls through the function's globals at compile time, so each target gets copies of
+the functions whose globals point at that target's compiled versions: one source, two targets.
+"""
+import types
+
+
+def compile_scalar_functions(module, jit):
+    """Return a namespace with every public function of ``module`` compiled by ``jit``."""
+    namespace = dict(vars(module))
+    compiled = {}
+    for name, fn in vars(module).items():
+        if isinstance(fn, types.FunctionType) and not name.startswith("_") and fn.__module__ == module.__name__:
+            copy = types.FunctionType(fn.__code__, namespace, name, fn.__defaults__, fn.__closure__)
+            copy.__qualname__ = fn.__qualname__
+            copy.__module__ = fn.__module__
+            compiled[name] = jit(copy)
+    namespace.update(compiled)  # calls inside the copies now resolve to compiled functions
+    return types.SimpleNamespace(**compiled)

@@ -1,0 +1,37 @@
+"""Test tiers (README): the first tier runs with the CUDA simulator off (CPU, reference, compile
+check); ``tests/cudasim`` is the second tier, run as ``NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/cudasim``."""
+import os
+
+import numpy as np
+import pytest
+
+from gpubptt.selfcheck import relative_error
+
+SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
+collect_ignore = [] if SIMULATOR else ["cudasim"]
+
+
+def assert_close(actual, expected, tol, what):
+    """Fail with the largest relative error (relative to the largest |expected|) when it exceeds tol."""
+    err = relative_error(actual, expected)
+    assert err <= tol, f"{what}: largest relative error {err:.3e} > {tol:.1e}"
+
+
+def make_problem(T, B, D, H, O, dtype=np.float64, loss="squared", seed=0, bias=True):
+    """Random params, x, s0 and targets d of one problem, every value O(1)."""
+    import gpubptt
+
+    rng = np.random.default_rng(seed)
+    params = gpubptt.init_params(D, H, O, bias=bias, dtype=dtype, seed=seed)
+    x = rng.standard_normal((T, B, D)).astype(dtype)
+    s0 = (0.5 * rng.standard_normal((B, H))).astype(dtype)
+    if loss == "cross_entropy":
+        d = rng.integers(0, O, (T, B))
+    else:
+        d = rng.standard_normal((T, B, O)).astype(dtype)
+    return params, x, s0, d
+
+
+@pytest.fixture
+def problem():
+    return make_problem

@@ -1,0 +1,47 @@
+"""The ``cuda`` backend's kernels in Numba's CUDA simulator (second tier: NUMBA_ENABLE_CUDASIM=1).
+
+The simulator runs each GPU thread as a Python thread: sizes stay tiny.
+"""
+import numpy as np
+import pytest
+
+import gpubptt
+from gpubptt.selfcheck import TOLERANCE
+
+from conftest import assert_close, make_problem
+
+pytestmark = pytest.mark.cudasim
+
+
+def test_auto_picks_cuda_under_the_simulator():
+    be = gpubptt.backend.resolve("auto", on_device=False)
+    assert be.name == "cuda" and "simulator" in be.reason and be.xp is np
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell,out,loss,steps,shape", [
+    ("tanh", "identity", "squared", "all", (4, 2, 3, 5, 2)),
+    ("relu", "softmax", "cross_entropy", "last", (3, 1, 2, 33, 3)),  # H > 32: two strides of a warp
+    ("sigmoid", "tanh", "squared", "all", (1, 2, 2, 3, 1)),  # T = 1
+])
+def test_cuda_kernels_match_reference(cell, out, loss, steps, shape, dtype):
+    params, x, s0, d = make_problem(*shape, dtype=dtype, loss=loss, seed=7)
+    tol = TOLERANCE[np.dtype(dtype).name]
+    Y, S = gpubptt.forward(params, x, s0, cell, out, backend="cuda")
+    rY, rS = gpubptt.forward(params, x, s0, cell, out, backend="reference")
+    assert isinstance(Y, np.ndarray) and Y.dtype == dtype
+    assert_close(Y, rY, tol, "Y")
+    assert_close(S, rS, tol, "S")
+    L, g = gpubptt.bptt(params, x, d, s0, cell, out, loss, steps, backend="cuda")
+    rL, rg = gpubptt.bptt(params, x, d, s0, cell, out, loss, steps, backend="reference")
+    assert_close(L, rL, tol, "L")
+    for k in rg:
+        assert_close(g[k], rg[k], tol, f"d{k}")
+
+
+def test_check_command_in_the_simulator(capsys):
+    from gpubptt.cli import main
+
+    assert main(["check", "--backend", "cuda", "--cell", "identity"]) == 0
+    out = capsys.readouterr().out
+    assert "OK: every output and gradient matches the reference" in out

@@ -1,0 +1,59 @@
+"""The ``gpubptt`` command line: ``info`` and ``check``."""
+import subprocess
+import sys
+
+import numpy as np
+
+import gpubptt
+from gpubptt.cli import main
+
+
+def test_info_names_versions_backend_and_gpu(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"gpubptt {gpubptt.__version__}" in out
+    for word in ("Python", "NumPy", "Numba", "numba-cuda", "CuPy"):
+        assert word in out
+    assert "backend: cpu (auto: " in out  # no GPU and no simulator in this tier
+    assert "GPU: none found" in out
+
+
+def test_info_reports_the_environment_override(capsys, monkeypatch):
+    monkeypatch.setenv("GPUBPTT_BACKEND", "reference")
+    assert main(["info"]) == 0
+    assert "backend: reference (GPUBPTT_BACKEND=reference)" in capsys.readouterr().out
+
+
+def test_check_cpu_passes_and_prints_errors_per_gradient(capsys):
+    assert main(["check", "--backend", "cpu", "--dtype", "float64", "--cell", "tanh"]) == 0
+    out = capsys.readouterr().out
+    header = [line for line in out.splitlines() if line.startswith("cell")][0]
+    for name in ("Wx", "Ws", "bx", "bs", "Wy", "by", "x", "s0"):
+        assert f" {name}" in header
+    assert out.rstrip().endswith("OK: every output and gradient matches the reference")
+
+
+def test_check_fails_with_status_1_when_a_gradient_is_wrong(capsys, monkeypatch):
+    from gpubptt import engine
+
+    real_bptt = engine.bptt
+
+    def broken_bptt(*args, **kwargs):
+        L, grads = real_bptt(*args, **kwargs)
+        grads["Ws"] = grads["Ws"] * np.float32(1.01)
+        return L, grads
+
+    monkeypatch.setattr(engine, "bptt", broken_bptt)
+    assert main(["check", "--backend", "cpu", "--cell", "tanh"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out.splitlines()[-1]
+
+
+def test_check_reports_an_unavailable_backend(capsys):
+    assert main(["check", "--backend", "cuda"]) == 1
+    assert "NUMBA_ENABLE_CUDASIM" in capsys.readouterr().out
+
+
+def test_python_dash_m_entry_point():
+    out = subprocess.run([sys.executable, "-m", "gpubptt", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"gpubptt {gpubptt.__version__}"

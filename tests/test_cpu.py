@@ -1,0 +1,79 @@
+"""The ``cpu`` backend (``@njit`` kernels + NumPy BLAS) against the reference."""
+import itertools
+
+import numpy as np
+import pytest
+
+import gpubptt
+from gpubptt.params import CELLS
+from gpubptt.selfcheck import TOLERANCE
+
+from conftest import assert_close, make_problem
+
+SHAPES = [  # (T, B, D, H, O)
+    (6, 4, 3, 8, 2),
+    (5, 1, 2, 37, 3),  # B = 1, H not a multiple of 32
+    (1, 3, 4, 5, 2),  # T = 1
+    (600, 2, 2, 6, 1),  # long T, small H
+]
+
+
+def compare(cell, out, loss, steps, shape, dtype, s0=True):
+    params, x, s0_, d = make_problem(*shape, dtype=dtype, loss=loss, seed=sum(shape))
+    s0_ = s0_ if s0 else None
+    if cell in ("identity", "relu") and shape[0] > 100:
+        params["Ws"] *= 0.5  # keep a linear or ReLU recurrence from growing over 600 steps
+    tol = TOLERANCE[np.dtype(dtype).name]
+    Y, S = gpubptt.forward(params, x, s0_, cell, out, backend="cpu")
+    rY, rS = gpubptt.forward(params, x, s0_, cell, out, backend="reference")
+    assert Y.dtype == S.dtype == dtype
+    assert_close(Y, rY, tol, "Y")
+    assert_close(S, rS, tol, "S")
+    L, g = gpubptt.bptt(params, x, d, s0_, cell, out, loss, steps, backend="cpu")
+    rL, rg = gpubptt.bptt(params, x, d, s0_, cell, out, loss, steps, backend="reference")
+    assert L.dtype == dtype
+    assert_close(L, rL, tol, "L")
+    assert set(g) == set(rg)
+    for k in rg:
+        assert g[k].dtype == dtype and g[k].shape == rg[k].shape
+        assert_close(g[k], rg[k], tol, f"d{k}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}B{}D{}H{}O{}".format(*s))
+@pytest.mark.parametrize("cell", CELLS)
+def test_cpu_matches_reference(cell, shape, dtype):
+    compare(cell, "identity", "squared", "all", shape, dtype)
+
+
+@pytest.mark.parametrize("out,loss,steps", [
+    ("tanh", "squared", "last"), ("sigmoid", "squared", "all"), ("softmax", "squared", "all"),
+    ("softmax", "cross_entropy", "all"), ("softmax", "cross_entropy", "last"),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cpu_output_activations_and_losses(out, loss, steps, dtype):
+    compare("tanh", out, loss, steps, (4, 3, 2, 5, 4), dtype)
+
+
+def test_cpu_without_s0_and_without_bias():
+    compare("tanh", "identity", "squared", "all", (4, 2, 3, 5, 2), np.float64, s0=False)
+    params, x, _, d = make_problem(4, 2, 3, 5, 2, bias=False)
+    L, g = gpubptt.bptt(params, x, d, backend="cpu")
+    rL, rg = gpubptt.bptt(params, x, d, backend="reference")
+    assert set(g) == {"Wx", "Ws", "Wy", "by", "x", "s0"}
+    for k in rg:
+        assert_close(g[k], rg[k], 1e-9, f"d{k}")
+
+
+def test_rnn_class_matches_functions():
+    model = gpubptt.RNN(input_size=3, hidden_size=16, output_size=2, cell="tanh", seed=0)
+    x = np.random.default_rng(1).standard_normal((5, 4, 3)).astype(np.float32)
+    d = np.zeros((5, 4, 2), np.float32)
+    Y, S = model.forward(x)
+    assert Y.shape == (5, 4, 2) and S.shape == (5, 4, 16) and Y.dtype == np.float32
+    L, g = model.bptt(x, d)
+    assert g["Ws"].shape == (16, 16)
+    L2, g2 = gpubptt.bptt(model.params, x, d, backend=model.backend)
+    assert L == L2 and all(np.array_equal(g[k], g2[k]) for k in g)
+    assert gpubptt.RNN(3, 16, 2, seed=0).params["Ws"].tolist() == model.params["Ws"].tolist()  # seeded
+    assert "hidden_size=16" in repr(model)

@@ -38,7 +38,7 @@ def bptt(params, x, d, s0=None, cell="tanh", output_activation="identity", loss=
     Returns (L, grads): L a 0-d value of x's dtype; grads[k] = dL/dk for every parameter key k,
     plus grads["x"] = dL/dx [T,B,D] and grads["s0"] = dL/dS0 [B,H].
     """
-    call = _Call(params, x, s0, d, cell, output_activation, loss, loss_steps, backend)
+    call = _Call(params, x, s0, d, cell, output_activation, loss, loss_steps, backend, bptt=True)
     if call.backend.name == "reference":
         L, grads = reference.bptt(call.params, call.x, call.d, call.s0, cell, output_activation, loss, loss_steps)
     else:
@@ -50,10 +50,11 @@ def bptt(params, x, d, s0=None, cell="tanh", output_activation="identity", loss=
 class _Call:
     """One validated call: its arrays (contiguous, on the compute device) and its backend."""
 
-    def __init__(self, params, x, s0, d, cell, output_activation, loss, loss_steps, backend):
+    def __init__(self, params, x, s0, d, cell, output_activation, loss, loss_steps, backend, bptt=False):
+        # bptt: a loss call (loss, loss_steps and d are validated; loss=None is not a way out of that)
         check_choice("cell", cell, CELLS)
         check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
-        if loss is not None:
+        if bptt:
             check_choice("loss", loss, LOSSES)
             check_choice("loss_steps", loss_steps, LOSS_STEPS)
             if loss == "cross_entropy" and output_activation != "softmax":
@@ -69,9 +70,9 @@ class _Call:
             raise ValueError(f"x: expected at least one time step and one sequence, got shape {tuple(x.shape)} (T={T}, B={B})")
         if s0 is not None:
             check_float_array("s0", s0, ("B", "H"), (B, H), dtype)
-        if loss == "cross_entropy":
+        if bptt and loss == "cross_entropy":
             check_int_array("d", d, ("T", "B"), (T, B), 0, O)
-        elif loss is not None:
+        elif bptt:
             check_float_array("d", d, ("T", "B", "O"), (T, B, O), dtype)
         self.dtype = dtype
         self.backend = resolve(backend, on_device=xp is not np)

@@ -11,10 +11,16 @@ SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
 collect_ignore = [] if SIMULATOR else ["cudasim"]
 
 
-def assert_close(actual, expected, tol, what):
-    """Fail with the largest relative error (relative to the largest |expected|) when it exceeds tol."""
+def assert_close(actual, expected, tol, what, atol=0.0):
+    """Fail, printing the largest error, unless max|actual - expected| <= tol * max|expected| + atol."""
     err = relative_error(actual, expected)
-    assert err <= tol, f"{what}: largest relative error {err:.3e} > {tol:.1e}"
+    if atol:
+        diff = float(np.abs(np.asarray(actual, np.float64) - np.asarray(expected, np.float64)).max())
+        scale = float(np.abs(np.asarray(expected, np.float64)).max())
+        assert diff <= tol * scale + atol, (
+            f"{what}: largest error {diff:.3e} > {tol:.1e} * {scale:.3e} + {atol:.1e} (relative {err:.3e})")
+    else:
+        assert err <= tol, f"{what}: largest relative error {err:.3e} > {tol:.1e}"
 
 
 def make_problem(T, B, D, H, O, dtype=np.float64, loss="squared", seed=0, bias=True):

@@ -1,0 +1,464 @@
+"""Compile check for every ``@cuda.jit`` kernel, with no GPU: NVVM -> LTO-IR -> nvJitLink -> SASS.
+
+What the CUDA simulator cannot check (typing on the real target, register pressure, spills to local
+memory, shared-memory use) a compile check can, without a GPU (DESIGN.md §5). Each kernel is compiled
+for each (compute capability, dtype) with ``cuda.compile_all(..., device=False, abi="numba",
+output="ltoir")`` and linked with nvJitLink (``-arch=sm_XX -lto -verbose``), the route numba-cuda's
+own dispatcher takes at launch when nvJitLink is installed; ptxas' resource report is read from the
+link's info log.
+
+Registry: every module named in ``CUDA_KERNEL_MODULES`` (inside ``gpubptt.kernels``) exposes
+``signatures(numba_dtype) -> {name: (py_func, argtypes)}``, optionally ``(py_func, argtypes,
+options)`` where ``options`` are extra ``cuda.compile_all`` keywords (``fastmath``,
+``launch_bounds``, ``lineinfo``) that the kernel is jitted with, so the check compiles what runs.
+
+``libcudadevrt.a`` (needed by grid-sync kernels) is linked the way numba-cuda links it: only when the
+kernel needs it. The first link is made without it; if that link fails on an unresolved extern and
+the library is found, the link is repeated with it. Linking it unconditionally changes the code
+ptxas emits (the Elman forward kernel goes from 40 to 48 registers on sm_80), so an unconditional
+link would report figures that no launch sees. ``cudadevrt=True``/``False`` forces either way.
+
+Shared memory: the figure reported is *static* shared memory (``cuda.shared.array`` with a constant
+size) plus whatever the toolchain reserves. Dynamic shared memory (``cuda.shared.array(0, ...)``, the
+fourth launch parameter) is chosen at launch and appears in no compile log: a kernel module states its
+own launch's dynamic size (``elman_cuda`` uses ``2*H*itemsize`` bytes per block).
+
+Run ``python -m gpubptt.compilecheck`` (the simulator must be off): it prints the table and exits 1 if
+any kernel fails to compile or link, or uses local memory (spills or a stack frame).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+
+from .kernels.cuda_compat import cuda, simulator_enabled
+
+# Kernel modules inside gpubptt.kernels that the check covers: add a module's name here.
+CUDA_KERNEL_MODULES = ("elman_cuda",)
+
+DEFAULT_CCS = ((8, 0), (9, 0))
+DEFAULT_DTYPES = ("float32", "float64")
+
+# Per-SM limits shared by sm_80 and sm_90 (CUDA C Programming Guide, "Compute capabilities" table).
+REGISTERS_PER_SM = 65536
+MAX_THREADS_PER_SM = 2048
+MAX_BLOCKS_PER_SM = 32
+MAX_REGISTERS_PER_THREAD = 255
+REGISTER_ALLOCATION_UNIT = 256  # registers are given to a warp in units of 256
+WARP_SIZE = 32
+STATIC_SMEM_LIMIT = 48 * 1024  # static shared memory per block; more needs dynamic smem + opt-in
+OCCUPANCY_BLOCK = 256  # elman_cuda launches at most MAX_THREADS = 256 threads per block
+
+# Functions that libcudadevrt.a brings into a link: never the kernel under check.
+_DEVRT_MARKERS = ("cuda_device_runtime", "__nv_static_")
+
+
+@dataclass
+class KernelReport:
+    """Resources of one kernel compiled for one architecture and dtype (None: not in the log)."""
+
+    kernel: str
+    dtype: str
+    cc: tuple
+    registers: int | None = None
+    barriers: int | None = None
+    smem_bytes: int | None = None  # static shared memory per block (dynamic smem: see module docs)
+    cmem_bytes: int | None = None  # constant bank 0 (kernel parameters)
+    stack_bytes: int | None = None  # per-thread stack frame (lives in local memory)
+    lmem_bytes: int | None = None  # per-thread local memory as the linker reports it
+    spill_stores: int | None = None
+    spill_loads: int | None = None
+    linked_cudadevrt: bool = False
+    entry: str | None = None  # mangled name of the kernel's entry function
+    seconds: float = 0.0
+    error: str | None = None
+    log: str = field(default="", repr=False)
+
+    @property
+    def arch(self):
+        return "sm_%d%d" % tuple(self.cc)
+
+    @property
+    def ok(self):
+        """Compiled, linked, and its register count was found in the log."""
+        return self.error is None and bool(self.registers)
+
+    @property
+    def local_memory_bytes(self):
+        """Per-thread local memory: the larger of the stack frame and the reported lmem."""
+        return max(self.stack_bytes or 0, self.lmem_bytes or 0)
+
+    @property
+    def spills(self):
+        return (self.spill_stores or 0) + (self.spill_loads or 0)
+
+    def occupancy(self, block=OCCUPANCY_BLOCK):
+        """(resident threads per SM, fraction of the 2048-thread maximum) for ``block``-thread blocks,
+        limited by registers, threads and blocks per SM only (not by shared memory, whose dynamic
+        part is chosen at launch)."""
+        return occupancy(self.registers, block)
+
+
+def occupancy(registers, block=OCCUPANCY_BLOCK):
+    """Threads per SM and occupancy implied by ``registers`` per thread for ``block``-thread blocks
+    on sm_80/sm_90 (65536 registers, 2048 threads, 32 blocks per SM; 256-register warp allocation)."""
+    if not registers:
+        return 0, 0.0
+    warps_per_block = -(-block // WARP_SIZE)
+    per_warp = -(-registers * WARP_SIZE // REGISTER_ALLOCATION_UNIT) * REGISTER_ALLOCATION_UNIT
+    blocks_by_registers = (REGISTERS_PER_SM // per_warp) // warps_per_block
+    blocks_by_threads = MAX_THREADS_PER_SM // (warps_per_block * WARP_SIZE)
+    blocks = min(blocks_by_registers, blocks_by_threads, MAX_BLOCKS_PER_SM)
+    threads = blocks * block
+    return threads, threads / MAX_THREADS_PER_SM
+
+
+# ----------------------------------------------------------------------------------------------
+# Toolchain access
+
+
+def _require_toolchain():
+    """Raise unless a compile check can run here: numba-cuda installed, simulator off, nvJitLink."""
+    if simulator_enabled():
+        raise RuntimeError(
+            "the compile check needs the CUDA simulator off: it compiles with NVVM and links with "
+            "nvJitLink, which the simulator replaces. Run it in a separate process without "
+            "NUMBA_ENABLE_CUDASIM=1 (e.g. `NUMBA_ENABLE_CUDASIM=0 python -m gpubptt.compilecheck`)."
+        )
+    if cuda is None:
+        raise RuntimeError(
+            "the compile check needs numba-cuda (pip install 'gpubptt[cuda13]' or '[cuda12]')"
+        )
+    try:
+        from cuda.bindings import nvjitlink
+    except ImportError as exc:
+        raise RuntimeError(
+            "the compile check needs nvJitLink through cuda-bindings "
+            "(installed by numba-cuda[cu12] / numba-cuda[cu13]): %s" % exc
+        ) from exc
+    return nvjitlink
+
+
+def find_cudadevrt():
+    """Path of libcudadevrt.a matching the installed nvJitLink's CUDA major version, or None."""
+    try:  # cuda-pathfinder ships with cuda-bindings >= 12.9 and knows the wheel layouts
+        from cuda.pathfinder import find_static_lib
+
+        path = find_static_lib("cudadevrt")
+        if path and os.path.isfile(path):
+            return path
+    except Exception:  # not installed, older layout, or not found: search by hand below
+        pass
+    try:
+        from cuda.bindings import nvjitlink
+
+        major = nvjitlink.version()[0]
+    except Exception:
+        major = None
+    subdirs = ([f"nvidia/cu{major}/lib"] if major else []) + [
+        "nvidia/cu13/lib", "nvidia/cu12/lib", "nvidia/cuda_runtime/lib",
+    ]
+    roots = [p for p in sys.path if p and os.path.isdir(p)]
+    candidates = [os.path.join(root, sub, "libcudadevrt.a") for root in roots for sub in subdirs]
+    for env in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(env):
+            candidates += [os.path.join(os.environ[env], d, "libcudadevrt.a") for d in ("lib64", "lib")]
+    candidates += ["/usr/local/cuda/lib64/libcudadevrt.a", "/usr/local/cuda/lib/libcudadevrt.a"]
+    for path in candidates:
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _input_type(nvjitlink, code):
+    """nvJitLink input type and bytes of one item of ``cuda.compile_all``'s output."""
+    if isinstance(code, (bytes, bytearray)):
+        return nvjitlink.InputType.LTOIR, bytes(code)
+    if isinstance(code, str):
+        return nvjitlink.InputType.PTX, code.encode()
+    # numba-cuda LinkableCode subclasses (kernels jitted with link=[...])
+    kinds = {
+        "LTOIR": "LTOIR", "PTXSource": "PTX", "Cubin": "CUBIN", "Fatbin": "FATBIN",
+        "Object": "OBJECT", "Archive": "LIBRARY",
+    }
+    kind = kinds.get(type(code).__name__)
+    if kind is None:
+        raise TypeError("cannot link %r (%s)" % (code, type(code).__name__))
+    data = code.data
+    return getattr(nvjitlink.InputType, kind), data.encode() if isinstance(data, str) else bytes(data)
+
+
+def _log(nvjitlink, handle, which):
+    size = getattr(nvjitlink, f"get_{which}_log_size")(handle)
+    if not size:
+        return ""
+    buf = bytearray(size)
+    getattr(nvjitlink, f"get_{which}_log")(handle, buf)
+    return bytes(buf).rstrip(b"\x00").decode(errors="replace")
+
+
+def _link(nvjitlink, codes, cc, devrt_path):
+    """Link ``codes`` for ``cc``; returns (ok, info log, error log)."""
+    options = [f"-arch=sm_{cc[0]}{cc[1]}", "-lto", "-verbose"]
+    handle = nvjitlink.create(len(options), options)
+    try:
+        for i, code in enumerate(codes):
+            kind, data = _input_type(nvjitlink, code)
+            nvjitlink.add_data(handle, kind, data, len(data), f"gpubptt_{i}")
+        if devrt_path:
+            nvjitlink.add_file(handle, nvjitlink.InputType.LIBRARY, devrt_path)
+        try:
+            nvjitlink.complete(handle)
+            ok = True
+        except nvjitlink.nvJitLinkError:
+            ok = False
+        return ok, _log(nvjitlink, handle, "info"), _log(nvjitlink, handle, "error")
+    finally:
+        nvjitlink.destroy(handle)
+
+
+# ----------------------------------------------------------------------------------------------
+# Log parsing
+
+_ENTRY = re.compile(r"Compiling entry function '([^']+)'")
+_PROPS = re.compile(r"Function properties for '?([^':\s]+)'?:?\s*$")
+_METRICS = {
+    "registers": re.compile(r"(\d+)\s+registers", re.I),
+    "barriers": re.compile(r"(\d+)\s+barriers", re.I),
+    "smem_bytes": re.compile(r"(\d+)\s+bytes\s+smem", re.I),
+    "cmem_bytes": re.compile(r"(\d+)\s+bytes\s+cmem\[0\]", re.I),
+    "stack_bytes": re.compile(r"(\d+)\s+(?:bytes\s+)?stack(?:\s+frame)?\b", re.I),
+    "lmem_bytes": re.compile(r"(\d+)\s+bytes\s+lmem", re.I),
+    "spill_stores": re.compile(r"(\d+)\s+bytes\s+spill\s+stores", re.I),
+    "spill_loads": re.compile(r"(\d+)\s+bytes\s+spill\s+loads", re.I),
+}
+
+
+def parse_link_log(log):
+    """Resources per function from an nvJitLink ``-verbose`` info log.
+
+    Two formats occur, and both are read:
+
+        ptxas info    : Compiling entry function 'NAME' for 'sm_80'
+        ptxas info    : Function properties for NAME
+        ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+        ptxas info    : Used 40 registers, used 1 barriers, 680 bytes cmem[0]
+
+        info    : Function properties for 'NAME':
+        info    : used 48 registers, used 1 barriers, 0 stack, 1024 bytes smem, 856 bytes cmem[0], 0 bytes lmem
+
+    (the second comes when a library such as libcudadevrt.a takes part in the link). ptxas' lines
+    win where both give a figure; the linker's lines only fill in what ptxas left out (ptxas prints
+    no smem when it is zero, and nvJitLink 13.5's summary prints nonsense barrier counts such as
+    "used 347 barriers" for a kernel without any). Returns
+    ``(entries, {name: {metric: int}})`` with ``entries`` the kernels ptxas compiled, in order.
+    """
+    entries, functions, current = [], {}, None
+    for line in log.splitlines():
+        match = _ENTRY.search(line)
+        if match:
+            current = match.group(1)
+            if current not in entries:
+                entries.append(current)
+            functions.setdefault(current, {})
+            continue
+        match = _PROPS.search(line)
+        if match:
+            current = match.group(1)
+            functions.setdefault(current, {})
+            continue
+        if current is None:
+            continue
+        from_ptxas = line.lstrip().startswith("ptxas")
+        props = functions[current]
+        for metric, pattern in _METRICS.items():
+            found = pattern.search(line)
+            if found and (from_ptxas or metric not in props):
+                props[metric] = int(found.group(1))
+    return entries, functions
+
+
+def _pick_entry(entries, functions, py_func):
+    """The kernel under check among the functions in the log (libcudadevrt adds its own)."""
+    names = entries or [n for n in functions if not any(m in n for m in _DEVRT_MARKERS)]
+    if len(names) > 1:  # numba mangles the Python name as <len><name>
+        token = "%d%s" % (len(py_func.__name__), py_func.__name__)
+        names = [n for n in names if token in n] or names
+    return names[0] if names else None
+
+
+# ----------------------------------------------------------------------------------------------
+# The check
+
+
+def compile_kernel(py_func, argtypes, cc, *, name=None, dtype="", cudadevrt="auto", **options):
+    """Compile ``py_func`` as a kernel for ``argtypes`` and compute capability ``cc`` (a tuple such
+    as (8, 0)) through NVVM and nvJitLink, and report its resources. Compile and link failures are
+    recorded in the report's ``error`` (they do not raise); a missing toolchain or the simulator
+    raises RuntimeError. ``cudadevrt``: "auto" (link libcudadevrt.a only when the first link needs
+    it, as numba-cuda does), True or False. ``options`` go to ``cuda.compile_all``."""
+    nvjitlink = _require_toolchain()
+    cc = tuple(cc)
+    report = KernelReport(kernel=name or py_func.__name__, dtype=dtype, cc=cc)
+    start = time.perf_counter()
+    try:
+        codes, _ = cuda.compile_all(
+            py_func, tuple(argtypes), device=False, abi="numba", cc=cc, output="ltoir", **options
+        )
+    except Exception as exc:  # typing/lowering errors: the point of the check is to report them
+        report.error = "compile failed: %s: %s" % (type(exc).__name__, str(exc).strip())
+        report.seconds = time.perf_counter() - start
+        return report
+
+    devrt = find_cudadevrt() if cudadevrt else None
+    if cudadevrt is True and devrt is None:
+        report.error = "libcudadevrt.a not found (nvidia-cuda-runtime wheel or /usr/local/cuda)"
+        report.seconds = time.perf_counter() - start
+        return report
+    use_devrt = devrt if cudadevrt is True else None
+    ok, info, err = _link(nvjitlink, codes, cc, use_devrt)
+    if not ok and cudadevrt == "auto" and devrt and "unresolved extern" in err.lower():
+        use_devrt = devrt
+        ok, info, err = _link(nvjitlink, codes, cc, use_devrt)
+    report.linked_cudadevrt = bool(use_devrt)
+    report.log = info + (("\n" + err) if err else "")
+    report.seconds = time.perf_counter() - start
+    if not ok:
+        report.error = "nvJitLink failed: " + (err.strip() or "(empty error log)")
+        return report
+
+    entries, functions = parse_link_log(info)
+    report.entry = _pick_entry(entries, functions, py_func)
+    for metric, value in functions.get(report.entry, {}).items():
+        setattr(report, metric, value)
+    for metric in ("smem_bytes", "stack_bytes", "lmem_bytes", "spill_stores", "spill_loads"):
+        if getattr(report, metric) is None and report.registers:
+            setattr(report, metric, 0)  # ptxas leaves out zero smem; the rest were printed
+    if not report.registers:
+        report.error = "linked, but no register count for the kernel in the nvJitLink log"
+    return report
+
+
+def kernel_signatures(dtype, modules=CUDA_KERNEL_MODULES):
+    """{kernel name: (py_func, argtypes, options)} over the registered modules for one dtype."""
+    from numba import types
+
+    numba_dtype = getattr(types, dtype)
+    found = {}
+    for module_name in modules:
+        module = importlib.import_module("gpubptt.kernels." + module_name)
+        for name, entry in module.signatures(numba_dtype).items():
+            py_func, argtypes, *rest = entry
+            found[name] = (py_func, tuple(argtypes), dict(rest[0]) if rest else {})
+    return found
+
+
+def check_all(ccs=DEFAULT_CCS, dtypes=DEFAULT_DTYPES, modules=CUDA_KERNEL_MODULES):
+    """Compile every registered kernel for every cc in ``ccs`` and dtype in ``dtypes``."""
+    _require_toolchain()
+    reports = []
+    for dtype in dtypes:
+        for name, (py_func, argtypes, options) in kernel_signatures(dtype, modules).items():
+            for cc in ccs:
+                reports.append(compile_kernel(py_func, argtypes, cc, name=name, dtype=dtype, **options))
+    return reports
+
+
+def _fmt(value):
+    return "?" if value is None else str(value)
+
+
+def format_report(reports, block=OCCUPANCY_BLOCK):
+    """A text table of the reports, with the occupancy the register count implies."""
+    header = ("kernel", "dtype", "arch", "regs", "smem B", "lmem/stack B", "spill st/ld B",
+              "devrt", f"occ@{block}", "s")
+    rows = []
+    for r in sorted(reports, key=lambda r: (r.kernel, r.dtype, r.cc)):
+        if r.error:
+            rows.append((r.kernel, r.dtype, r.arch, "FAIL", "", "", "", "", "", "%.2f" % r.seconds))
+            continue
+        threads, occ = r.occupancy(block)
+        rows.append((
+            r.kernel, r.dtype, r.arch, _fmt(r.registers), _fmt(r.smem_bytes),
+            "%s/%s" % (_fmt(r.lmem_bytes), _fmt(r.stack_bytes)),
+            "%s/%s" % (_fmt(r.spill_stores), _fmt(r.spill_loads)),
+            "yes" if r.linked_cudadevrt else "no",
+            "%.1f%% (%d thr)" % (100 * occ, threads), "%.2f" % r.seconds,
+        ))
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(row):
+        return "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
+
+    out = [line(header), line(["-" * w for w in widths]), *map(line, rows)]
+    out.append(
+        f"smem: static shared memory per block (dynamic smem is set at launch: elman_cuda uses "
+        f"2*H*itemsize). occ@{block}: resident threads/SM for {block}-thread blocks limited by "
+        f"registers ({REGISTERS_PER_SM}/SM, {REGISTER_ALLOCATION_UNIT}-register warp allocation) and "
+        f"{MAX_THREADS_PER_SM} threads/SM; shared memory not counted. devrt: libcudadevrt.a linked."
+    )
+    for r in reports:
+        if r.error:
+            out.append(f"FAIL {r.kernel} {r.dtype} {r.arch}: {r.error}")
+    return "\n".join(out)
+
+
+def problems(reports):
+    """Human-readable reasons the check fails (empty when every kernel is fine)."""
+    found = []
+    for r in reports:
+        where = f"{r.kernel} {r.dtype} {r.arch}"
+        if not r.ok:
+            found.append(f"{where}: {r.error or 'no register count'}")
+        elif r.spills or r.local_memory_bytes:
+            found.append(f"{where}: uses local memory ({r.spill_stores} B spill stores, "
+                         f"{r.spill_loads} B spill loads, {r.local_memory_bytes} B stack/lmem)")
+        elif (r.smem_bytes or 0) > STATIC_SMEM_LIMIT:
+            found.append(f"{where}: {r.smem_bytes} B static shared memory > {STATIC_SMEM_LIMIT} B")
+    return found
+
+
+def _parse_cc(text):
+    """'8.0', '80' or 'sm_80' -> (8, 0)."""
+    text = text.lower().removeprefix("sm_")
+    major, _, minor = text.partition(".") if "." in text else (text[:-1], "", text[-1:])
+    return int(major), int(minor)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m gpubptt.compilecheck",
+        description="Compile every CUDA kernel through NVVM + nvJitLink (no GPU needed) and report "
+        "registers, shared and local memory. Exits 1 on a compile failure or local-memory use.",
+    )
+    parser.add_argument("--cc", nargs="+", default=["8.0", "9.0"],
+                        help="compute capabilities, e.g. 8.0 9.0 (default)")
+    parser.add_argument("--dtype", nargs="+", default=list(DEFAULT_DTYPES), choices=DEFAULT_DTYPES)
+    parser.add_argument("--log", action="store_true", help="print each nvJitLink info log too")
+    args = parser.parse_args(argv)
+    try:
+        ccs = tuple(_parse_cc(c) for c in args.cc)
+    except ValueError:
+        parser.error("--cc takes values such as 8.0, 80 or sm_80")
+    try:
+        reports = check_all(ccs=ccs, dtypes=tuple(args.dtype))
+    except RuntimeError as exc:
+        print(f"compilecheck: {exc}", file=sys.stderr)
+        return 2
+    if args.log:
+        for r in reports:
+            print(f"==== {r.kernel} {r.dtype} {r.arch}\n{r.log}\n")
+    print(format_report(reports))
+    found = problems(reports)
+    for reason in found:
+        print("PROBLEM " + reason)
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""The dispatcher (gpubptt/backend.py, DESIGN.md §3): which backend a call gets and why.
+
+First tier: no GPU, simulator off. ``cuda_status()`` is lru_cached, so these tests never try to
+flip it by changing the environment; tests that assume "no CUDA here" skip where there is one.
+"""
+import numpy as np
+import pytest
+
+import gpubptt
+from gpubptt import backend as bk
+from gpubptt import engine, reference
+from gpubptt.backend import ENV_VAR, resolve
+
+T, B, D, H, O = 4, 3, 3, 5, 2
+
+CUDA_KIND, CUDA_DETAIL = bk.cuda_status()
+no_cuda_here = pytest.mark.skipif(
+    CUDA_KIND is not None, reason=f"a CUDA backend is available here ({CUDA_DETAIL}); this checks the CPU-only rules"
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_backend_env(monkeypatch):
+    """Start every test without GPUBPTT_BACKEND, whatever the shell has."""
+    monkeypatch.delenv(ENV_VAR, raising=False)
+
+
+def make(dtype=np.float64, bias=True, seed=0):
+    rng = np.random.default_rng(seed + 100)
+    params = gpubptt.init_params(D, H, O, bias=bias, dtype=dtype, seed=seed)
+    x = rng.standard_normal((T, B, D)).astype(dtype)
+    d = rng.standard_normal((T, B, O)).astype(dtype)
+    s0 = 0.5 * rng.standard_normal((B, H)).astype(dtype)
+    return params, x, d, s0
+
+
+@pytest.fixture
+def ran(monkeypatch):
+    """Records which implementation a public call ran: 'reference' or the engine's backend name."""
+    calls = []
+    real_ref_fwd, real_ref_bptt = reference.forward, reference.bptt
+    real_eng_fwd, real_eng_bptt = engine.forward, engine.bptt
+
+    def ref_fwd(*a, **k):
+        calls.append("reference")
+        return real_ref_fwd(*a, **k)
+
+    def ref_bptt(*a, **k):
+        calls.append("reference")
+        return real_ref_bptt(*a, **k)
+
+    def eng_fwd(*a, **k):
+        calls.append(a[-1].name)  # the Backend is the last argument
+        return real_eng_fwd(*a, **k)
+
+    def eng_bptt(*a, **k):
+        calls.append(a[-1].name)
+        return real_eng_bptt(*a, **k)
+
+    monkeypatch.setattr(reference, "forward", ref_fwd)
+    monkeypatch.setattr(reference, "bptt", ref_bptt)
+    monkeypatch.setattr(engine, "forward", eng_fwd)
+    monkeypatch.setattr(engine, "bptt", eng_bptt)
+    return calls
+
+
+def call_both(backend="auto"):
+    params, x, d, s0 = make()
+    gpubptt.forward(params, x, s0, backend=backend)
+    gpubptt.bptt(params, x, d, s0, backend=backend)
+
+
+# ------------------------------------------------------------------------------------------------
+# precedence: explicit argument > GPUBPTT_BACKEND > auto
+
+
+@pytest.mark.parametrize("explicit", ["cpu", "reference"])
+@pytest.mark.parametrize("env", ["cpu", "reference", "cuda", "auto", "bogus"])
+def test_explicit_backend_wins_over_environment(monkeypatch, explicit, env):
+    monkeypatch.setenv(ENV_VAR, env)
+    b = resolve(explicit, on_device=False)
+    assert b.name == explicit and b.xp is np and not b.host_io
+    assert b.reason == "backend argument"
+
+
+@pytest.mark.parametrize("explicit,env", [("cpu", "reference"), ("reference", "cpu"), ("cpu", "cuda")])
+def test_explicit_backend_wins_in_calls(monkeypatch, ran, explicit, env):
+    monkeypatch.setenv(ENV_VAR, env)
+    call_both(explicit)
+    assert set(ran) == {explicit}  # bptt runs forward inside: several entries
+
+
+@pytest.mark.parametrize("env", ["cpu", "reference"])
+def test_environment_overrides_auto(monkeypatch, env):
+    monkeypatch.setenv(ENV_VAR, env)
+    b = resolve("auto", on_device=False)
+    assert b.name == env and b.xp is np
+    assert b.reason == f"{ENV_VAR}={env}"
+
+
+@pytest.mark.parametrize("env", ["cpu", "reference"])
+def test_environment_overrides_auto_in_calls(monkeypatch, ran, env):
+    monkeypatch.setenv(ENV_VAR, env)
+    call_both()  # backend="auto", the default
+    assert set(ran) == {env}
+    ran.clear()
+    rnn = gpubptt.RNN(D, H, O, dtype=np.float64, seed=0)  # RNN's backend is "auto" too
+    _, x, d, _ = make()
+    rnn.forward(x)
+    rnn.bptt(x, d)
+    assert set(ran) == {env}
+
+
+@pytest.mark.parametrize("value", ["bogus", "CPU", "gpu"])
+def test_environment_value_validated(monkeypatch, value):
+    monkeypatch.setenv(ENV_VAR, value)
+    with pytest.raises(ValueError) as info:
+        resolve("auto", on_device=False)
+    msg = str(info.value)
+    assert f"{ENV_VAR}:" in msg and "'auto', 'reference', 'cpu', 'cuda'" in msg and repr(value) in msg, msg
+
+
+@pytest.mark.parametrize("value", ["gpu", None, "", "Auto"])
+def test_backend_argument_validated(value):
+    with pytest.raises(ValueError) as info:
+        resolve(value, on_device=False)
+    msg = str(info.value)
+    assert "backend:" in msg and "'auto', 'reference', 'cpu', 'cuda'" in msg and repr(value) in msg, msg
+
+
+@pytest.mark.parametrize("backend", ["auto", "cpu", "reference", "cuda"])
+def test_requested_backend_without_environment(backend):
+    name, source = bk.requested_backend(backend)
+    assert name == backend
+    assert source == ("auto" if backend == "auto" else "backend argument")
+
+
+# ------------------------------------------------------------------------------------------------
+# auto, and cuda without a GPU
+
+
+@no_cuda_here
+@pytest.mark.parametrize("env", [None, "", "auto"])
+def test_auto_picks_cpu_without_cuda(monkeypatch, env):
+    if env is not None:
+        monkeypatch.setenv(ENV_VAR, env)  # empty or "auto": the same as unset
+    b = resolve("auto", on_device=False)
+    assert b.name == "cpu" and b.xp is np and not b.host_io
+    # the reason says auto chose, and why: cuda_status's explanation
+    assert b.reason == f"auto: {CUDA_DETAIL}"
+    assert "simulator is off" in b.reason or "not installed" in b.reason, b.reason
+
+
+@no_cuda_here
+def test_auto_runs_cpu_in_calls(ran):
+    call_both()
+    assert set(ran) == {"cpu"}
+
+
+def test_cuda_status_is_cached_and_well_formed():
+    assert bk.cuda_status() is bk.cuda_status()
+    kind, detail = bk.cuda_status()
+    assert kind in (None, "gpu", "simulator") and isinstance(detail, str) and detail
+
+
+def _assert_cuda_unavailable_message(msg):
+    for part in ("backend='cuda' is not available", CUDA_DETAIL, "NUMBA_ENABLE_CUDASIM=1",
+                 "pip install", "gpubptt[cuda12]", "gpubptt[cuda13]"):
+        assert part in msg, f"{part!r} not in {msg!r}"
+
+
+@no_cuda_here
+def test_cuda_without_gpu_or_simulator_says_how_to_get_one():
+    with pytest.raises(ValueError) as info:
+        resolve("cuda", on_device=False)
+    _assert_cuda_unavailable_message(str(info.value))
+
+
+@no_cuda_here
+def test_cuda_from_environment_without_gpu(monkeypatch):
+    monkeypatch.setenv(ENV_VAR, "cuda")
+    with pytest.raises(ValueError) as info:
+        resolve("auto", on_device=False)
+    _assert_cuda_unavailable_message(str(info.value))
+
+
+@no_cuda_here
+@pytest.mark.parametrize("which", ["forward", "bptt", "RNN"])
+def test_cuda_without_gpu_in_calls(which):
+    params, x, d, s0 = make()
+    before = {k: v.copy() for k, v in dict(params, x=x, d=d, s0=s0).items()}
+    with pytest.raises(ValueError) as info:
+        if which == "forward":
+            gpubptt.forward(params, x, s0, backend="cuda")
+        elif which == "bptt":
+            gpubptt.bptt(params, x, d, s0, backend="cuda")
+        else:
+            gpubptt.RNN(D, H, O, backend="cuda").forward(x.astype(np.float32))
+    _assert_cuda_unavailable_message(str(info.value))
+    after = dict(params, x=x, d=d, s0=s0)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+# ------------------------------------------------------------------------------------------------
+# host backends refuse device inputs
+
+
+@pytest.mark.parametrize("name", ["cpu", "reference"])
+def test_host_backend_refuses_device_inputs(name):
+    with pytest.raises(ValueError) as info:
+        resolve(name, on_device=True)
+    msg = str(info.value)
+    for part in (f"backend={name!r}", "CuPy", "backend='cuda'", "gpubptt.to_host"):
+        assert part in msg, f"{part!r} not in {msg!r}"
+
+
+@pytest.mark.parametrize("name", ["cpu", "reference"])
+def test_host_backend_from_environment_refuses_device_inputs(monkeypatch, name):
+    monkeypatch.setenv(ENV_VAR, name)
+    with pytest.raises(ValueError, match="to_host"):
+        resolve("auto", on_device=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# the Backend object
+
+
+@pytest.mark.parametrize("name", ["cpu", "reference"])
+def test_backend_kernels_module(name):
+    b = resolve(name, on_device=False)
+    mod = b.kernels("elman")
+    assert mod.__name__ == "gpubptt.kernels.elman_cpu"
+    assert callable(mod.forward_recurrence) and callable(mod.backward_recurrence)
+
+
+def test_backend_is_immutable():
+    b = resolve("cpu", on_device=False)
+    with pytest.raises(AttributeError):
+        b.name = "cuda"
+
+
+# ------------------------------------------------------------------------------------------------
+# reference and cpu agree
+
+# Tolerances (rule 6). float64: same formulas, only the summation order differs (BLAS products vs
+# loops), T = 4 steps of size-5 sums: errors are a few ulps, 1e-10 leaves a wide margin.
+# float32: cpu computes in float32 while reference computes in float64 and casts; eps32 = 1.2e-7,
+# amplified by the few products and steps of the recurrence: 1e-4 relative, 1e-5 absolute.
+TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-4, atol=1e-5)}
+HEADS = [  # (output_activation, loss)
+    ("identity", "squared"),
+    ("tanh", "squared"),
+    ("sigmoid", "squared"),
+    ("softmax", "squared"),
+    ("softmax", "cross_entropy"),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cell", ["tanh", "relu", "sigmoid", "identity"])
+@pytest.mark.parametrize("output_activation,loss", HEADS)
+@pytest.mark.parametrize("loss_steps,with_s0,bias", [("all", False, True), ("last", True, True), ("all", True, False)])
+def test_reference_and_cpu_agree(dtype, cell, output_activation, loss, loss_steps, with_s0, bias):
+    params, x, d, s0 = make(dtype=dtype, bias=bias, seed=1)
+    if not with_s0:
+        s0 = None
+    if loss == "cross_entropy":
+        d = np.random.default_rng(5).integers(0, O, size=(T, B))
+    tol = TOL[dtype]
+    out = {}
+    for name in ("reference", "cpu"):
+        Y, S = gpubptt.forward(params, x, s0, cell, output_activation, backend=name)
+        L, grads = gpubptt.bptt(params, x, d, s0, cell, output_activation, loss, loss_steps, backend=name)
+        out[name] = dict(Y=Y, S=S, L=L, **{f"d{k}": v for k, v in grads.items()})
+    ref, cpu = out["reference"], out["cpu"]
+    assert set(ref) == set(cpu)
+    for k in ref:
+        # assert_allclose reports the largest absolute and relative error on failure
+        np.testing.assert_allclose(cpu[k], ref[k], **tol, err_msg=f"{k}: cpu vs reference ({np.dtype(dtype).name})")
+
+
+# ------------------------------------------------------------------------------------------------
+# CuPy paths (a real GPU only)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(CUDA_KIND != "gpu", reason="needs a CUDA GPU and CuPy")
+@pytest.mark.parametrize("name", ["cpu", "reference"])
+def test_cupy_inputs_refused_by_host_backends(name):
+    params, x, d, s0 = make()
+    with pytest.raises(ValueError, match="to_host"):
+        gpubptt.forward(gpubptt.to_device(params), gpubptt.to_device(x), backend=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(CUDA_KIND != "gpu", reason="needs a CUDA GPU and CuPy")
+def test_mixed_host_and_device_inputs_refused():
+    params, x, d, s0 = make()
+    with pytest.raises(ValueError) as info:
+        gpubptt.forward(gpubptt.to_device(params), x, backend="auto")
+    msg = str(info.value)
+    assert "mixed" in msg and "x" in msg and "to_device" in msg and "to_host" in msg, msg
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(CUDA_KIND != "gpu", reason="needs a CUDA GPU and CuPy")
+def test_auto_picks_cuda_for_cupy_inputs():
+    b = resolve("auto", on_device=True)
+    assert b.name == "cuda" and not b.host_io and b.reason == "auto: the inputs are CuPy arrays"

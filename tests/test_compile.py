@@ -1,0 +1,135 @@
+"""Compile check: every ``@cuda.jit`` kernel compiles through NVVM and links with nvJitLink for sm_80
+and sm_90, float32 and float64, with no GPU; no kernel uses local memory (spills or a stack frame).
+
+First tier (simulator off). ``pytest tests/test_compile.py -s`` prints the resource table. The
+toolchain tests skip with a reason where numba-cuda or nvJitLink is missing or the simulator is on;
+the log-parsing and occupancy tests run everywhere.
+"""
+import pytest
+
+from gpubptt import compilecheck
+from gpubptt.kernels import cuda_compat
+
+CCS = ((8, 0), (9, 0))
+DTYPES = ("float32", "float64")
+
+
+def _skip_reason():
+    if cuda_compat.simulator_enabled():
+        return "compile check needs the CUDA simulator off (NUMBA_ENABLE_CUDASIM=1 is set)"
+    if cuda_compat.cuda is None:
+        return "numba-cuda is not installed (pip install 'gpubptt[cuda13]')"
+    try:
+        from cuda.bindings import nvjitlink
+
+        nvjitlink.version()
+    except Exception as exc:  # ImportError, or a wheel without the nvJitLink library
+        return f"nvJitLink (cuda.bindings.nvjitlink) is not usable: {exc}"
+    return None
+
+
+SKIP = _skip_reason()
+needs_toolchain = pytest.mark.skipif(SKIP is not None, reason=SKIP or "")
+KERNELS = sorted(compilecheck.kernel_signatures("float32")) if SKIP is None else ["(no toolchain)"]
+
+
+@pytest.fixture(scope="module")
+def reports():
+    found = compilecheck.check_all(ccs=CCS, dtypes=DTYPES)
+    return {(r.kernel, r.dtype, r.cc): r for r in found}
+
+
+@needs_toolchain
+def test_report_table(reports, capsys):
+    table = compilecheck.format_report(list(reports.values()))
+    with capsys.disabled():
+        print("\n" + table)
+    assert len(reports) == len(KERNELS) * len(DTYPES) * len(CCS)
+
+
+@needs_toolchain
+@pytest.mark.parametrize("cc", CCS, ids=lambda cc: "sm_%d%d" % cc)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_kernel_compiles_without_local_memory(reports, kernel, dtype, cc):
+    r = reports[(kernel, dtype, cc)]
+    where = f"{kernel} {dtype} sm_{cc[0]}{cc[1]}"
+    assert r.error is None, f"{where}: {r.error}\n{r.log}"
+    assert r.registers and r.registers > 0, f"{where}: no register count parsed from\n{r.log}"
+    assert r.registers <= compilecheck.MAX_REGISTERS_PER_THREAD, where
+    assert r.spill_stores == 0 and r.spill_loads == 0, (
+        f"{where}: spills {r.spill_stores} B stores / {r.spill_loads} B loads\n{r.log}"
+    )
+    assert r.local_memory_bytes == 0, f"{where}: {r.local_memory_bytes} B local memory\n{r.log}"
+    assert (r.smem_bytes or 0) <= compilecheck.STATIC_SMEM_LIMIT, (
+        f"{where}: {r.smem_bytes} B static shared memory > {compilecheck.STATIC_SMEM_LIMIT} B"
+    )
+
+
+@needs_toolchain
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_signatures_use_the_dtype(dtype):
+    """Each module's signatures(numba_dtype) types every float array with that dtype."""
+    from numba import types
+
+    for name, (_, argtypes, _) in compilecheck.kernel_signatures(dtype).items():
+        arrays = [a for a in argtypes if isinstance(a, types.Array)]
+        assert arrays, name
+        assert all(a.dtype == getattr(types, dtype) for a in arrays), (name, argtypes)
+
+
+def test_refuses_the_simulator(monkeypatch):
+    monkeypatch.setattr(compilecheck, "simulator_enabled", lambda: True)
+    with pytest.raises(RuntimeError, match="simulator off"):
+        compilecheck.check_all()
+
+
+# Logs as nvJitLink 13.5 writes them (names shortened).
+PTXAS_LOG = """\
+INFO: NVVM70 LTOIR Container created (14316 bytes)
+ptxas info    : 0 bytes gmem
+ptxas info    : Compiling entry function '_ZN3foo7_kernelE' for 'sm_80'
+ptxas info    : Function properties for _ZN3foo7_kernelE
+ptxas         .     792 bytes stack frame, 1920 bytes spill stores, 1936 bytes spill loads
+ptxas info    : Used 32 registers, used 1 barriers, 4096 bytes smem, 792 bytes cumulative stack size, 408 bytes cmem[0]
+ptxas info    : Compile time = 36.954 ms
+"""
+
+LINKER_LOG = """\
+ptxas info    : Compiling entry function '_ZN3foo7_kernelE' for 'sm_90'
+ptxas info    : Function properties for _ZN3foo7_kernelE
+ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 48 registers, used 0 barriers
+info    : 13832 bytes gmem
+info    : Function properties for '_ZN3foo7_kernelE':
+info    : used 48 registers, used 347 barriers, 0 stack, 1024 bytes smem, 856 bytes cmem[0], 0 bytes lmem
+info    : Function properties for '__nv_static_51__cuda_device_runtime_cu__Z16memcpy_3d_device':
+info    : used 16 registers, used 1 barriers, 0 stack, 3080 bytes smem, 656 bytes cmem[0], 0 bytes lmem
+"""
+
+
+def test_parse_ptxas_log():
+    entries, functions = compilecheck.parse_link_log(PTXAS_LOG)
+    assert entries == ["_ZN3foo7_kernelE"]
+    assert functions["_ZN3foo7_kernelE"] == {
+        "registers": 32, "barriers": 1, "smem_bytes": 4096, "cmem_bytes": 408, "stack_bytes": 792,
+        "spill_stores": 1920, "spill_loads": 1936,
+    }
+
+
+def test_parse_linker_log_prefers_ptxas_and_skips_cudadevrt():
+    entries, functions = compilecheck.parse_link_log(LINKER_LOG)
+    props = functions["_ZN3foo7_kernelE"]
+    assert entries == ["_ZN3foo7_kernelE"]
+    assert props["registers"] == 48
+    assert props["barriers"] == 0  # ptxas' figure, not the linker summary's 347
+    assert props["smem_bytes"] == 1024 and props["lmem_bytes"] == 0  # only the linker gives these
+    assert compilecheck._pick_entry(entries, functions, lambda: None) == "_ZN3foo7_kernelE"
+
+
+@pytest.mark.parametrize(
+    "registers, threads",
+    [(32, 2048), (40, 1536), (48, 1280), (64, 1024), (128, 512), (255, 256), (None, 0)],
+)
+def test_occupancy_of_a_256_thread_block(registers, threads):
+    assert compilecheck.occupancy(registers, 256)[0] == threads

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from .kernels.cuda_compat import cuda, simulator_enabled
 
 # Kernel modules inside gpubptt.kernels that the check covers: add a module's name here.
-CUDA_KERNEL_MODULES = ("elman_cuda",)
+CUDA_KERNEL_MODULES = ("elman_cuda", "optim_cuda")
 
 DEFAULT_CCS = ((8, 0), (9, 0))
 DEFAULT_DTYPES = ("float32", "float64")

@@ -7,5 +7,8 @@ __version__ = "0.1.0"
 from .arrays import to_device, to_host
 from .model import RNN, bptt, forward
 from .params import init_params
+from . import clipping, optim, tasks
+from .training import train
 
-__all__ = ["RNN", "bptt", "forward", "init_params", "to_device", "to_host", "__version__"]
+__all__ = ["RNN", "bptt", "forward", "init_params", "to_device", "to_host", "train", "clipping", "optim", "tasks",
+           "__version__"]

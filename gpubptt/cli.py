@@ -34,6 +34,18 @@ def cmd_info(args):
     return 0
 
 
+def cmd_train(args):
+    from .train_cli import run_train
+
+    return run_train(args)
+
+
+def cmd_sample(args):
+    from .train_cli import run_sample
+
+    return run_sample(args)
+
+
 def cmd_check(args):
     from .params import CELLS
     from .selfcheck import run_check
@@ -56,6 +68,14 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="versions, the backend auto picks and why, the GPU")
     p.set_defaults(func=cmd_info)
+    from .train_cli import add_sample_arguments, add_train_arguments
+
+    p = sub.add_parser("train", help="train an RNN on a built-in task: progress, metrics, plot, checkpoints")
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("sample", help="generate text from a checkpoint of gpubptt train --task text")
+    add_sample_arguments(p)
+    p.set_defaults(func=cmd_sample)
     p = sub.add_parser("check", help="compare a backend's forward + BPTT with the reference")
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))

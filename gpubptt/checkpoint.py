@@ -1,0 +1,134 @@
+"""Training checkpoints: one ``checkpoint.npz`` per run directory, written atomically.
+
+A checkpoint holds NumPy arrays (parameters, optimizer buffers, the carried recurrent state) and a
+JSON document (model, task and optimizer configuration, step, random-generator states) stored as
+the array ``meta``, plus a SHA-256 digest of everything. It is written to a temporary file in the
+same directory, flushed and fsync'ed, then moved over the previous one with ``os.replace`` (atomic on
+POSIX and Windows) and the directory fsync'ed: a crash or kill during a save leaves the previous
+checkpoint whole, never a half-written one. Loading verifies the digest: a truncated, corrupted or
+foreign file raises ``CheckpointError`` (a ValueError) naming the file, and changes nothing.
+"""
+import glob
+import hashlib
+import io
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+FILENAME = "checkpoint.npz"
+FORMAT = "gpubptt-checkpoint"
+VERSION = 1
+_TMP_PREFIX = ".checkpoint-"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, corrupted, or written for something else."""
+
+
+def path_in(directory):
+    return os.path.join(os.fspath(directory), FILENAME)
+
+
+def check_directory(name, directory, create=False):
+    """An existing (or, with ``create``, a new) directory; ValueError if the path is a file."""
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(f"{name}: expected a directory path, got {type(directory).__name__}")
+    directory = os.fspath(directory)
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(f"{name}: {directory} is a file, expected a directory")
+    if create:
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"{name}: cannot create the directory {directory}: {e.strerror or e}") from None
+    return directory
+
+
+def _digest(arrays, meta_text):
+    h = hashlib.sha256(meta_text.encode())
+    for key in sorted(arrays):
+        a = np.ascontiguousarray(arrays[key])
+        h.update(f"{key}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def save(directory, arrays, meta):
+    """Write ``arrays`` ({name: NumPy array}) and ``meta`` (JSON-able dict) to directory/checkpoint.npz
+    atomically; returns the path. The previous checkpoint stays intact if anything fails."""
+    directory = check_directory("out", directory, create=True)
+    meta_text = json.dumps({"format": FORMAT, "version": VERSION, **meta}, sort_keys=True)
+    payload = {k: np.asarray(v) for k, v in arrays.items()}
+    payload["meta"] = np.array(meta_text)
+    payload["digest"] = np.array(_digest({k: v for k, v in payload.items() if k != "meta"}, meta_text))
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".tmp", dir=directory)
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is an ordinary file
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path_in(directory))
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_directory(directory)
+    for stale in glob.glob(os.path.join(directory, _TMP_PREFIX + "*.tmp")):  # left by a killed save
+        try:
+            os.unlink(stale)
+        except OSError:
+            pass
+    return path_in(directory)
+
+
+def _fsync_directory(directory):
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # platforms that cannot open a directory (Windows): os.replace is enough there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def exists(directory):
+    return os.path.isfile(path_in(directory))
+
+
+def load(directory):
+    """(arrays, meta) of directory/checkpoint.npz; CheckpointError if it is missing or unusable."""
+    directory = check_directory("resume", directory)
+    path = path_in(directory)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"resume: {directory} holds no checkpoint ({FILENAME} not found)")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise CheckpointError(f"checkpoint {path} is corrupted or not a checkpoint: {type(e).__name__}: {e}") from None
+    if "meta" not in arrays or "digest" not in arrays:
+        raise CheckpointError(f"checkpoint {path} is not a gpubptt checkpoint (no meta/digest entries)")
+    meta_text, digest = str(arrays.pop("meta")), str(arrays.pop("digest"))
+    if _digest(arrays, meta_text) != digest:
+        raise CheckpointError(f"checkpoint {path} is corrupted: its SHA-256 digest does not match its contents")
+    try:
+        meta = json.loads(meta_text)
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {path} is corrupted: its metadata is not JSON ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not a gpubptt checkpoint (format {meta.get('format')!r})")
+    if meta.get("version") != VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {meta.get('version')!r}; this gpubptt reads "
+                              f"version {VERSION}")
+    return arrays, meta

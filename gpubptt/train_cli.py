@@ -1,0 +1,201 @@
+"""``gpubptt train`` and ``gpubptt sample``: argument definitions and the glue to ``gpubptt.train``.
+
+cli.py registers the subcommands and calls ``run_train``/``run_sample``; everything else is here.
+Options left out take the defaults in ``DEFAULTS``, or, with ``--resume DIR``, the checkpoint's
+values. Given with ``--resume``, options that define the model, the task or the data stream must
+agree with the checkpoint (an error names the difference); the learning rate, the clipping
+thresholds, ``--steps`` (the total to reach), the evaluation and checkpoint intervals and the backend
+may change. Errors in the options print ``gpubptt <command>: error: ...`` and exit with status 2;
+an interrupted run (Ctrl-C) saves its checkpoint and exits with status 130.
+"""
+import os
+import sys
+
+import numpy as np
+
+from .backend import BACKENDS
+from .optim import DEFAULT_LR, OPTIMIZERS
+from .tasks import TASKS
+
+DEFAULTS = {
+    "cell": "tanh", "hidden": 32, "layers": 1, "steps": 1000, "batch": 32, "optimizer": "adam", "seed": 0,
+    "dtype": "float32", "backend": "auto", "checkpoint_every": 100, "log_every": 10,
+}
+MODEL_OPTIONS = {"cell": "cell", "hidden": "hidden_size", "layers": "num_layers", "dtype": "dtype"}
+
+
+def _cells():
+    from .params import CELLS
+
+    return CELLS
+
+
+def add_train_arguments(p):
+    p.add_argument("--task", choices=TASKS, help="built-in task (required unless --resume)")
+    p.add_argument("--cell", choices=_cells(), help=f"recurrent cell g1 (default {DEFAULTS['cell']})")
+    p.add_argument("--hidden", type=int, metavar="H", help=f"hidden size (default {DEFAULTS['hidden']})")
+    p.add_argument("--layers", type=int, metavar="L", help="stacked layers (default 1)")
+    p.add_argument("--steps", type=int, metavar="N", help=f"optimizer steps in all (default {DEFAULTS['steps']})")
+    p.add_argument("--batch", type=int, metavar="B", help=f"sequences per batch (default {DEFAULTS['batch']})")
+    p.add_argument("--lr", type=float, help="learning rate (default: " +
+                   ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default {DEFAULTS['optimizer']}")
+    p.add_argument("--momentum", type=float, help="SGD momentum (default 0)")
+    p.add_argument("--nesterov", action="store_true", default=None, help="SGD with Nesterov momentum")
+    p.add_argument("--clip-norm", type=float, metavar="C", help="global-norm gradient clipping threshold")
+    p.add_argument("--clip-value", type=float, metavar="C", help="element-wise gradient clipping to [-C, C]")
+    p.add_argument("--clip-step", type=float, metavar="C", help="per-time-step clipping inside BPTT")
+    p.add_argument("--tbptt", type=int, nargs=2, metavar=("K1", "K2"),
+                   help="truncated BPTT: update every K1 steps, backpropagating K2 >= K1 steps (default: full BPTT)")
+    p.add_argument("--backend", choices=BACKENDS, help="default auto")
+    p.add_argument("--dtype", choices=("float32", "float64"), help="default float32")
+    p.add_argument("--seed", type=int, help="seed of the initialisation and the data (default 0)")
+    p.add_argument("--seq-len", type=int, metavar="T", help="sequence length (sine 50, adding 50, text 100)")
+    p.add_argument("--delay", type=int, help="copy task: steps between the symbols and the 'go' marker (default 10)")
+    p.add_argument("--text", metavar="FILE", help="text task: a UTF-8 text file")
+    p.add_argument("--out", metavar="DIR", help="run directory for checkpoint, metrics, plot (default runs/TASK)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run whose checkpoint is in DIR")
+    p.add_argument("--checkpoint-every", type=int, metavar="N", help="default 100 steps (and at the end)")
+    p.add_argument("--eval-every", type=int, metavar="N", help="test evaluation every N steps (default steps/10)")
+    p.add_argument("--log-every", type=int, metavar="N", help="metrics read back and logged every N steps (default 10)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_sample_arguments(p):
+    p.add_argument("checkpoint", metavar="DIR", help="run directory of a text model (gpubptt train --task text)")
+    p.add_argument("--length", type=int, default=200, help="characters to generate (default 200)")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default 1.0)")
+    p.add_argument("--prime", help="text to start from (default: one character drawn from the training text)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
+
+
+class UsageError(ValueError):
+    """Options that do not fit together."""
+
+
+def _value(args, name, saved=None):
+    v = getattr(args, name)
+    if v is not None:
+        return v
+    return saved if saved is not None else DEFAULTS.get(name)
+
+
+def _fresh(args):
+    from .model import RNN
+    from .tasks import make_task
+
+    if args.task is None:
+        raise UsageError("--task: required (one of " + ", ".join(TASKS) + ") unless --resume DIR is given")
+    dtype = np.dtype(_value(args, "dtype"))
+    task = make_task(args.task, seq_len=args.seq_len, delay=args.delay, text=args.text, dtype=dtype)
+    layers = _value(args, "layers")
+    extra = {"num_layers": layers} if layers != 1 else {}
+    model = RNN(task.input_size, _value(args, "hidden"), task.output_size, cell=_value(args, "cell"),
+                output_activation=task.output_activation, dtype=dtype, seed=_value(args, "seed"),
+                backend=_value(args, "backend"), **extra)
+    out = args.out if args.out is not None else os.path.join("runs", args.task)
+    return model, task, out, {}
+
+
+def _resumed(args):
+    from . import checkpoint as ckpt
+    from .tasks import task_from_config
+    from .training import build_model
+
+    _, meta = ckpt.load(args.resume)
+    if args.out is not None and os.path.abspath(args.out) != os.path.abspath(args.resume):
+        raise UsageError(f"--out: a resumed run writes to its own directory {args.resume}, got --out {args.out}")
+    saved_model, saved_task, saved_train = meta["model"], meta["task"], meta["train"]
+    if saved_task is None:
+        raise UsageError(f"--resume: {args.resume} holds a run trained on a list of batches, not a task; "
+                         "continue it with gpubptt.train(..., resume=True)")
+    conflicts = []
+    for opt, key in MODEL_OPTIONS.items():
+        given = getattr(args, opt)
+        saved = saved_model.get(key, 1 if key == "num_layers" else None)
+        if given is not None and given != saved:
+            conflicts.append(f"--{opt} {given} (the checkpoint has {saved})")
+    for opt, saved in (("task", saved_task["name"]), ("seq_len", saved_task["seq_len"]),
+                       ("delay", saved_task.get("delay")), ("batch", saved_train["batch_size"]),
+                       ("seed", saved_train["seed"]), ("optimizer", meta["optimizer"]["name"])):
+        given = getattr(args, opt)
+        if given is not None and given != saved:
+            conflicts.append(f"--{opt.replace('_', '-')} {given} (the checkpoint has {saved})")
+    if args.text is not None and os.path.abspath(args.text) != saved_task.get("path"):
+        conflicts.append(f"--text {args.text} (the checkpoint has {saved_task.get('path')})")
+    tbptt = saved_train["tbptt"]
+    if args.tbptt is not None and list(args.tbptt) != tbptt:
+        conflicts.append(f"--tbptt {' '.join(map(str, args.tbptt))} (the checkpoint has {tbptt})")
+    if conflicts:
+        raise UsageError(f"--resume {args.resume}: options differ from the checkpoint: {'; '.join(conflicts)}")
+    model = build_model(saved_model, backend=_value(args, "backend"))
+    task = task_from_config(saved_task, dtype=np.dtype(saved_model["dtype"]))
+    saved = {
+        "batch": saved_train["batch_size"], "seed": saved_train["seed"], "tbptt": tbptt,
+        "optimizer": meta["optimizer"]["name"], "lr": meta["optimizer"]["hyper"]["lr"],
+        "clip_norm": saved_train["clip_norm"], "clip_value": saved_train["clip_value"],
+        "clip_step": saved_train["clip_step"], "steps": saved_train.get("steps"),
+        "momentum": meta["optimizer"]["hyper"].get("momentum"), "nesterov": meta["optimizer"]["hyper"].get("nesterov"),
+    }
+    return model, task, args.resume, saved
+
+
+def run_train(args):
+    from .training import train
+
+    try:
+        model, task, out, saved = _resumed(args) if args.resume else _fresh(args)
+        steps = _value(args, "steps", saved.get("steps"))
+        optimizer = _value(args, "optimizer", saved.get("optimizer"))
+        momentum = _value(args, "momentum", saved.get("momentum"))
+        nesterov = bool(args.nesterov or saved.get("nesterov"))
+        if optimizer == "sgd":
+            options = {"momentum": momentum or 0.0, "nesterov": nesterov}
+        elif args.momentum is not None or args.nesterov:
+            raise UsageError(f"--momentum/--nesterov: apply to --optimizer sgd only, got --optimizer {optimizer}")
+        else:
+            options = {}
+        tbptt = _value(args, "tbptt", saved.get("tbptt"))
+        eval_every = args.eval_every if args.eval_every is not None else max(1, steps // 10)
+        print(f"gpubptt train: {task.describe()}; {model!r}", file=sys.stderr)
+        result = train(
+            model, task, steps, batch_size=_value(args, "batch", saved.get("batch")), optimizer=optimizer,
+            lr=_value(args, "lr", saved.get("lr")), optimizer_options=options,
+            clip_norm=_value(args, "clip_norm", saved.get("clip_norm")),
+            clip_value=_value(args, "clip_value", saved.get("clip_value")),
+            clip_step=_value(args, "clip_step", saved.get("clip_step")),
+            tbptt=tuple(tbptt) if tbptt else None, seed=_value(args, "seed", saved.get("seed")), out=out,
+            resume=bool(args.resume), checkpoint_every=_value(args, "checkpoint_every"), eval_every=eval_every,
+            log_every=_value(args, "log_every"), progress=not args.quiet,
+        )
+    except (ValueError, TypeError) as e:
+        print(f"gpubptt train: error: {e}", file=sys.stderr)
+        return 2
+    summary = f"trained {result.steps} steps in {result.seconds:.1f} s"
+    if result.skipped:
+        summary += f" ({result.skipped} skipped: non-finite gradients)"
+    if result.test:
+        summary += "; test " + ", ".join(f"{k} {v:.4g}" for k, v in result.test.items())
+        summary += " (baseline " + ", ".join(f"{k} {v:.4g}" for k, v in result.baseline.items()) + ")"
+    print(summary)
+    print(f"checkpoint: {result.checkpoint}")
+    print(f"metrics: {os.path.join(result.out, 'metrics.jsonl')}")
+    print(f"plot: {result.plot}" if result.plot else result.note)
+    if result.interrupted:
+        print(f"interrupted: continue with gpubptt train --resume {result.out}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def run_sample(args):
+    from .training import sample_text
+
+    try:
+        text = sample_text(args.checkpoint, length=args.length, temperature=args.temperature, prime=args.prime,
+                           seed=args.seed, backend=args.backend)
+    except (ValueError, TypeError) as e:
+        print(f"gpubptt sample: error: {e}", file=sys.stderr)
+        return 2
+    print(text)
+    return 0

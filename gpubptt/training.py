@@ -1,0 +1,660 @@
+"""The trainer: ``gpubptt.train(model, task_or_batches, steps, ...)`` and text sampling.
+
+One *step* is one optimizer update. A batch of sequences x [T,B,D] is cut for truncated BPTT after
+Williams & Peng, TBPTT(k1, k2): every k1 steps of the sequence, backpropagate through the last k2
+(k2 >= k1) steps, the loss covering the k1 new steps. Each such window is a step:
+
+    window [start, end) = [max(0, e - k2), e) for e = k1, 2·k1, ..., T (the last e is T)
+    L, grads, state = bptt(x[start:end], d[start:end], s0=state at start, loss_steps=e - e_prev,
+                           return_state=True, state_step=(start of the next window) - start)
+    optimizer.step(grads, clip_norm, clip_value)
+
+so the state flows forward across windows while the gradient stops at each window's start. With
+k1 = k2 = T (the default, ``tbptt=None``) there is one window per batch: full BPTT, exactly. For a
+task whose loss is at the last step only (``adding``), the windows before the last have nothing to
+learn from: the state is carried through them by ``forward`` and only the last window is a step.
+
+Everything a run needs to continue goes into the checkpoint (``gpubptt.checkpoint``): parameters,
+optimizer state, the data generator's state at the start of the current batch, the window reached
+and the carried state. ``resume=True`` continues from it, so on the ``cpu`` backend an interrupted
+run, resumed, ends bit-identical to one that was never interrupted. Ctrl-C (SIGINT) stops after the
+current step, saves a checkpoint and returns with ``interrupted=True``; a second Ctrl-C aborts at once.
+
+On the ``cuda`` backend with a GPU the model's parameters are moved to the GPU (``model.to_device()``)
+and each batch is moved there once when it is drawn; the test set once per run. Losses and norms
+stay on the GPU until they are logged (every ``log_every`` steps).
+"""
+import inspect
+import math
+import os
+import signal
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import checkpoint as ckpt
+from .arrays import check_choice, to_device, to_host, xp_of
+from .backend import resolve
+from .clipping import check_threshold
+from .losses import LOSSES
+from .model import RNN
+from .optim import OPTIMIZERS, Optimizer, make_optimizer
+from .report import Clock, MetricsLog, Progress, finite_or_none, plot
+from .tasks import TASKS, Task, make_task, task_from_config
+
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "training.png"
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` did. ``steps``: optimizer steps done in all (a resumed run counts the earlier
+    ones); ``loss``/``grad_norm``: of the last step; ``skipped``: steps skipped for non-finite
+    gradients; ``test``/``baseline``: the last test metrics and the task's baseline (None without a
+    task); ``checkpoint``/``plot``: paths written (None if none); ``note``: why a plot is missing."""
+
+    steps: int
+    loss: float = None
+    grad_norm: float = None
+    skipped: int = 0
+    interrupted: bool = False
+    test: dict = None
+    baseline: dict = None
+    out: str = None
+    checkpoint: str = None
+    plot: str = None
+    note: str = None
+    seconds: float = 0.0
+    history: list = field(default_factory=list, repr=False)
+
+
+def positive_int(name, value, allow_none=False, low=1):
+    """An integer >= low (1: positive); None passes when allowed."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        kind = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ValueError(f"{name}: expected {kind}, got {value!r}")
+    return int(value)
+
+
+def check_tbptt(tbptt):
+    """None (full BPTT) or a pair (k1, k2) of positive integers with k2 >= k1."""
+    if tbptt is None:
+        return None
+    if not isinstance(tbptt, (tuple, list)) or len(tbptt) != 2:
+        raise TypeError(f"tbptt: expected a pair (k1, k2) or None, got {tbptt!r}")
+    k1, k2 = positive_int("tbptt k1", tbptt[0]), positive_int("tbptt k2", tbptt[1])
+    if k2 < k1:
+        raise ValueError(f"tbptt: k2 (steps backpropagated) must be >= k1 (steps between updates), got k1={k1}, k2={k2}")
+    return k1, k2
+
+
+def tbptt_windows(T, tbptt, loss_steps):
+    """The windows of one batch of length T: a list of (start, end, loss_k, next_start).
+
+    The window backpropagates through [start, end) with the loss on its last loss_k steps and hands
+    the state at next_start to the next window; loss_k = 0 marks a stretch without loss, which is
+    only run forward from start to next_start. loss_steps: 'all' or 'last' (the task's).
+    """
+    k1, k2 = tbptt if tbptt is not None else (T, T)
+    ends = list(range(k1, T, k1)) + [T]
+    windows = []
+    for i, e in enumerate(ends):
+        prev = ends[i - 1] if i else 0
+        start = max(0, e - k2)
+        next_start = max(0, ends[i + 1] - k2) if i + 1 < len(ends) else None
+        loss_k = (e - prev) if loss_steps == "all" else (1 if e == T else 0)
+        windows.append((start, e, loss_k, next_start))
+    merged = []  # consecutive forward-only stretches become one
+    for w in windows:
+        if w[2] == 0 and merged and merged[-1][2] == 0:
+            merged[-1] = (merged[-1][0], w[1], 0, w[3])
+        else:
+            merged.append(w)
+    return [w for w in merged if not (w[2] == 0 and w[3] == w[0])]  # forward-only over nothing
+
+
+def model_config(model):
+    """The model's configuration as stored in checkpoints (what rebuilds it with ``RNN(**config)``)."""
+    config = {
+        "input_size": int(model.input_size), "hidden_size": int(model.hidden_size),
+        "output_size": int(model.output_size), "cell": model.cell, "output_activation": model.output_activation,
+        "bias": "bx" in model.params or any(k.startswith("bx") for k in model.params),
+        "dtype": np.dtype(next(iter(model.params.values())).dtype).name,
+    }
+    for name, default in (("num_layers", 1), ("bidirectional", False)):
+        value = getattr(model, name, default)
+        if value != default:
+            config[name] = value
+    return config
+
+
+def build_model(config, seed=None, backend="auto"):
+    """An ``RNN`` from ``model_config`` output."""
+    return RNN(seed=seed, backend=backend, **config)
+
+
+def _accepts(method, name):
+    try:
+        return name in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class _Window:
+    """Runs one window through the model, using bptt's ``return_state``/``state_step``/``loss_steps=k``
+    and ``clip_step`` where the installed ``bptt`` has them; without them (the core's Elman API) the
+    state comes from ``forward``'s S and a partial loss is refused with a clear error."""
+
+    def __init__(self, model, loss, clip_step):
+        self.model = model
+        self.loss = loss
+        self.clip_step = clip_step
+        self.native = _accepts(model.bptt, "return_state")
+        self.native_forward = _accepts(model.forward, "return_state")
+        if clip_step is not None and not _accepts(model.bptt, "clip_step"):
+            raise ValueError("clip_step: this gpubptt's bptt has no per-step clipping (clip_step) yet")
+
+    def bptt(self, x, d, s0, loss_k, state_step):
+        """(L, grads, state after state_step steps of x from s0; None when state_step is None)."""
+        T = x.shape[0]
+        if loss_k == T:
+            loss_steps = "all"
+        elif loss_k == 1 and self.loss_last:
+            loss_steps = "last"
+        elif self.native:
+            loss_steps = loss_k
+        else:
+            raise ValueError(f"tbptt: a window whose loss covers {loss_k} of its {T} steps needs "
+                             "gpubptt.bptt(loss_steps=k), which this gpubptt lacks; use k1 = k2")
+        kwargs = dict(s0=s0, loss=self.loss, loss_steps=loss_steps)
+        if self.clip_step is not None:
+            kwargs["clip_step"] = self.clip_step
+        if state_step is None or state_step == 0:
+            L, grads = self.model.bptt(x, d, **kwargs)
+            return L, grads, (None if state_step is None else s0)
+        if self.native:
+            return self.model.bptt(x, d, return_state=True, state_step=state_step, **kwargs)
+        L, grads = self.model.bptt(x, d, **kwargs)
+        return L, grads, self.forward(x[:state_step], s0)[1]
+
+    def forward(self, x, s0):
+        """(Y, state after the last step of x)."""
+        if self.native_forward:
+            Y, _, state = self.model.forward(x, s0, return_state=True)
+            return Y, state
+        Y, S = self.model.forward(x, s0)
+        return Y, S[-1].copy()
+
+    def advance(self, x, s0):
+        """The state after running x forward from s0 (s0 itself for an empty x)."""
+        return s0 if x.shape[0] == 0 else self.forward(x, s0)[1]
+
+
+class _TaskData:
+    def __init__(self, task, batch_size, seed):
+        self.task = task
+        self.batch_size = batch_size
+        self.rng = np.random.default_rng([seed, 1])  # the model's initialisation uses seed itself
+
+    def get_state(self):
+        return {"rng": self.rng.bit_generator.state}
+
+    def set_state(self, state):
+        self.rng.bit_generator.state = state["rng"]
+
+    def next(self):
+        return self.task.batch(self.rng, self.batch_size)
+
+
+class _ListData:
+    def __init__(self, batches):
+        self.batches = batches
+        self.index = 0
+
+    def get_state(self):
+        return {"index": self.index}
+
+    def set_state(self, state):
+        self.index = int(state["index"])
+
+    def next(self):
+        b = self.batches[self.index % len(self.batches)]
+        self.index += 1
+        return b
+
+
+def _check_batches(batches):
+    if isinstance(batches, (str, bytes)) or not isinstance(batches, Sequence) or not batches:
+        raise TypeError(f"task_or_batches: expected a task name ({', '.join(TASKS)}), a Task, or a non-empty "
+                        f"list of (x, d) batches, got {type(batches).__name__}")
+    for i, b in enumerate(batches):
+        if not isinstance(b, (tuple, list)) or len(b) != 2:
+            raise TypeError(f"task_or_batches[{i}]: expected a pair (x, d), got {type(b).__name__}")
+    xp_of({f"task_or_batches[{i}][{j}]": a for i, b in enumerate(batches) for j, a in enumerate(b)})
+    return list(batches)
+
+
+def _carry_to_arrays(state):
+    """The carried state as a list of arrays (a tuple for LSTM's (h, c)) and its structure name."""
+    if state is None:
+        return [], "none"
+    if isinstance(state, tuple):
+        return [to_host(a) for a in state], "tuple"
+    return [to_host(state)], "array"
+
+
+def _carry_from_arrays(arrays, kind, xp):
+    if kind == "none":
+        return None
+    arrays = [xp.asarray(a) for a in arrays]
+    return tuple(arrays) if kind == "tuple" else arrays[0]
+
+
+class Trainer:
+    """One training run; ``train()`` builds it and calls ``run()``. Attributes are the run's state."""
+
+    def __init__(self, model, task_or_batches, steps, batch_size=32, optimizer="adam", lr=None,
+                 optimizer_options=None, clip_norm=None, clip_value=None, clip_step=None, tbptt=None, loss=None,
+                 seed=0, out=None, resume=False, checkpoint_every=None, eval_every=None, log_every=10,
+                 progress=True, callback=None):
+        if not isinstance(model, RNN):
+            raise TypeError(f"model: expected a gpubptt.RNN, got {type(model).__name__}")
+        self.model = model
+        self.total = positive_int("steps", steps)
+        self.batch_size = positive_int("batch_size", batch_size)
+        self.clip_norm = check_threshold("clip_norm", clip_norm)
+        self.clip_value = check_threshold("clip_value", clip_value)
+        self.clip_step = check_threshold("clip_step", clip_step)
+        self.tbptt = check_tbptt(tbptt)
+        self.seed = positive_int("seed", seed, low=0)
+        self.progress_enabled = bool(progress)
+        self.checkpoint_every = positive_int("checkpoint_every", checkpoint_every, allow_none=True)
+        self.eval_every = positive_int("eval_every", eval_every, allow_none=True)
+        self.log_every = positive_int("log_every", log_every)
+        self.callback = callback
+        self.out = None if out is None else ckpt.check_directory("out", out)
+        if resume and out is None:
+            raise ValueError("resume: needs out, the directory that holds the checkpoint")
+        if self.out is not None and not resume and ckpt.exists(self.out):
+            raise ValueError(f"out: {self.out} already holds a checkpoint; pass resume=True (--resume) to continue "
+                             "it, or choose another directory")
+        dtype = np.dtype(next(iter(model.params.values())).dtype)
+
+        # the data: a task (by name or object) or a list of batches
+        if isinstance(task_or_batches, str):
+            task_or_batches = make_task(task_or_batches, dtype=dtype)
+        if isinstance(task_or_batches, Task):
+            self.task = task_or_batches
+            self._check_task_fits()
+            self.loss, self.loss_steps = self.task.loss, self.task.loss_steps
+            if loss is not None and loss != self.loss:
+                raise ValueError(f"loss: the {self.task.name} task trains with {self.loss!r}, got loss={loss!r}")
+            self.data = _TaskData(self.task, self.batch_size, self.seed)
+        else:
+            self.task = None
+            batches = _check_batches(task_or_batches)
+            if loss is None:
+                loss = "cross_entropy" if batches[0][1].dtype.kind in "iu" else "squared"
+            self.loss = check_choice("loss", loss, LOSSES)
+            self.loss_steps = "all"
+            self.data = _ListData(batches)
+
+        # the backend, the model's and the data's device, the optimizer
+        named = {f"model.params[{k!r}]": v for k, v in model.params.items()}
+        self.be = resolve(model.backend, on_device=xp_of(named) is not np)
+        if self.be.name == "cuda" and self.be.xp is not np:
+            model.to_device()
+            if isinstance(self.data, _ListData):
+                self.data.batches = [tuple(to_device(list(b))) for b in self.data.batches]
+        self.xp = self.be.xp
+        if isinstance(optimizer, Optimizer):
+            if optimizer.params is not model.params:
+                raise ValueError("optimizer: was made for other parameters than model.params")
+            self.optimizer = optimizer
+        else:
+            check_choice("optimizer", optimizer, OPTIMIZERS)
+            self.optimizer = make_optimizer(optimizer, model.params, lr, backend=model.backend,
+                                            **(optimizer_options or {}))
+        self.window_runner = _Window(model, self.loss, self.clip_step)
+        self.window_runner.loss_last = self.loss_steps == "last"
+
+        # where the run stands
+        self.step = 0
+        self.batch = None  # (x, d) on the compute device, with its plan
+        self.plan = None
+        self.window = 0
+        self.carry = None
+        self.batch_state = None  # the data source's state before the current batch was drawn
+        self.records = []
+        self.pending = []
+        self.test = None
+        self.stop_requested = False
+        self.result_note = None
+        if resume:
+            self._resume()
+        if self.out is not None:
+            ckpt.check_directory("out", self.out, create=True)  # only now: bad arguments leave no directory
+            self.log = MetricsLog(os.path.join(self.out, METRICS_FILE), fresh=not resume)
+            if resume:
+                self.log.keep_until(self.step)
+        else:
+            self.log = None
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def _check_task_fits(self):
+        t, m = self.task, self.model
+        dtype = np.dtype(next(iter(m.params.values())).dtype)
+        for what, need, have in (("input_size", t.input_size, m.input_size),
+                                 ("output_size", t.output_size, m.output_size),
+                                 ("output_activation", t.output_activation, m.output_activation)):
+            if need != have:
+                raise ValueError(f"model.{what}: the {t.name} task needs {need!r}, got {have!r}")
+        if t.dtype != dtype:
+            raise TypeError(f"task: generates {t.dtype} data but the model's parameters are {dtype}")
+
+    def config(self):
+        return {
+            "steps": self.total, "batch_size": self.batch_size, "tbptt": list(self.tbptt) if self.tbptt else None,
+            "seed": self.seed,
+            "loss": self.loss, "loss_steps": self.loss_steps, "clip_norm": self.clip_norm,
+            "clip_value": self.clip_value, "clip_step": self.clip_step,
+        }
+
+    def _resume(self):
+        arrays, meta = ckpt.load(self.out)
+        where = ckpt.path_in(self.out)
+
+        def mismatch(what, saved, have):
+            raise ckpt.CheckpointError(f"checkpoint {where} was written for {what}={saved!r}, got {what}={have!r}")
+
+        defaults = {"num_layers": 1, "bidirectional": False}
+        have_config = {**defaults, **model_config(self.model)}
+        for key, saved in {**defaults, **meta["model"]}.items():
+            if have_config.get(key) != saved:
+                mismatch(f"model {key}", saved, have_config.get(key))
+        saved_keys = sorted(k[len("param/"):] for k in arrays if k.startswith("param/"))
+        if saved_keys != sorted(self.model.params):
+            mismatch("parameter keys", saved_keys, sorted(self.model.params))
+        for k, p in self.model.params.items():
+            if arrays[f"param/{k}"].shape != tuple(p.shape):
+                mismatch(f"params[{k!r}] shape", arrays[f"param/{k}"].shape, tuple(p.shape))
+        task_config = self.task.config() if self.task else None
+        if meta["task"] != task_config:
+            mismatch("task", meta["task"], task_config)
+        if meta["optimizer"]["name"] != self.optimizer.name:
+            mismatch("optimizer", meta["optimizer"]["name"], self.optimizer.name)
+        for key in ("batch_size", "tbptt", "seed", "loss"):
+            if meta["train"][key] != self.config()[key]:
+                mismatch(key, meta["train"][key], self.config()[key])
+        # everything fits: load (nothing above wrote anything)
+        state = dict(meta["optimizer"])
+        state["optimizer"] = state.pop("name")
+        state["buffers"] = {}
+        for k, v in arrays.items():
+            if k.startswith("optim/"):
+                _, b, key = k.split("/", 2)
+                state["buffers"].setdefault(b, {})[key] = v
+        self.optimizer.load_state_dict(state)
+        xp = self.xp
+        for k, p in self.model.params.items():
+            p[...] = xp.asarray(arrays[f"param/{k}"])
+        self.step = int(meta["step"])
+        pos = meta["position"]
+        self.data.set_state(pos["data"])
+        if pos["in_batch"]:
+            self._draw_batch()
+            self.window = int(pos["window"])
+            carried = [arrays[f"carry/{i}"] for i in range(pos["carry_len"])]
+            self.carry = _carry_from_arrays(carried, pos["carry"], xp)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _draw_batch(self):
+        self.batch_state = self.data.get_state()
+        x, d = self.data.next()
+        self.batch = (self.xp.asarray(x), self.xp.asarray(d)) if self.xp is not np else (x, d)
+        self.plan = tbptt_windows(x.shape[0], self.tbptt, self.loss_steps)
+        self.window = 0
+        self.carry = None
+
+    def _one_step(self):
+        """Run windows until one optimizer step is done."""
+        while True:
+            if self.batch is None:
+                self._draw_batch()
+            start, end, loss_k, next_start = self.plan[self.window]
+            x, d = self.batch
+            if loss_k == 0:
+                self.carry = self.window_runner.advance(x[start:next_start], self.carry)
+                self._next_window(next_start)
+                continue
+            state_step = None if next_start is None else next_start - start
+            L, grads, state = self.window_runner.bptt(x[start:end], d[start:end], self.carry, loss_k, state_step)
+            info = self.optimizer.step(grads, clip_norm=self.clip_norm, clip_value=self.clip_value)
+            self.step += 1
+            self.pending.append((self.step, L, loss_k, info, self.clock.elapsed()))
+            self.carry = state
+            self._next_window(next_start)
+            return
+
+    def _next_window(self, next_start):
+        self.window += 1
+        if self.window == len(self.plan):
+            self.batch, self.plan, self.carry = None, None, None
+
+    def _flush(self):
+        """Read the pending losses and norms from the device (one transfer) and log them."""
+        if not self.pending:
+            return
+        xp = self.xp
+        values = to_host(xp.stack([xp.stack([xp.asarray(L, dtype=np.float64) / k, info.norm,
+                                             xp.asarray(info.applied, dtype=np.float64)])
+                                   for _, L, k, info, _ in self.pending]))
+        new = [{"step": s, "loss": finite_or_none(v[0]), "grad_norm": finite_or_none(v[1]), "applied": bool(v[2]),
+                "elapsed": round(t, 4)}
+               for (s, _, _, _, t), v in zip(self.pending, values)]
+        self.pending = []
+        self.records.extend(new)
+        if self.log:
+            self.log.write(new)
+        self.skipped = int(to_host(self.optimizer.counters)[1])
+        done = self.step - self.first_step
+        rate = done / max(self.clock.elapsed(), 1e-9)
+        last = new[-1]
+        self.progress.update(self.step, last["loss"], last["grad_norm"], rate, self.skipped,
+                             final=self.step >= self.total)
+
+    def evaluate(self):
+        """The task's metrics on its test set (None without a task)."""
+        if self.task is None:
+            return None
+        if self.test is None:
+            x, d = self.task.test_set()
+            self.test = (self.xp.asarray(x), d) if self.xp is not np else (x, d)
+        Y = self.model.forward(self.test[0])[0]
+        return self.task.metrics(Y, self.test[1])
+
+    def _evaluate_and_log(self):
+        metrics = self.evaluate()
+        if metrics is None:
+            return
+        self.last_test = metrics
+        record = {"step": self.step, "test": {k: finite_or_none(v) for k, v in metrics.items()},
+                  "baseline": self.task.baseline}
+        self.records.append(record)
+        if self.log:
+            self.log.write([record])
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        base = ", ".join(f"{k} {v:.4g}" for k, v in self.task.baseline.items())
+        self.progress.message(f"step {self.step}: test {shown} (baseline {base})")
+
+    def save(self):
+        """Write the checkpoint (atomically); returns its path, or None without ``out``."""
+        if self.out is None:
+            return None
+        arrays = {f"param/{k}": to_host(v) for k, v in self.model.params.items()}
+        state = self.optimizer.state_dict()
+        for b, per_key in state.pop("buffers").items():
+            for k, v in per_key.items():
+                arrays[f"optim/{b}/{k}"] = v
+        in_batch = self.batch is not None
+        carried, kind = _carry_to_arrays(self.carry if in_batch else None)
+        for i, a in enumerate(carried):
+            arrays[f"carry/{i}"] = a
+        meta = {
+            "step": self.step,
+            "model": model_config(self.model),
+            "task": self.task.config() if self.task else None,
+            "optimizer": {"name": state.pop("optimizer"), **state},
+            "train": self.config(),
+            "position": {"in_batch": in_batch, "window": self.window if in_batch else 0,
+                         "data": self.batch_state if in_batch else self.data.get_state(),
+                         "carry": kind, "carry_len": len(carried)},
+        }
+        return ckpt.save(self.out, arrays, meta)
+
+    def _on_sigint(self, signum, frame):
+        self.stop_requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C aborts at once
+
+    def run(self):
+        self.clock = Clock()
+        self.first_step = self.step
+        self.skipped = self.optimizer.skipped
+        self.last_test = None
+        self.progress = Progress(self.total, enabled=bool(self.progress_enabled))
+        handler_installed = threading.current_thread() is threading.main_thread()
+        if handler_installed:
+            previous = signal.signal(signal.SIGINT, self._on_sigint)
+        interrupted = False
+        path = None
+        try:
+            while self.step < self.total:
+                self._one_step()
+                at = self.step
+                last = at >= self.total
+                evaluate = bool(self.eval_every) and at % self.eval_every == 0 and not last
+                checkpoint = bool(self.checkpoint_every) and at % self.checkpoint_every == 0 and not last
+                if self.stop_requested or last or evaluate or checkpoint or at % self.log_every == 0:
+                    self._flush()
+                if evaluate:
+                    self._evaluate_and_log()
+                if checkpoint:
+                    path = self.save()
+                if self.callback is not None:
+                    self.callback(at, self)
+                if self.stop_requested and not last:
+                    interrupted = True
+                    break
+            self._flush()
+            if not interrupted:
+                self._evaluate_and_log()
+            path = self.save() or path
+        finally:
+            if handler_installed:
+                signal.signal(signal.SIGINT, previous)
+        if interrupted:
+            self.progress.message(f"interrupted at step {self.step}" +
+                                  (f"; checkpoint saved to {path}" if path else ""))
+        plot_path, note = None, None
+        if self.out is not None:
+            records = self.log.read()
+            m, h = self.model, self.optimizer.hyper
+            title = (f"{self.task.name if self.task else 'batches'}: {m.cell} RNN, H={m.hidden_size}, "
+                     f"{self.optimizer.name} lr={h['lr']:g}" + (f", clip norm {self.clip_norm:g}" if self.clip_norm else "")
+                     + (f", TBPTT{self.tbptt}" if self.tbptt else ""))
+            plot_path, note = plot(records, os.path.join(self.out, PLOT_FILE), title, self.clip_norm)
+            if note:
+                self.progress.message(note)
+        steps_records = [r for r in self.records if "loss" in r]
+        last = steps_records[-1] if steps_records else {}
+        return TrainResult(
+            steps=self.step, loss=last.get("loss"), grad_norm=last.get("grad_norm"), skipped=self.skipped,
+            interrupted=interrupted, test=self.last_test, baseline=self.task.baseline if self.task else None,
+            out=self.out, checkpoint=path, plot=plot_path, note=note, seconds=self.clock.elapsed(),
+            history=self.records,
+        )
+
+
+def train(model, task_or_batches, steps, *, batch_size=32, optimizer="adam", lr=None, optimizer_options=None,
+          clip_norm=None, clip_value=None, clip_step=None, tbptt=None, loss=None, seed=0, out=None, resume=False,
+          checkpoint_every=None, eval_every=None, log_every=10, progress=True, callback=None):
+    """Train ``model`` (a ``gpubptt.RNN``, its parameters updated in place) for ``steps`` optimizer steps.
+
+    task_or_batches  a task name ('sine', 'adding', 'copy', 'text' needs a Task made with its file),
+                     a ``gpubptt.tasks.Task``, or a list of (x [T,B,D], d) batches used in turn
+    batch_size       sequences per batch (tasks only)
+    optimizer        'sgd', 'adam', 'adagrad' or an ``Optimizer`` made for ``model.params``;
+                     lr None takes the optimizer's default; optimizer_options e.g. {'momentum': 0.9}
+    clip_norm        global-norm clipping threshold; clip_value: element-wise [-c, c];
+                     clip_step: per-time-step clipping inside BPTT (the seed article's)
+    tbptt            (k1, k2): TBPTT(k1, k2) (module docstring); None: full BPTT over each batch
+    loss             for a list of batches: 'squared' or 'cross_entropy' (default from d's dtype)
+    seed             the data generator's seed (the model carries its own initialisation)
+    out              directory for checkpoint.npz, metrics.jsonl, training.png (None: nothing written)
+    resume           continue from the checkpoint in ``out`` (same model shape, task and data settings)
+    checkpoint_every, eval_every, log_every   in steps; checkpoints and a test evaluation also at the end
+    progress         show the progress bar on stderr
+    callback         called as callback(step, trainer) after every step
+    Returns a ``TrainResult``.
+    """
+    trainer = Trainer(model, task_or_batches, steps, batch_size=batch_size, optimizer=optimizer, lr=lr,
+                      optimizer_options=optimizer_options, clip_norm=clip_norm, clip_value=clip_value,
+                      clip_step=clip_step, tbptt=tbptt, loss=loss, seed=seed, out=out, resume=resume,
+                      checkpoint_every=checkpoint_every, eval_every=eval_every, log_every=log_every,
+                      progress=progress, callback=callback)
+    return trainer.run()
+
+
+def load_model(directory, backend="auto"):
+    """(model, task or None, meta) from the checkpoint in ``directory``."""
+    arrays, meta = ckpt.load(directory)
+    model = build_model(meta["model"], backend=backend)
+    for k, p in model.params.items():
+        saved = arrays.get(f"param/{k}")
+        if saved is None or saved.shape != p.shape:
+            raise ckpt.CheckpointError(f"checkpoint {ckpt.path_in(directory)}: params[{k!r}] is missing or misshapen")
+        p[...] = saved
+    task = task_from_config(meta["task"], dtype=model.params["Wy"].dtype) if meta["task"] else None
+    return model, task, meta
+
+
+def sample_text(directory, length=200, temperature=1.0, prime=None, seed=0, backend="auto"):
+    """Generate ``length`` characters from the text model checkpointed in ``directory``.
+
+    prime: text to run through the model first (its characters must be in the vocabulary; default
+    one character drawn from the training text's frequencies). Each next character is drawn from
+    softmax(z / temperature), z the model's output before softmax. Returns the prime + the sample.
+    """
+    length = positive_int("length", length)
+    temperature = check_threshold("temperature", temperature, allow_none=False)
+    model, task, meta = load_model(directory, backend=backend)
+    if meta["task"] is None or meta["task"]["name"] != "text":
+        name = meta["task"]["name"] if meta["task"] else "a list of batches"
+        raise ValueError(f"sample: the checkpoint in {directory} was trained on {name}; sampling needs a text model")
+    rng = np.random.default_rng(seed)
+    if prime is None:
+        counts = np.bincount(task.train_codes, minlength=task.output_size)
+        prime = task.vocab[rng.choice(task.output_size, p=counts / counts.sum())]
+    if not isinstance(prime, str) or not prime:
+        raise ValueError(f"prime: expected a non-empty string, got {prime!r}")
+    unknown = sorted(set(prime) - set(task.vocab))
+    if unknown:
+        raise ValueError(f"prime: characters not in the model's vocabulary: {''.join(unknown)!r}")
+    runner = _Window(model, "cross_entropy", None)
+    state, out = None, list(prime)
+    x = task.one_hot(task.encode(prime))[:, None, :]
+    for _ in range(length):
+        Y, state = runner.forward(x, state)
+        Y = to_host(Y)[-1, 0].astype(np.float64)
+        logits = np.log(np.maximum(Y, 1e-300)) / temperature
+        p = np.exp(logits - logits.max())
+        code = rng.choice(task.output_size, p=p / p.sum())
+        out.append(task.vocab[code])
+        x = task.one_hot(np.array([code]))[:, None, :]
+    return "".join(out)

@@ -1,0 +1,113 @@
+"""Built-in tasks: what they generate, their baselines (checked against the numbers the docs state),
+determinism, and bad input."""
+import math
+
+import numpy as np
+import pytest
+
+from gpubptt import tasks
+
+
+def test_sine_is_next_step_prediction_with_the_documented_baseline():
+    t = tasks.make_task("sine", seq_len=30)
+    x, d = t.batch(np.random.default_rng(0), 5)
+    assert x.shape == (30, 5, 1) and d.shape == (30, 5, 1) and x.dtype == np.float32
+    np.testing.assert_array_equal(x[1:], d[:-1])  # d_t = x_{t+1}
+    # predicting the last value: E[1 - cos ω] + 2σ², ω ~ U[0.2, 0.6], σ = 0.05
+    lo, hi = tasks.Sine.OMEGA
+    expected = 1 - (math.sin(hi) - math.sin(lo)) / (hi - lo) + 2 * tasks.Sine.NOISE ** 2
+    assert abs(tasks.make_task("sine").baseline["mse"] - expected) < 0.005, (tasks.make_task("sine").baseline, expected)
+    assert 0.08 < expected < 0.095  # the "≈ 0.09" of the docs
+
+
+def test_adding_problem_and_its_one_sixth_baseline():
+    t = tasks.make_task("adding", seq_len=10)
+    x, d = t.batch(np.random.default_rng(1), 100_000)
+    assert x.shape == (10, 100_000, 2) and d.shape == (10, 100_000, 1)
+    marks = x[..., 1]
+    assert np.all(marks.sum(axis=0) == 2)
+    assert np.all(marks[:5].sum(axis=0) == 1) and np.all(marks[5:].sum(axis=0) == 1)  # one in each half
+    np.testing.assert_allclose(d[-1, :, 0], (x[..., 0] * marks).sum(axis=0), rtol=1e-6)
+    assert np.all(d[:-1] == 0)
+    assert t.loss_steps == "last"
+    # always answering 1: E[(u1 + u2 - 1)²] = Var(u1 + u2) = 2/12 = 0.1667
+    mse = float(np.mean((d[-1, :, 0].astype(np.float64) - 1) ** 2))
+    assert abs(mse - 1 / 6) < 0.003, mse
+    assert abs(tasks.make_task("adding").baseline["mse"] - 1 / 6) < 0.02  # the fixed test set's value
+
+
+def test_copy_memory_layout_and_baseline():
+    t = tasks.make_task("copy", delay=5)
+    assert t.seq_len == 25 and t.input_size == t.output_size == 10 and t.loss == "cross_entropy"
+    x, d = t.batch(np.random.default_rng(2), 4)
+    tokens = x.argmax(axis=-1)
+    assert x.shape == (25, 4, 10) and np.all(x.sum(axis=-1) == 1)  # one-hot
+    assert np.all((tokens[:10] >= 1) & (tokens[:10] <= 8))  # data symbols
+    assert np.all(tokens[10:14] == 0) and np.all(tokens[14] == 9) and np.all(tokens[15:] == 0)
+    np.testing.assert_array_equal(d[-10:], tokens[:10])
+    assert np.all(d[:-10] == 0)
+    assert t.baseline["cross_entropy"] == pytest.approx(10 * math.log(8) / 25)
+    # the memoryless strategy reaches exactly that baseline
+    Y = np.zeros((25, 4, 10))
+    Y[:-10, :, 0] = 1
+    Y[-10:, :, 1:9] = 1 / 8
+    assert t.metrics(Y, d)["cross_entropy"] == pytest.approx(t.baseline["cross_entropy"])
+
+
+def test_text_task(tmp_path):
+    f = tmp_path / "t.txt"
+    f.write_text("abcab" * 40, encoding="utf-8")
+    t = tasks.make_task("text", seq_len=8, text=f)
+    assert t.vocab == "abc" and t.input_size == 3 and t.output_activation == "softmax"
+    x, d = t.batch(np.random.default_rng(0), 3)
+    assert x.shape == (8, 3, 3) and d.shape == (8, 3)
+    np.testing.assert_array_equal(x.argmax(-1)[1:], d[:-1])  # d_t is the character after x_t
+    tx, td = t.test_set()
+    entropy = -(2 * 0.4 * math.log2(0.4) + 0.2 * math.log2(0.2))  # a, b, c at 0.4, 0.4, 0.2
+    assert tx.shape[1] >= 1 and t.baseline["bits_per_char"] == pytest.approx(entropy, abs=0.05)
+    assert t.config()["sha256"] and t.config()["vocab"] == "abc"
+
+
+def test_batches_are_determined_by_the_generator_and_the_test_set_is_fixed():
+    t = tasks.make_task("adding")
+    a = t.batch(np.random.default_rng(5), 3)
+    b = t.batch(np.random.default_rng(5), 3)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(tasks.make_task("adding").test_set()[0], t.test_set()[0])
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(name="mnist"), ValueError, r"task: expected one of 'sine', 'adding', 'copy', 'text', got 'mnist'"),
+    (dict(name="sine", seq_len=0), ValueError, r"seq_len: expected a positive integer, got 0"),
+    (dict(name="adding", seq_len=1), ValueError, r"seq_len: the adding problem needs at least 2 steps, got 1"),
+    (dict(name="copy", delay=0), ValueError, r"delay: expected a positive integer, got 0"),
+    (dict(name="copy", delay=5, seq_len=30), ValueError, r"seq_len: the copy task's length is delay \+ 20 = 25"),
+    (dict(name="sine", delay=5), ValueError, r"delay: only the copy task takes a delay"),
+    (dict(name="sine", text="x.txt"), ValueError, r"text: only the text task reads a file"),
+    (dict(name="text"), ValueError, r"text: the text task needs a text file \(--text FILE\)"),
+])
+def test_bad_task_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        tasks.make_task(**kwargs)
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"", r"is empty; expected a UTF-8 text file"),
+    (b"abc\x00def" * 100, r"is not text \(it holds NUL bytes\)"),
+    (b"\xff\xfe\xfa" * 100, r"is not UTF-8 text \(invalid byte at offset 0\)"),
+    (b"short text", r"has 10 characters; with seq_len 100 it needs at least 1010"),
+])
+def test_bad_text_files(tmp_path, content, match):
+    f = tmp_path / "bad.txt"
+    f.write_bytes(content)
+    with pytest.raises(ValueError, match=match):
+        tasks.make_task("text", text=f)
+
+
+def test_missing_text_file_and_directory(tmp_path):
+    with pytest.raises(ValueError, match=r"text: cannot read .*nope.txt"):
+        tasks.make_task("text", text=tmp_path / "nope.txt")
+    with pytest.raises(ValueError, match=r"text: cannot read"):
+        tasks.make_task("text", text=tmp_path)
+    with pytest.raises(TypeError, match=r"text: expected the path of a text file, got int"):
+        tasks.make_task("text", text=3)

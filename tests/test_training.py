@@ -1,0 +1,361 @@
+"""The trainer: TBPTT windows and their equivalences, resume bit-identity, Ctrl-C, the NaN guard,
+the exploding-gradient demonstration, checkpoints (atomic, validated), sampling, bad input."""
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+
+import gpubptt
+from gpubptt import checkpoint as ckpt
+from gpubptt import optim, training
+from gpubptt.training import tbptt_windows, train
+
+NATIVE_TBPTT = training._accepts(gpubptt.RNN.bptt, "return_state")
+needs_native = pytest.mark.skipif(
+    not NATIVE_TBPTT, reason="needs bptt(loss_steps=k, return_state=True, state_step=j), not in this gpubptt yet")
+
+
+def small_model(seed=0, cell="tanh", D=1, H=6, O=1, out="identity", dtype=np.float64):
+    return gpubptt.RNN(D, H, O, cell=cell, output_activation=out, dtype=dtype, seed=seed, backend="cpu")
+
+
+def params_equal(a, b):
+    return all(np.array_equal(a[k], b[k]) for k in a)
+
+
+# -- windows ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("T,tbptt,steps,expected", [
+    (10, None, "all", [(0, 10, 10, None)]),
+    (10, (10, 10), "all", [(0, 10, 10, None)]),
+    # the last stretch (1 new step) still backpropagates k2 = 3 steps, from step 7
+    (10, (3, 3), "all", [(0, 3, 3, 3), (3, 6, 3, 6), (6, 9, 3, 7), (7, 10, 1, None)]),
+    # k2 > k1: every window reaches k2 steps back; next_start is where the next window begins
+    (10, (3, 5), "all", [(0, 3, 3, 1), (1, 6, 3, 4), (4, 9, 3, 5), (5, 10, 1, None)]),
+    # the loss at the last step only: run forward to T - k2, then one window of k2 steps
+    (10, (3, 5), "last", [(0, 9, 0, 5), (5, 10, 1, None)]),
+    (10, (4, 10), "last", [(0, 10, 1, None)]),
+    (10, None, "last", [(0, 10, 1, None)]),
+])
+def test_tbptt_windows(T, tbptt, steps, expected):
+    assert tbptt_windows(T, tbptt, steps) == expected
+
+
+def test_full_length_tbptt_is_full_bptt_exactly():
+    """TBPTT(T, T) and tbptt=None are one bptt + one optimizer step per batch: bit-identical to doing
+    that by hand."""
+    task = gpubptt.tasks.make_task("sine", seq_len=12, dtype=np.float64)
+    runs = []
+    for tbptt in (None, (12, 12)):
+        m = small_model()
+        train(m, task, 3, batch_size=4, optimizer="sgd", lr=0.1, tbptt=tbptt, progress=False)
+        runs.append(m.params)
+    m = small_model()
+    opt = optim.SGD(m.params, lr=0.1, backend="cpu")
+    rng = np.random.default_rng([0, 1])  # the trainer's data generator for seed 0
+    for _ in range(3):
+        x, d = task.batch(rng, 4)
+        opt.step(m.bptt(x, d)[1])
+    assert params_equal(runs[0], runs[1]) and params_equal(runs[0], m.params)
+
+
+def test_tbptt_k_k_carries_the_state_and_cuts_the_gradient():
+    """TBPTT(4, 4) over T = 12: three updates per batch, each a bptt over 4 steps started from the
+    state the previous window ended in, with no gradient through that state."""
+    task = gpubptt.tasks.make_task("sine", seq_len=12, dtype=np.float64)
+    m = small_model()
+    train(m, task, 3, batch_size=2, optimizer="sgd", lr=0.1, tbptt=(4, 4), progress=False)
+    ref = small_model()
+    opt = optim.SGD(ref.params, lr=0.1, backend="cpu")
+    x, d = task.batch(np.random.default_rng([0, 1]), 2)
+    state = None
+    for start in (0, 4, 8):
+        xs, ds = x[start:start + 4], d[start:start + 4]
+        _, S = ref.forward(xs, state)
+        next_state = S[-1].copy()
+        opt.step(ref.bptt(xs, ds, s0=state)[1])
+        state = next_state
+    assert params_equal(m.params, ref.params)
+
+
+@needs_native
+def test_tbptt_k1_lt_k2_matches_windows_by_hand():
+    task = gpubptt.tasks.make_task("sine", seq_len=10, dtype=np.float64)
+    m = small_model()
+    train(m, task, 4, batch_size=2, optimizer="sgd", lr=0.1, tbptt=(3, 5), progress=False)
+    ref = small_model()
+    opt = optim.SGD(ref.params, lr=0.1, backend="cpu")
+    x, d = task.batch(np.random.default_rng([0, 1]), 2)
+    state = None
+    for start, end, k, next_start in tbptt_windows(10, (3, 5), "all"):
+        _, grads, new_state = gpubptt.bptt(ref.params, x[start:end], d[start:end], state, loss_steps=k,
+                                           return_state=True, state_step=(next_start or end) - start, backend="cpu")
+        opt.step(grads)
+        state = new_state
+    assert params_equal(m.params, ref.params)
+
+
+# -- checkpoints, resume, Ctrl-C ------------------------------------------------------------------
+
+
+def _interrupt_at(step):
+    def callback(at, trainer):
+        if at == step:
+            signal.raise_signal(signal.SIGINT)  # what Ctrl-C does
+    return callback
+
+
+@pytest.mark.parametrize("stop", [3, 6])  # 6: in the middle of a batch (4 windows per batch)
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, stop):
+    task = gpubptt.tasks.make_task("sine", seq_len=12, dtype=np.float32)
+    common = dict(batch_size=3, optimizer="adam", lr=0.01, clip_norm=1.0, tbptt=(3, 3), progress=False,
+                  eval_every=4)
+    straight = small_model(dtype=np.float32)
+    full = train(straight, task, 10, out=tmp_path / "a", **common)
+    assert not full.interrupted and full.steps == 10
+
+    m = small_model(dtype=np.float32)
+    first = train(m, task, 10, out=tmp_path / "b", callback=_interrupt_at(stop), **common)
+    assert first.interrupted and first.steps == stop
+    assert ckpt.load(tmp_path / "b")[1]["step"] == stop
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
+    resumed_model = small_model(seed=99, dtype=np.float32)  # other weights: the checkpoint's must win
+    second = train(resumed_model, task, 10, out=tmp_path / "b", resume=True, **common)
+    assert second.steps == 10 and not second.interrupted
+    assert params_equal(resumed_model.params, straight.params)
+    a, b = ckpt.load(tmp_path / "a"), ckpt.load(tmp_path / "b")
+    for k in a[0]:
+        np.testing.assert_array_equal(a[0][k], b[0][k], err_msg=k)
+    steps_logged = [r["step"] for r in map(json.loads, open(tmp_path / "b" / "metrics.jsonl")) if "loss" in r]
+    assert steps_logged == list(range(1, 11))
+
+
+def test_ctrl_c_without_out_stops_cleanly():
+    m = small_model()
+    r = train(m, "sine" if False else gpubptt.tasks.make_task("sine", seq_len=6, dtype=np.float64), 50,
+              batch_size=2, progress=False, callback=_interrupt_at(2))
+    assert r.interrupted and r.steps == 2 and r.checkpoint is None
+
+
+def test_resume_refuses_another_model_and_leaves_the_checkpoint_alone(tmp_path):
+    task = gpubptt.tasks.make_task("sine", seq_len=6, dtype=np.float64)
+    train(small_model(), task, 2, batch_size=2, out=tmp_path, progress=False)
+    before = (tmp_path / ckpt.FILENAME).read_bytes()
+    with pytest.raises(ckpt.CheckpointError, match=r"written for model hidden_size=6, got model hidden_size=7"):
+        train(small_model(H=7), task, 4, batch_size=2, out=tmp_path, resume=True, progress=False)
+    with pytest.raises(ckpt.CheckpointError, match=r"written for model cell='tanh', got model cell='relu'"):
+        train(small_model(cell="relu"), task, 4, batch_size=2, out=tmp_path, resume=True, progress=False)
+    with pytest.raises(ckpt.CheckpointError, match=r"written for batch_size=2, got batch_size=3"):
+        train(small_model(), task, 4, batch_size=3, out=tmp_path, resume=True, progress=False)
+    with pytest.raises(ckpt.CheckpointError, match=r"written for optimizer='adam', got optimizer='sgd'"):
+        train(small_model(), task, 4, batch_size=2, optimizer="sgd", out=tmp_path, resume=True, progress=False)
+    assert (tmp_path / ckpt.FILENAME).read_bytes() == before
+
+
+def test_a_corrupted_checkpoint_is_refused(tmp_path):
+    task = gpubptt.tasks.make_task("sine", seq_len=6, dtype=np.float64)
+    train(small_model(), task, 2, batch_size=2, out=tmp_path, progress=False)
+    path = tmp_path / ckpt.FILENAME
+    data = bytearray(path.read_bytes())
+    for damage in (lambda b: b[: len(b) // 2], lambda b: b[:200] + bytes([b[200] ^ 0xFF]) + b[201:]):
+        path.write_bytes(bytes(damage(data)))
+        with pytest.raises(ckpt.CheckpointError, match=r"checkpoint .* is corrupted"):
+            train(small_model(), task, 4, batch_size=2, out=tmp_path, resume=True, progress=False)
+    path.write_bytes(b"not a zip at all")
+    with pytest.raises(ckpt.CheckpointError, match=r"is corrupted or not a checkpoint"):
+        ckpt.load(tmp_path)
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    ckpt.save(tmp_path, {"w": np.arange(4.0)}, {"step": 1})
+    before = (tmp_path / ckpt.FILENAME).read_bytes()
+
+    def dies_halfway(f, **arrays):
+        f.write(b"PK\x03\x04 half a zip")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", dies_halfway)
+    with pytest.raises(OSError, match="No space left"):
+        ckpt.save(tmp_path, {"w": np.zeros(4)}, {"step": 2})
+    assert (tmp_path / ckpt.FILENAME).read_bytes() == before
+    assert os.listdir(tmp_path) == [ckpt.FILENAME]  # no temporary file left behind
+    monkeypatch.undo()
+    arrays, meta = ckpt.load(tmp_path)
+    assert meta["step"] == 1 and np.array_equal(arrays["w"], np.arange(4.0))
+
+
+def test_out_directory_rules(tmp_path):
+    task = gpubptt.tasks.make_task("sine", seq_len=6, dtype=np.float64)
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(ValueError, match=r"out: .*file is a file, expected a directory"):
+        train(small_model(), task, 2, out=f, progress=False)
+    train(small_model(), task, 2, batch_size=2, out=tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match=r"out: .*run already holds a checkpoint; pass resume=True"):
+        train(small_model(), task, 2, batch_size=2, out=tmp_path / "run", progress=False)
+    with pytest.raises(ckpt.CheckpointError, match=r"resume: .*empty holds no checkpoint"):
+        train(small_model(), task, 2, out=tmp_path / "empty", resume=True, progress=False)
+    with pytest.raises(ValueError, match=r"resume: needs out"):
+        train(small_model(), task, 2, resume=True, progress=False)
+
+
+# -- the guard and clipping in training -------------------------------------------------------------
+
+
+def test_nan_gradients_are_skipped_counted_and_reported(tmp_path, monkeypatch):
+    m = small_model()
+    real = m.bptt
+    calls = []
+
+    def sometimes_nan(*args, **kwargs):
+        L, grads = real(*args, **kwargs)[:2]
+        calls.append(1)
+        if len(calls) == 2:
+            grads["Ws"] = grads["Ws"] * np.nan
+        return L, grads
+
+    monkeypatch.setattr(m, "bptt", sometimes_nan)
+    task = gpubptt.tasks.make_task("sine", seq_len=6, dtype=np.float64)
+    seen = {}
+
+    def watch(step, trainer):
+        seen[step] = {k: v.copy() for k, v in m.params.items()}
+
+    r = train(m, task, 3, batch_size=2, out=tmp_path, progress=False, callback=watch, log_every=1)
+    assert r.skipped == 1
+    assert params_equal(seen[1], seen[2])  # step 2 changed nothing
+    assert not params_equal(seen[2], seen[3])
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r.get("applied") for r in records if "loss" in r] == [True, False, True]
+    assert [r["grad_norm"] is None for r in records if "loss" in r] == [False, True, False]  # NaN -> null
+
+
+def test_global_norm_clipping_tames_an_exploding_rnn():
+    """A tanh RNN whose recurrent weight has spectral radius 3 (the article's exploding gradient):
+    plain SGD blows up (non-finite gradients are skipped, the loss grows without bound); with
+    global-norm clipping the loss stays finite and falls."""
+    def exploding_model():
+        m = small_model(H=8)
+        q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((8, 8)))
+        m.params["Ws"][...] = 3.0 * q
+        return m
+
+    task = gpubptt.tasks.make_task("sine", dtype=np.float64)
+    kw = dict(batch_size=8, optimizer="sgd", lr=0.5, progress=False, log_every=1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        wild = train(exploding_model(), task, 60, **kw)
+    tame = train(exploding_model(), task, 60, clip_norm=1.0, **kw)
+    losses = [r["loss"] for r in tame.history if "loss" in r]
+    assert all(v is not None and np.isfinite(v) for v in losses) and tame.skipped == 0
+    assert max(r["grad_norm"] for r in tame.history if "loss" in r) > 100  # the gradient did explode
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5])
+    wild_losses = [r["loss"] for r in wild.history if "loss" in r]
+    assert wild.skipped > 0 or max(v or np.inf for v in wild_losses) > 1e6 * wild_losses[0]
+
+
+# -- other data, tasks and sampling ------------------------------------------------------------------
+
+
+def test_training_on_a_list_of_batches():
+    rng = np.random.default_rng(0)
+    batches = [(rng.standard_normal((5, 2, 1)), rng.integers(0, 3, (5, 2))) for _ in range(2)]
+    m = small_model(O=3, out="softmax")
+    r = train(m, batches, 4, optimizer="adagrad", lr=0.1, progress=False)
+    assert r.steps == 4 and r.test is None and r.loss is not None
+    with pytest.raises(TypeError, match=r"task_or_batches\[0\]: expected a pair \(x, d\), got ndarray"):
+        train(m, [batches[0][0]], 4, progress=False)
+    with pytest.raises(TypeError, match=r"task_or_batches: expected a task name .* got dict"):
+        train(m, {"x": 1}, 4, progress=False)
+
+
+def test_text_training_and_sampling(tmp_path):
+    f = tmp_path / "t.txt"
+    f.write_text("hello world, hello rnn. " * 30, encoding="utf-8")
+    task = gpubptt.tasks.make_task("text", seq_len=10, text=f)
+    m = gpubptt.RNN(task.input_size, 8, task.output_size, output_activation="softmax", seed=0, backend="cpu")
+    r = train(m, task, 5, batch_size=4, lr=0.01, out=tmp_path / "run", progress=False)
+    assert set(r.test) == {"bits_per_char"}
+    text = training.sample_text(tmp_path / "run", length=30, prime="hel", seed=1)
+    assert text.startswith("hel") and len(text) == 33 and set(text) <= set(task.vocab)
+    assert training.sample_text(tmp_path / "run", length=30, prime="hel", seed=1) == text  # seeded
+    with pytest.raises(ValueError, match=r"prime: characters not in the model's vocabulary: 'Z'"):
+        training.sample_text(tmp_path / "run", prime="Z")
+    with pytest.raises(ValueError, match=r"temperature: expected a positive finite number, got 0"):
+        training.sample_text(tmp_path / "run", temperature=0)
+    train(small_model(), gpubptt.tasks.make_task("sine", seq_len=5, dtype=np.float64), 1, batch_size=2,
+          out=tmp_path / "sine", progress=False)
+    with pytest.raises(ValueError, match=r"sample: the checkpoint in .* was trained on sine; sampling needs a text"):
+        training.sample_text(tmp_path / "sine")
+
+
+def test_progress_bar_and_plot(tmp_path, capsys):
+    task = gpubptt.tasks.make_task("sine", seq_len=6, dtype=np.float64)
+    r = train(small_model(), task, 20, batch_size=2, out=tmp_path, log_every=5, eval_every=10)
+    err = capsys.readouterr().err
+    assert "step 20/20 [####################] loss " in err and " |g| " in err and "steps/s" in err
+    assert "step 10: test mse " in err and "(baseline mse " in err
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert r.plot is None and "matplotlib is not installed" in r.note
+    else:
+        assert r.plot == str(tmp_path / "training.png") and (tmp_path / "training.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_missing_matplotlib_gives_a_note(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError("no matplotlib here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    r = train(small_model(), gpubptt.tasks.make_task("sine", seq_len=5, dtype=np.float64), 2, batch_size=2,
+              out=tmp_path, progress=False)
+    assert r.plot is None and r.note == "no plot: matplotlib is not installed (pip install 'gpubptt[plot]')"
+
+
+# -- bad input -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(steps=0), ValueError, r"steps: expected a positive integer, got 0"),
+    (dict(batch_size=-1), ValueError, r"batch_size: expected a positive integer, got -1"),
+    (dict(lr=0.0), ValueError, r"lr: expected a finite number > 0, got 0.0"),
+    (dict(lr=-1e-3), ValueError, r"lr: expected a finite number > 0, got -0.001"),
+    (dict(clip_norm=0), ValueError, r"clip_norm: expected a positive finite number, got 0"),
+    (dict(clip_value=-1.0), ValueError, r"clip_value: expected a positive finite number, got -1.0"),
+    (dict(clip_step=0.0), ValueError, r"clip_step: expected a positive finite number, got 0.0"),
+    (dict(tbptt=(5, 3)), ValueError, r"tbptt: k2 \(steps backpropagated\) must be >= k1 .* got k1=5, k2=3"),
+    (dict(tbptt=(0, 3)), ValueError, r"tbptt k1: expected a positive integer, got 0"),
+    (dict(tbptt=5), TypeError, r"tbptt: expected a pair \(k1, k2\) or None, got 5"),
+    (dict(optimizer="rmsprop"), ValueError, r"optimizer: expected one of 'sgd', 'adam', 'adagrad', got 'rmsprop'"),
+    (dict(seed=-1), ValueError, r"seed: expected an integer >= 0, got -1"),
+    (dict(eval_every=0), ValueError, r"eval_every: expected a positive integer, got 0"),
+    (dict(checkpoint_every=-5), ValueError, r"checkpoint_every: expected a positive integer, got -5"),
+    (dict(loss="hinge"), ValueError, r"loss: the sine task trains with 'squared', got loss='hinge'"),
+])
+def test_bad_training_arguments(kwargs, error, match):
+    args = dict(steps=2, batch_size=2, progress=False)
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        train(small_model(), gpubptt.tasks.make_task("sine", seq_len=5, dtype=np.float64), **args)
+
+
+def test_bad_model_or_task():
+    with pytest.raises(TypeError, match=r"model: expected a gpubptt.RNN, got dict"):
+        train({"Wx": 1}, "sine", 2)
+    with pytest.raises(ValueError, match=r"task: expected one of 'sine', 'adding', 'copy', 'text', got 'mnist'"):
+        train(small_model(), "mnist", 2)
+    with pytest.raises(ValueError, match=r"model.output_activation: the copy task needs 'softmax', got 'identity'"):
+        train(small_model(D=10, O=10), "copy", 2)
+    with pytest.raises(ValueError, match=r"model.input_size: the adding task needs 2, got 1"):
+        train(small_model(), "adding", 2)
+    with pytest.raises(TypeError, match=r"task: generates float32 data but the model's parameters are float64"):
+        train(small_model(), gpubptt.tasks.make_task("sine"), 2)

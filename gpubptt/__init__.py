@@ -4,11 +4,12 @@ formulas. Notation: DESIGN.md §1 (x [T,B,D], S [T,B,H], Y [T,B,O], Wx, Ws, bx, 
 """
 __version__ = "0.1.0"
 
+from . import interop
 from .arrays import to_device, to_host
 from .model import RNN, bptt, forward
 from .params import init_params
 from . import clipping, optim, tasks
 from .training import train
 
-__all__ = ["RNN", "bptt", "forward", "init_params", "to_device", "to_host", "train", "clipping", "optim", "tasks",
-           "__version__"]
+__all__ = ["RNN", "bptt", "forward", "init_params", "interop", "to_device", "to_host", "train", "clipping",
+           "optim", "tasks", "__version__"]

@@ -52,7 +52,8 @@ def cmd_check(args):
 
     cells = CELLS if args.cell == "all" else (args.cell,)
     try:
-        ok = run_check(backend=args.backend, dtype=args.dtype, cells=cells)
+        ok = run_check(backend=args.backend, dtype=args.dtype, cells=cells, num_layers=args.layers,
+                       bidirectional=args.bidirectional)
     except ValueError as e:
         print(f"FAIL: {e}")
         return 1
@@ -80,6 +81,8 @@ def build_parser():
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--cell", default="all", choices=("all",) + CELLS)
+    p.add_argument("--layers", type=int, default=1, help="stacked layers (default 1)")
+    p.add_argument("--bidirectional", action="store_true", help="run both directions")
     p.set_defaults(func=cmd_check)
     return parser
 

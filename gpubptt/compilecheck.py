@@ -21,7 +21,7 @@ link would report figures that no launch sees. ``cudadevrt=True``/``False`` forc
 Shared memory: the figure reported is *static* shared memory (``cuda.shared.array`` with a constant
 size) plus whatever the toolchain reserves. Dynamic shared memory (``cuda.shared.array(0, ...)``, the
 fourth launch parameter) is chosen at launch and appears in no compile log: a kernel module states its
-own launch's dynamic size (``elman_cuda`` uses ``2*H*itemsize`` bytes per block).
+own launch's dynamic size (the kernels of ``elman_cuda``, ``lstm_cuda``, ``gru_cuda`` use none).
 
 Run ``python -m gpubptt.compilecheck`` (the simulator must be off): it prints the table and exits 1 if
 any kernel fails to compile or link, or uses local memory (spills or a stack frame).
@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from .kernels.cuda_compat import cuda, simulator_enabled
 
 # Kernel modules inside gpubptt.kernels that the check covers: add a module's name here.
-CUDA_KERNEL_MODULES = ("elman_cuda", "optim_cuda")
+CUDA_KERNEL_MODULES = ("elman_cuda", "lstm_cuda", "gru_cuda", "optim_cuda")
 
 DEFAULT_CCS = ((8, 0), (9, 0))
 DEFAULT_DTYPES = ("float32", "float64")
@@ -52,7 +52,7 @@ MAX_REGISTERS_PER_THREAD = 255
 REGISTER_ALLOCATION_UNIT = 256  # registers are given to a warp in units of 256
 WARP_SIZE = 32
 STATIC_SMEM_LIMIT = 48 * 1024  # static shared memory per block; more needs dynamic smem + opt-in
-OCCUPANCY_BLOCK = 256  # elman_cuda launches at most MAX_THREADS = 256 threads per block
+OCCUPANCY_BLOCK = 256  # the kernels launch at most cuda_blocks.MAX_THREADS = 256 threads per block
 
 # Functions that libcudadevrt.a brings into a link: never the kernel under check.
 _DEVRT_MARKERS = ("cuda_device_runtime", "__nv_static_")
@@ -397,8 +397,8 @@ def format_report(reports, block=OCCUPANCY_BLOCK):
 
     out = [line(header), line(["-" * w for w in widths]), *map(line, rows)]
     out.append(
-        f"smem: static shared memory per block (dynamic smem is set at launch: elman_cuda uses "
-        f"2*H*itemsize). occ@{block}: resident threads/SM for {block}-thread blocks limited by "
+        f"smem: static shared memory per block (dynamic smem, set at launch, is not in any log; "
+        f"these kernels use none). occ@{block}: resident threads/SM for {block}-thread blocks limited by "
         f"registers ({REGISTERS_PER_SM}/SM, {REGISTER_ALLOCATION_UNIT}-register warp allocation) and "
         f"{MAX_THREADS_PER_SM} threads/SM; shared memory not counted. devrt: libcudadevrt.a linked."
     )

@@ -4,11 +4,12 @@ Used by the ``cpu`` and ``cuda`` backends; ``reference.py`` spells the same form
 
 ``squared``:        L = (1/B) Σ_b Σ_{t in steps} Σ_o (d - Y)^2    (the seed's E_t, summed)
 ``cross_entropy``:  L = (1/B) Σ_b Σ_{t in steps} -log Y[t,b,d[t,b]]  (Y = softmax(Z); log-sum-exp)
-``loss_steps``: ``"all"`` (every step) or ``"last"`` (E_T only: a many-to-one sequence).
+The steps in the loss (``loss_steps``) of a sequence of length n (T without ``lengths``):
+``"all"`` every step t < n; ``"last"`` only t = n - 1 (many-to-one); an int k: the last k steps.
 """
 OUTPUT_ACTIVATIONS = ("identity", "tanh", "sigmoid", "softmax")
 LOSSES = ("squared", "cross_entropy")
-LOSS_STEPS = ("all", "last")
+LOSS_STEPS = ("all", "last")  # or a positive int k
 
 
 def output_activation(Z, name, xp):
@@ -25,30 +26,39 @@ def output_activation(Z, name, xp):
     return Z.copy()
 
 
-def loss_and_output_grad(Z, Y, d, name, loss, loss_steps, xp):
-    """(L, dL/dZ [T,B,O]) for outputs Y = g2(Z) and desired outputs d.
+def loss_mask(T, lengths, loss_steps, dtype, xp):
+    """[T,B] of 1 where step t of sequence b is in the loss, else 0 (``lengths`` [B] on xp's device)."""
+    t = xp.arange(T, dtype=lengths.dtype)[:, None]
+    n = lengths[None, :]
+    if loss_steps == "all":
+        keep = t < n
+    elif loss_steps == "last":
+        keep = t == n - 1
+    else:
+        keep = (t < n) & (t >= n - loss_steps)
+    return keep.astype(dtype)
+
+
+def loss_and_output_grad(Z, Y, d, name, loss, mask, xp):
+    """(L, dL/dZ [T,B,O]) for outputs Y = g2(Z), desired outputs d and the loss mask [T,B].
 
     L is a 0-d array of Z's dtype (NumPy or CuPy: reading it from the GPU is the caller's choice).
     """
-    T, B, _ = Z.shape
-    steps = slice(T - 1, T) if loss_steps == "last" else slice(0, T)
-    Zs, Ys, ds = Z[steps], Y[steps], d[steps]
-    dZ = xp.zeros_like(Z)
+    B = Z.shape[1]
     if loss == "cross_entropy":
         # -log softmax(z)[c] = logsumexp(z) - z[c]; its gradient is (softmax(z) - onehot(c)) / B
-        m = Zs.max(axis=-1, keepdims=True)
-        lse = (m + xp.log(xp.exp(Zs - m).sum(axis=-1, keepdims=True)))[..., 0]
-        t, b = xp.indices(ds.shape)
-        L = (lse - Zs[t, b, ds]).sum() / B
-        g = Ys.copy()
-        g[t, b, ds] -= 1
-        dZ[steps] = g / B
+        m = Z.max(axis=-1, keepdims=True)
+        lse = (m + xp.log(xp.exp(Z - m).sum(axis=-1, keepdims=True)))[..., 0]
+        t, b = xp.indices(d.shape)
+        L = ((lse - Z[t, b, d]) * mask).sum() / B
+        dZ = Y.copy()
+        dZ[t, b, d] -= 1
+        dZ *= (mask / B)[..., None]
         return L, dZ
-    r = Ys - ds
-    L = (r * r).sum() / B
-    dY = (2 / B) * r
-    dZ[steps] = _output_grad(dY, Ys, name, xp)
-    return L, dZ
+    r = Y - d
+    L = (r * r * mask[..., None]).sum() / B
+    dY = r * ((2 / B) * mask)[..., None]
+    return L, _output_grad(dY, Y, name, xp)
 
 
 def _output_grad(dY, Y, name, xp):

@@ -3,85 +3,215 @@
 Each call validates everything first (arrays.py, params.py), then asks backend.py for the backend,
 then runs ``reference`` or ``engine`` (which calls the kernels). Inputs are never modified.
 """
+import numbers
+
 import numpy as np
 
 from . import engine, reference
-from .arrays import check_choice, check_float_array, check_int_array, to_device, to_host, xp_of
-from .backend import resolve
-from .losses import LOSS_STEPS, LOSSES, OUTPUT_ACTIVATIONS
-from .params import CELLS, check_params, init_params
+from .arrays import check_choice, check_float_array, check_int_array, check_type, to_device, to_host, xp_of
+from .backend import BACKENDS, resolve
+from .losses import LOSS_STEPS, LOSSES, OUTPUT_ACTIVATIONS, loss_and_output_grad, loss_mask
+from .params import CELLS, check_params, check_structure, init_params
 
 
-def forward(params, x, s0=None, cell="tanh", output_activation="identity", backend="auto"):
+def forward(params, x, s0=None, cell="tanh", output_activation="identity", backend="auto", *, num_layers=1,
+            bidirectional=False, lengths=None, return_state=False, state_step=None, return_cells=False):
     """Run the RNN over a batch of sequences.
 
-    params  dict   Wx [H,D], Ws [H,H], bx [H], bs [H], Wy [O,H], by [O] (bx, bs optional together)
-    x       [T,B,D] inputs, float32 or float64 (NumPy, or CuPy for the GPU)
-    s0      [B,H]   initial state (zeros if None)
-    Returns (Y [T,B,O], S [T,B,H]) of x's dtype, on the device x came from.
+    params   dict of arrays: Wx [G·H,D], Ws [G·H,H], bx, bs [G·H] (optional together), Wy [O,H], by [O];
+             with num_layers > 1 or bidirectional=True the recurrent keys carry PyTorch's suffixes
+             (Wx_l0, Ws_l1_reverse, ...; see gpubptt.params)
+    x        [T,B,D] inputs, float32 or float64 (NumPy, or CuPy for the GPU)
+    s0       initial state, zeros if None: [B,H] for one layer in one direction, else
+             [num_layers·dirs,B,H] (PyTorch's h0 layout); for cell="lstm" a pair (h0, c0)
+    lengths  [B] integers in 1..T: sequence b is x[:lengths[b], b]; past its end its state stays put
+             (forward direction: its final state; reverse: its initial state) and it has no loss
+    Returns (Y [T,B,O], S [T,B,dirs·H]) of x's dtype, on the device x came from: S is the top layer's
+    hidden states h, both directions concatenated. With return_cells=True (LSTM) the top layer's cell
+    states C [T,B,dirs·H] follow S; with return_state=True the state after step ``state_step``
+    (default: each sequence's end) comes last, structured like s0, ready to pass on as the next s0.
     """
-    call = _Call(params, x, s0, None, cell, output_activation, None, None, backend)
+    call = _Call(params, x, s0, None, cell, output_activation, backend, num_layers, bidirectional, lengths,
+                 return_state=return_state, state_step=state_step)
+    if return_cells and cell != "lstm":
+        raise ValueError(f"return_cells: only cell='lstm' has cell states, got cell={cell!r}")
     if call.backend.name == "reference":
-        Y, S, _ = reference.forward(call.params, call.x, call.s0, cell, output_activation)
+        Y, S, finals, C = reference.forward(call.params, call.x, call.states0, cell, output_activation,
+                                            num_layers, bidirectional, call.lengths_host, call.state_step,
+                                            return_cells=return_cells)
     else:
-        Y, S, _ = engine.forward(call.params, call.x, call.s0, cell, output_activation, call.backend)
-    return call.result((Y, S))
+        Y, _, top, saved = engine.forward(call.params, call.x, call.states0, call.lengths, call.structure,
+                                          output_activation, call.backend)
+        xp = call.backend.xp
+        S = top[0] if len(top) == 1 else xp.concatenate(top, axis=2)
+        C = None
+        if return_cells:
+            cells = [s["c"] for s in saved[-1]]
+            C = cells[0] if len(cells) == 1 else xp.concatenate(cells, axis=2)
+        finals = engine.final_states(saved, call.structure, call.state_step) if return_state else None
+    out = (Y, S) + ((C,) if return_cells else ())
+    if return_state:
+        out += (call.pack_states(finals),)
+    return call.result(out)
 
 
-def bptt(params, x, d, s0=None, cell="tanh", output_activation="identity", loss="squared",
-         loss_steps="all", backend="auto"):
+def bptt(params, x, d, s0=None, cell="tanh", output_activation="identity", loss="squared", loss_steps="all",
+         backend="auto", *, num_layers=1, bidirectional=False, lengths=None, truncate=None, clip_step=None,
+         return_state=False, state_step=None):
     """Loss and its exact gradients by backpropagation through time.
 
-    d  [T,B,O] desired outputs for loss="squared"; integer classes [T,B] for loss="cross_entropy"
-       (which needs output_activation="softmax").
-    loss_steps  "all" sums the loss over every step, "last" takes E_T only (many-to-one).
-    Returns (L, grads): L a 0-d value of x's dtype; grads[k] = dL/dk for every parameter key k,
-    plus grads["x"] = dL/dx [T,B,D] and grads["s0"] = dL/dS0 [B,H].
+    d           [T,B,O] desired outputs for loss="squared"; integer classes [T,B] for
+                loss="cross_entropy" (which needs output_activation="softmax")
+    loss_steps  "all" every step, "last" each sequence's last step only (many-to-one), or an int k:
+                the last k steps
+    truncate    k: gradient does not flow back across the start of each chunk of k steps (the state
+                does flow forward); None: full BPTT
+    clip_step   c: the article's clipping, at every step the gradient reaching the state (per
+                sequence; for LSTM dL/dh and dL/dc together) is rescaled to norm c when longer
+    Other arguments as ``forward``. Returns (L, grads): L a 0-d value of x's dtype; grads[k] = dL/dk
+    for every parameter key k, plus grads["x"] = dL/dx [T,B,D] and grads["s0"] = dL/ds0 structured
+    like s0. With return_state=True the state after ``state_step`` comes third, as in ``forward``.
     """
-    call = _Call(params, x, s0, d, cell, output_activation, loss, loss_steps, backend, bptt=True)
+    call = _Call(params, x, s0, d, cell, output_activation, backend, num_layers, bidirectional, lengths,
+                 loss=loss, loss_steps=loss_steps, truncate=truncate, clip_step=clip_step, return_state=return_state,
+                 state_step=state_step)
     if call.backend.name == "reference":
-        L, grads = reference.bptt(call.params, call.x, call.d, call.s0, cell, output_activation, loss, loss_steps)
+        L, grads, dstates = reference.bptt(call.params, call.x, call.d, call.states0, cell,
+                                           output_activation, loss, loss_steps, num_layers, bidirectional,
+                                           call.lengths_host, truncate, clip_step)
+        finals = None
+        if return_state:
+            finals = reference.forward(call.params, call.x, call.states0, cell, output_activation,
+                                       num_layers, bidirectional, call.lengths_host, call.state_step)[2]
     else:
-        L, grads = engine.bptt(call.params, call.x, call.d, call.s0, cell, output_activation, loss, loss_steps,
-                               call.backend)
-    return call.result((L, grads))
+        xp, T = call.backend.xp, call.x.shape[0]
+        Y, Z, top, saved = engine.forward(call.params, call.x, call.states0, call.lengths, call.structure,
+                                          output_activation, call.backend)
+        finals = engine.final_states(saved, call.structure, call.state_step) if return_state else None
+        mask = loss_mask(T, call.lengths, loss_steps, Z.dtype, xp)
+        L, dZ = loss_and_output_grad(Z, Y, call.d, output_activation, loss, mask, xp)
+        grads, dstates = engine.backward(call.params, call.x, call.states0, call.lengths, call.structure, saved,
+                                         top, dZ, truncate or 0, float(clip_step or 0.0), call.backend)
+    grads["s0"] = call.pack_states(dstates)
+    out = (L, grads) + ((call.pack_states(finals),) if return_state else ())
+    return call.result(out)
+
+
+def _positive_int(name, value, allow_none=True):
+    if value is None and allow_none:
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer{' or None' if allow_none else ''}, got {value!r}")
+    return int(value)
 
 
 class _Call:
-    """One validated call: its arrays (contiguous, on the compute device) and its backend."""
+    """One validated call: its arrays (contiguous, on the compute device), its states and backend."""
 
-    def __init__(self, params, x, s0, d, cell, output_activation, loss, loss_steps, backend, bptt=False):
-        # bptt: a loss call (loss, loss_steps and d are validated; loss=None is not a way out of that)
-        check_choice("cell", cell, CELLS)
+    def __init__(self, params, x, s0, d, cell, output_activation, backend, num_layers, bidirectional, lengths,
+                 loss=None, loss_steps=None, truncate=None, clip_step=None, return_state=False, state_step=None):
+        bptt = d is not None or loss is not None
+        check_structure(cell, num_layers, bidirectional)
         check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
+        check_choice("backend", backend, BACKENDS)
         if bptt:
             check_choice("loss", loss, LOSSES)
-            check_choice("loss_steps", loss_steps, LOSS_STEPS)
+            if isinstance(loss_steps, (str, bool)) or not isinstance(loss_steps, numbers.Integral) or loss_steps < 1:
+                if loss_steps not in LOSS_STEPS:
+                    raise ValueError(f"loss_steps: expected 'all', 'last' or a positive integer k (the last k steps), "
+                                     f"got {loss_steps!r}")
             if loss == "cross_entropy" and output_activation != "softmax":
                 raise ValueError(
                     f"loss='cross_entropy' needs output_activation='softmax', got output_activation={output_activation!r}"
                 )
-        D, H, O, _, dtype = check_params(params)
-        named = {"x": x, "s0": s0, "d": d, **{f"params[{k!r}]": v for k, v in params.items()}}
+            _positive_int("truncate", truncate)
+            if clip_step is not None and not (isinstance(clip_step, numbers.Real) and not isinstance(clip_step, bool)
+                                              and np.isfinite(clip_step) and clip_step > 0):
+                raise ValueError(f"clip_step: expected a positive finite number or None, got {clip_step!r}")
+        if not isinstance(return_state, (bool, np.bool_)):
+            raise TypeError(f"return_state: expected True or False, got {return_state!r}")
+        _positive_int("state_step", state_step)
+        if state_step is not None and bidirectional:
+            raise ValueError("state_step: the state after a given step exists for the forward direction only; "
+                             "got state_step with bidirectional=True")
+        if state_step is not None and not return_state:
+            raise ValueError("state_step: picks the state that return_state=True returns; got state_step without it")
+        D, H, O, bias, dtype = check_params(params, cell, num_layers, bidirectional)
+        n_states, lstm = num_layers * (2 if bidirectional else 1), cell == "lstm"
+        s0_parts = self._s0_parts(s0, cell, lstm)
+        named = {"x": x, "d": d, **s0_parts, **{f"params[{k!r}]": v for k, v in params.items()}}
         xp = xp_of(named)
         check_float_array("x", x, ("T", "B", "D"), (None, None, D), dtype)
         T, B, _ = x.shape
         if T == 0 or B == 0:
             raise ValueError(f"x: expected at least one time step and one sequence, got shape {tuple(x.shape)} (T={T}, B={B})")
-        if s0 is not None:
-            check_float_array("s0", s0, ("B", "H"), (B, H), dtype)
+        names, shape = (("B", "H"), (B, H)) if n_states == 1 else (("L·dirs", "B", "H"), (n_states, B, H))
+        for name, a in s0_parts.items():
+            check_float_array(name, a, names, shape, dtype)
         if bptt and loss == "cross_entropy":
             check_int_array("d", d, ("T", "B"), (T, B), 0, O)
         elif bptt:
             check_float_array("d", d, ("T", "B", "O"), (T, B, O), dtype)
-        self.dtype = dtype
+        if state_step is not None and state_step > T:
+            raise ValueError(f"state_step: expected 1..T = 1..{T}, got {state_step}")
+        self.lengths_host = self._lengths(lengths, T, B)
+        self.dtype, self.n_states, self.lstm = dtype, n_states, lstm
+        self.state_step = state_step or T
+        self.structure = engine.Structure(cell, num_layers, bool(bidirectional), H, bias)
         self.backend = resolve(backend, on_device=xp is not np)
+        cxp = self.backend.xp
         move = to_device if self.backend.host_io else (lambda a: a)
-        contiguous = self.backend.xp.ascontiguousarray  # copies only arrays that are not already
+        contiguous = cxp.ascontiguousarray  # copies only arrays that are not already
         self.params = {k: contiguous(move(v)) for k, v in params.items()}
         self.x = contiguous(move(x))
-        self.s0 = None if s0 is None else contiguous(move(s0))
         self.d = None if d is None else contiguous(move(d))
+        self.lengths = cxp.asarray(np.full(B, T, np.int32) if self.lengths_host is None else self.lengths_host)
+        parts = [contiguous(move(a)) for a in s0_parts.values()] or [cxp.zeros(shape, dtype=dtype)] * (1 + lstm)
+        per_layer = [[p] if n_states == 1 else list(p) for p in parts]  # per part, per layer and direction
+        self.states0 = list(zip(*per_layer)) if lstm else per_layer[0]  # h0 [B,H] or (h0, c0) each
+
+    @staticmethod
+    def _s0_parts(s0, cell, lstm):
+        """{name: array} of the pieces of s0: 's0' for one array, 's0[0]', 's0[1]' for (h0, c0)."""
+        if s0 is None:
+            return {}
+        if lstm:
+            if not isinstance(s0, (tuple, list)) or len(s0) != 2:
+                got = f"a {type(s0).__name__} of {len(s0)}" if isinstance(s0, (tuple, list)) else type(s0).__name__
+                raise TypeError(f"s0: cell='lstm' takes a pair (h0, c0), got {got}")
+            return {"s0[0]": s0[0], "s0[1]": s0[1]}
+        if isinstance(s0, (tuple, list)):
+            raise TypeError(f"s0: cell={cell!r} takes one array (only 'lstm' takes a pair (h0, c0)), "
+                            f"got a {type(s0).__name__}")
+        return {"s0": s0}
+
+    @staticmethod
+    def _lengths(lengths, T, B):
+        """Validated lengths as an int32 NumPy array [B], or None."""
+        if lengths is None:
+            return None
+        if isinstance(lengths, (list, tuple)):
+            try:
+                lengths = np.asarray(lengths)
+            except ValueError:
+                raise TypeError(f"lengths: expected a flat list or array of B integers, got {lengths!r}") from None
+            if lengths.dtype.kind not in "iu":
+                raise TypeError(f"lengths: expected integers, got values of dtype {lengths.dtype}")
+        if not hasattr(lengths, "dtype"):
+            raise TypeError(f"lengths: expected a list or array of B integers, got {type(lengths).__name__}")
+        check_type("lengths", lengths)
+        check_int_array("lengths", lengths, ("B",), (B,), 1, T + 1)
+        return np.asarray(to_host(lengths), dtype=np.int32)
+
+    def pack_states(self, states):
+        """Per-layer-and-direction states -> the structure of s0 (copies, on the compute device)."""
+        xp = self.backend.xp if self.backend.name != "reference" else np
+        if self.lstm:
+            return tuple(self._stack([s[i] for s in states], xp) for i in range(2))
+        return self._stack(states, xp)
+
+    def _stack(self, arrays, xp):
+        return xp.array(arrays[0], copy=True) if self.n_states == 1 else xp.stack(arrays)
 
     def result(self, out):
         """Cast reference results (float64) to the input dtype and move host_io results back."""
@@ -99,41 +229,54 @@ def _cast(out, dtype):
 
 
 class RNN:
-    """An Elman RNN, S_t = g1(Wx x_t + bx + Ws S_{t-1} + bs), Y_t = g2(Wy S_t + by), with its parameters.
+    """A recurrent network with its parameters: S_t = g1(Wx x_t + bx + Ws S_{t-1} + bs) (or an LSTM or
+    GRU cell), stacked ``num_layers`` deep, optionally bidirectional, and Y_t = g2(Wy S_t + by).
 
     ``params`` is a plain dict (see ``gpubptt.forward``), initialised as ``gpubptt.init_params``
     does: PyTorch's defaults drawn from ``numpy.random.default_rng(seed)``.
     """
 
     def __init__(self, input_size, hidden_size, output_size, cell="tanh", output_activation="identity",
-                 bias=True, dtype=np.float32, seed=None, backend="auto"):
-        check_choice("cell", cell, CELLS)
+                 bias=True, dtype=np.float32, seed=None, backend="auto", num_layers=1, bidirectional=False):
+        check_structure(cell, num_layers, bidirectional)
         check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
-        check_choice("backend", backend, ("auto", "reference", "cpu", "cuda"))
+        check_choice("backend", backend, BACKENDS)
         self.cell = cell
         self.output_activation = output_activation
         self.backend = backend
-        self.params = init_params(input_size, hidden_size, output_size, bias=bias, dtype=dtype, seed=seed)
+        self.num_layers = num_layers
+        self.bidirectional = bidirectional
+        self.params = init_params(input_size, hidden_size, output_size, bias=bias, dtype=dtype, seed=seed,
+                                  cell=cell, num_layers=num_layers, bidirectional=bidirectional)
+
+    @property
+    def _first(self):
+        return "" if self.num_layers == 1 and not self.bidirectional else "_l0"
 
     @property
     def input_size(self):
-        return self.params["Wx"].shape[1]
+        return self.params["Wx" + self._first].shape[1]
 
     @property
     def hidden_size(self):
-        return self.params["Ws"].shape[0]
+        return self.params["Ws" + self._first].shape[1]
 
     @property
     def output_size(self):
         return self.params["Wy"].shape[0]
 
-    def forward(self, x, s0=None):
-        """(Y [T,B,O], S [T,B,H]); see ``gpubptt.forward``."""
-        return forward(self.params, x, s0, self.cell, self.output_activation, self.backend)
+    def _structure(self):
+        return dict(num_layers=self.num_layers, bidirectional=self.bidirectional)
 
-    def bptt(self, x, d, s0=None, loss="squared", loss_steps="all"):
-        """(L, grads); see ``gpubptt.bptt``."""
-        return bptt(self.params, x, d, s0, self.cell, self.output_activation, loss, loss_steps, self.backend)
+    def forward(self, x, s0=None, lengths=None, **options):
+        """(Y [T,B,O], S [T,B,dirs·H]); see ``gpubptt.forward`` for ``options``."""
+        return forward(self.params, x, s0, self.cell, self.output_activation, self.backend, lengths=lengths,
+                       **self._structure(), **options)
+
+    def bptt(self, x, d, s0=None, loss="squared", loss_steps="all", lengths=None, **options):
+        """(L, grads); see ``gpubptt.bptt`` for ``options`` (truncate, clip_step, return_state, ...)."""
+        return bptt(self.params, x, d, s0, self.cell, self.output_activation, loss, loss_steps, self.backend,
+                    lengths=lengths, **self._structure(), **options)
 
     def to_device(self):
         """Move the parameters to the GPU (CuPy arrays); returns self."""
@@ -146,6 +289,10 @@ class RNN:
         return self
 
     def __repr__(self):
+        extra = ""
+        if self.num_layers != 1 or self.bidirectional:
+            extra = f", num_layers={self.num_layers}, bidirectional={self.bidirectional}"
         return (f"RNN(input_size={self.input_size}, hidden_size={self.hidden_size}, output_size={self.output_size}, "
                 f"cell={self.cell!r}, output_activation={self.output_activation!r}, "
-                f"bias={'bx' in self.params}, dtype={np.dtype(self.params['Ws'].dtype).name})")
+                f"bias={'bx' + self._first in self.params}, dtype={np.dtype(self.params['Wx' + self._first].dtype).name}"
+                f"{extra})")

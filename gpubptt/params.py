@@ -1,40 +1,81 @@
 """Parameter dictionaries: their keys and shapes, seeded initialisation, validation.
 
-Names and shapes follow DESIGN.md §1 and PyTorch: ``Wx [H,D]``, ``Ws [H,H]``, ``bx [H]``, ``bs [H]``
-are ``torch.nn.RNN``'s ``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``;
-``Wy [O,H]``, ``by [O]`` are ``torch.nn.Linear``'s ``weight``, ``bias``.
+Names and shapes follow DESIGN.md §1 and PyTorch. For one layer in one direction the keys are
+``Wx [G·H,D]``, ``Ws [G·H,H]``, ``bx [G·H]``, ``bs [G·H]`` (``torch.nn.RNN/LSTM/GRU``'s
+``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``) and ``Wy [O,H]``, ``by [O]``
+(``torch.nn.Linear``'s ``weight``, ``bias``); G = 1 (Elman), 4 (LSTM: i, f, g, o), 3 (GRU: r, z, n),
+the gates stacked in PyTorch's order. With several layers or both directions every recurrent key
+carries PyTorch's suffix: ``Wx_l0``, ``Ws_l1``, ``bx_l0_reverse``, ...; layer l > 0 reads the
+layer below's states, both directions concatenated (``Wx_l1 [G·H, 2H]``), and so does ``Wy [O, 2H]``.
 """
 from collections.abc import Mapping
 
 import numpy as np
 
-from .arrays import check_float_array, check_type, FLOAT_DTYPES
+from .arrays import FLOAT_DTYPES, check_choice, check_float_array, check_type
 
-CELLS = ("tanh", "relu", "sigmoid", "identity")
-RECURRENT_KEYS = ("Wx", "Ws", "bx", "bs")
-OUTPUT_KEYS = ("Wy", "by")
+CELLS = ("tanh", "relu", "sigmoid", "identity", "lstm", "gru")
+GATES = {"lstm": 4, "gru": 3}
 
 
-def param_shapes(input_size, hidden_size, output_size, bias=True):
+def gates(cell):
+    """G: the number of gate blocks stacked in Wx, Ws, bx, bs."""
+    return GATES.get(cell, 1)
+
+
+def key_suffix(layer, direction, num_layers=1, bidirectional=False):
+    """'' for a single layer in one direction, else PyTorch's '_l{layer}' plus '_reverse'."""
+    if num_layers == 1 and not bidirectional:
+        return ""
+    return f"_l{layer}" + ("_reverse" if direction else "")
+
+
+def layer_suffixes(num_layers=1, bidirectional=False):
+    """[(layer, direction, suffix)] in PyTorch's order: layer by layer, forward before reverse."""
+    return [(layer, direction, key_suffix(layer, direction, num_layers, bidirectional))
+            for layer in range(num_layers) for direction in range(2 if bidirectional else 1)]
+
+
+def param_shapes(input_size, hidden_size, output_size, cell="tanh", num_layers=1, bidirectional=False, bias=True):
     """{key: (shape, dimension names)} of the parameters, in initialisation order."""
     D, H, O = input_size, hidden_size, output_size
-    shapes = {"Wx": ((H, D), ("H", "D")), "Ws": ((H, H), ("H", "H"))}
-    if bias:
-        shapes.update(bx=((H,), ("H",)), bs=((H,), ("H",)))
-    shapes.update(Wy=((O, H), ("O", "H")), by=((O,), ("O",)))
+    G, dirs = gates(cell), 2 if bidirectional else 1
+    gh = f"{G}H" if G > 1 else "H"
+    below = "2H" if bidirectional else "H"
+    shapes = {}
+    for layer, _, sfx in layer_suffixes(num_layers, bidirectional):
+        d_in, d_name = (D, "D") if layer == 0 else (dirs * H, below)
+        shapes["Wx" + sfx] = ((G * H, d_in), (gh, d_name))
+        shapes["Ws" + sfx] = ((G * H, H), (gh, "H"))
+        if bias:
+            shapes["bx" + sfx] = ((G * H,), (gh,))
+            shapes["bs" + sfx] = ((G * H,), (gh,))
+    shapes["Wy"] = ((O, dirs * H), ("O", below))
+    shapes["by"] = ((O,), ("O",))
     return shapes
 
 
-def init_params(input_size, hidden_size, output_size, bias=True, dtype=np.float32, seed=None):
+def check_structure(cell, num_layers, bidirectional):
+    """Validate the model-structure arguments shared by every call."""
+    check_choice("cell", cell, CELLS)
+    if isinstance(num_layers, bool) or not isinstance(num_layers, (int, np.integer)) or num_layers < 1:
+        raise ValueError(f"num_layers: expected a positive integer, got {num_layers!r}")
+    if not isinstance(bidirectional, (bool, np.bool_)):
+        raise TypeError(f"bidirectional: expected True or False, got {bidirectional!r}")
+
+
+def init_params(input_size, hidden_size, output_size, bias=True, dtype=np.float32, seed=None, cell="tanh",
+                num_layers=1, bidirectional=False):
     """PyTorch's default initialisation, drawn from ``numpy.random.default_rng(seed)``.
 
-    Every recurrent weight and bias is uniform on [-1/sqrt(H), 1/sqrt(H)] (``torch.nn.RNN``); the
-    output layer is uniform on [-1/sqrt(H), 1/sqrt(H)] too (``torch.nn.Linear`` with fan-in H).
-    Keys are drawn in the order Wx, Ws, bx, bs, Wy, by, so a seed fixes every value.
+    Every recurrent weight and bias is uniform on [-1/sqrt(H), 1/sqrt(H)] (``torch.nn.RNN/LSTM/GRU``);
+    the output layer is uniform on [-1/sqrt(F), 1/sqrt(F)] with F its fan-in, H or 2H
+    (``torch.nn.Linear``). Keys are drawn in the order of ``param_shapes``, so a seed fixes every value.
     """
     for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("output_size", output_size)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name}: expected a positive integer, got {v!r}")
+    check_structure(cell, num_layers, bidirectional)
     try:
         dtype = np.dtype(dtype)
     except TypeError:
@@ -42,46 +83,55 @@ def init_params(input_size, hidden_size, output_size, bias=True, dtype=np.float3
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
     rng = np.random.default_rng(seed)
-    bound = 1.0 / np.sqrt(hidden_size)
-    return {
-        key: rng.uniform(-bound, bound, size=shape).astype(dtype)
-        for key, (shape, _) in param_shapes(input_size, hidden_size, output_size, bias).items()
-    }
+    params = {}
+    for key, (shape, _) in param_shapes(input_size, hidden_size, output_size, cell, num_layers, bidirectional,
+                                        bias).items():
+        fan_in = shape[-1] if key == "Wy" else (params["Wy"].shape[1] if key == "by" else hidden_size)
+        bound = 1.0 / np.sqrt(fan_in)
+        params[key] = rng.uniform(-bound, bound, size=shape).astype(dtype)
+    return params
 
 
-def check_params(params):
-    """Validate a parameter dict; return (D, H, O, bias, dtype)."""
+def check_params(params, cell="tanh", num_layers=1, bidirectional=False):
+    """Validate a parameter dict against the model structure; return (D, H, O, bias, dtype)."""
     if not isinstance(params, Mapping):
         raise TypeError(f"params: expected a dict of arrays, got {type(params).__name__}")
     keys = set(params)
-    has_bias = "bx" in keys or "bs" in keys
-    expected = set(param_shapes(1, 1, 1, bias=has_bias))
-    missing, unknown = sorted(expected - keys), sorted(keys - expected, key=repr)  # keys may not be str
+    first = key_suffix(0, 0, num_layers, bidirectional)
+    has_bias = "bx" + first in keys or "bs" + first in keys
+    expected = list(param_shapes(1, 1, 1, cell, num_layers, bidirectional, has_bias))
+    missing = [k for k in expected if k not in keys]
+    unknown = sorted(keys - set(expected), key=repr)  # keys may not all be str
     if missing or unknown:
         parts = []
         if missing:
             parts.append(f"missing key(s) {', '.join(map(repr, missing))}")
         if unknown:
             parts.append(f"unknown key(s) {', '.join(map(repr, unknown))}")
+        structure = f"cell={cell!r}, num_layers={num_layers}, bidirectional={bool(bidirectional)}"
         raise ValueError(
-            f"params: {'; '.join(parts)}; expected Wx, Ws, bx, bs, Wy, by (bx and bs both, or neither "
-            "for a model without recurrent biases)"
+            f"params: {'; '.join(parts)}; for {structure} the keys are {', '.join(expected)} "
+            "(the b* keys all present, or all absent for a model without recurrent biases)"
         )
-    for key in ("Wx", "Wy"):
+    G = gates(cell)
+    gh = f"{G}H" if G > 1 else "H"
+    for key, names in (("Wx" + first, (gh, "D")), ("Ws" + first, (gh, "H")), ("Wy", ("O", "H"))):
         check_type(f"params[{key!r}]", params[key])
         if params[key].ndim != 2:
-            names = ("H", "D") if key == "Wx" else ("O", "H")
-            raise ValueError(
-                f"params[{key!r}]: expected shape [{','.join(names)}] (2 dimensions), got {tuple(params[key].shape)}"
-            )
-    H, D = params["Wx"].shape
-    O = params["Wy"].shape[0]
+            raise ValueError(f"params[{key!r}]: expected shape [{','.join(names)}] (2 dimensions), "
+                             f"got {tuple(params[key].shape)}")
+    H, D, O = params["Ws" + first].shape[1], params["Wx" + first].shape[1], params["Wy"].shape[0]
+    if params["Ws" + first].shape[0] != G * H:  # H is read from Ws: its own shape must agree
+        raise ValueError(f"params['Ws{first}']: expected shape [{gh},H] = ({G * H}, {H}) (H = its width), "
+                         f"got {tuple(params['Ws' + first].shape)}")
     if min(H, D, O) == 0:
         raise ValueError(
             f"params: expected sizes H, D, O of at least 1, got H={H}, D={D}, O={O} "
-            f"(params['Wx'] [H,D] = {tuple(params['Wx'].shape)}, params['Wy'] [O,H] = {tuple(params['Wy'].shape)})"
+            f"(params['Ws{first}'] [{gh},H] = {tuple(params['Ws' + first].shape)}, "
+            f"params['Wx{first}'] [{gh},D] = {tuple(params['Wx' + first].shape)}, "
+            f"params['Wy'] [O,H] = {tuple(params['Wy'].shape)})"
         )
-    dtype = params["Wx"].dtype
-    for key, (shape, names) in param_shapes(D, H, O, has_bias).items():
+    dtype = params["Wx" + first].dtype
+    for key, (shape, names) in param_shapes(D, H, O, cell, num_layers, bidirectional, has_bias).items():
         check_float_array(f"params[{key!r}]", params[key], names, shape, dtype)
     return D, H, O, has_bias, dtype

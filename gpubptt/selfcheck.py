@@ -3,11 +3,13 @@ output and gradient with the reference (float64 loops). This is how a user verif
 """
 import numpy as np
 
+from .arrays import to_host
 from .model import bptt, forward
 from .params import CELLS, init_params
 
-# (T, B, D, H, O): small enough for the CUDA simulator, with B = 1, T = 1 and H not a power of two
-SHAPES = ((5, 3, 4, 7, 3), (1, 1, 2, 3, 2))
+# (T, B, D, H, O, lengths): small enough for the CUDA simulator, with B = 1, T = 1, H not a power of
+# two, and sequences of different lengths in one batch
+SHAPES = ((5, 3, 4, 7, 3, (5, 2, 4)), (1, 1, 2, 3, 2, None))
 # (output_activation, loss, loss_steps)
 LOSS_SETUPS = (("identity", "squared", "all"), ("softmax", "cross_entropy", "last"))
 # Largest relative error accepted per dtype. float64: the backends sum in another order than the
@@ -17,39 +19,49 @@ TOLERANCE = {"float32": 1e-4, "float64": 1e-9}
 
 
 def relative_error(a, ref):
+    """max |a - ref| / max |ref| (over both arrays of a pair such as LSTM's (h, c))."""
+    if isinstance(ref, tuple):
+        return max(relative_error(x, r) for x, r in zip(a, ref))
     a, ref = np.asarray(a, np.float64), np.asarray(ref, np.float64)
-    scale = max(float(np.abs(ref).max()), 1e-30) if ref.size else 1.0
-    return float(np.abs(a - ref).max()) / scale if ref.size else 0.0
+    if not ref.size:
+        return 0.0
+    return float(np.abs(a - ref).max()) / max(float(np.abs(ref).max()), 1e-30)
 
 
-def run_check(backend="auto", dtype="float32", cells=CELLS, seed=0, write=print):
+def run_check(backend="auto", dtype="float32", cells=CELLS, num_layers=1, bidirectional=False, seed=0, write=print):
     """Compare ``backend`` with the reference; write one table row per problem; True if all pass."""
-    from .arrays import to_host
-
     dtype = np.dtype(dtype)
     tol = TOLERANCE[dtype.name]
     rng = np.random.default_rng(seed)
-    ok = True
-    header = None
+    structure = dict(num_layers=num_layers, bidirectional=bidirectional)
+    n_states = num_layers * (2 if bidirectional else 1)
+    ok, header = True, None
     for cell in cells:
         for out, loss, steps in LOSS_SETUPS:
-            for T, B, D, H, O in SHAPES:
-                params = init_params(D, H, O, dtype=dtype, seed=int(rng.integers(2**31)))
+            for T, B, D, H, O, lengths in SHAPES:
+                params = init_params(D, H, O, dtype=dtype, seed=int(rng.integers(2**31)), cell=cell, **structure)
                 x = rng.standard_normal((T, B, D)).astype(dtype)
-                s0 = (0.5 * rng.standard_normal((B, H))).astype(dtype)
+                shape = (B, H) if n_states == 1 else (n_states, B, H)
+                s0 = (0.5 * rng.standard_normal(shape)).astype(dtype)
+                if cell == "lstm":
+                    s0 = (s0, (0.5 * rng.standard_normal(shape)).astype(dtype))
                 d = (rng.integers(0, O, (T, B)) if loss == "cross_entropy"
                      else rng.standard_normal((T, B, O)).astype(dtype))
-                ref_Y, ref_S = forward(params, x, s0, cell, out, backend="reference")
-                ref_L, ref_g = bptt(params, x, d, s0, cell, out, loss, steps, backend="reference")
-                Y, S = to_host(forward(params, x, s0, cell, out, backend=backend))
-                L, g = to_host(bptt(params, x, d, s0, cell, out, loss, steps, backend=backend))
+                kw = dict(structure, lengths=lengths)
+                ref_Y, ref_S = forward(params, x, s0, cell, out, backend="reference", **kw)
+                ref_L, ref_g = bptt(params, x, d, s0, cell, out, loss, steps, backend="reference", **kw)
+                Y, S = to_host(forward(params, x, s0, cell, out, backend=backend, **kw))
+                L, g = to_host(bptt(params, x, d, s0, cell, out, loss, steps, backend=backend, **kw))
                 errors = {"Y": relative_error(Y, ref_Y), "S": relative_error(S, ref_S), "L": relative_error(L, ref_L)}
-                errors.update({k: relative_error(g[k], ref_g[k]) for k in ref_g})
+                for k in ref_g:  # one column per gradient; Wx* is the largest over the layers' Wx_l0, ...
+                    column = k if k == k.split("_")[0] else k.split("_")[0] + "*"
+                    errors[column] = max(errors.get(column, 0.0), relative_error(g[k], ref_g[k]))
                 passed = all(e <= tol for e in errors.values())
                 ok &= passed
                 if header is None:
                     header = f"{'cell':9s}{'loss':28s}{'T,B,D,H,O':12s}" + "".join(f"{k:>9s}" for k in errors)
-                    write(f"max relative error against the reference, {dtype.name}, tolerance {tol:g}")
+                    write(f"max relative error against the reference, {dtype.name}, tolerance {tol:g}, "
+                          f"num_layers={num_layers}, bidirectional={bidirectional}")
                     write(header + "  result")
                 write(f"{cell:9s}{f'{loss}/{out}/{steps}':28s}{f'{T},{B},{D},{H},{O}':12s}"
                       + "".join(f"{e:9.1e}" for e in errors.values()) + ("  OK" if passed else "  FAIL"))

@@ -2,9 +2,13 @@
 
 ``cuda`` is None when no CUDA target is installed (the base install: NumPy, Numba, SciPy).
 """
-try:  # numba-cuda (the maintained CUDA target) provides numba.cuda
+import importlib.util
+
+# numba-cuda (the maintained CUDA target) provides numba.cuda. Numba itself still ships a deprecated
+# numba.cuda of its own: without numba-cuda installed, gpubptt has no CUDA backend rather than that.
+if importlib.util.find_spec("numba_cuda") is not None:
     from numba import cuda
-except Exception:  # pragma: no cover - depends on the install
+else:  # pragma: no cover - depends on the install
     cuda = None
 
 

@@ -23,14 +23,21 @@ def assert_close(actual, expected, tol, what, atol=0.0):
         assert err <= tol, f"{what}: largest relative error {err:.3e} > {tol:.1e}"
 
 
-def make_problem(T, B, D, H, O, dtype=np.float64, loss="squared", seed=0, bias=True):
-    """Random params, x, s0 and targets d of one problem, every value O(1)."""
+def make_problem(T, B, D, H, O, dtype=np.float64, loss="squared", seed=0, bias=True, cell="tanh", num_layers=1,
+                 bidirectional=False):
+    """Random params, x, s0 and targets d of one problem, every value O(1); s0 has the structure the
+    cell and layers take ([B,H], [L·dirs,B,H], or a pair of them for LSTM)."""
     import gpubptt
 
     rng = np.random.default_rng(seed)
-    params = gpubptt.init_params(D, H, O, bias=bias, dtype=dtype, seed=seed)
+    params = gpubptt.init_params(D, H, O, bias=bias, dtype=dtype, seed=seed, cell=cell, num_layers=num_layers,
+                                 bidirectional=bidirectional)
     x = rng.standard_normal((T, B, D)).astype(dtype)
-    s0 = (0.5 * rng.standard_normal((B, H))).astype(dtype)
+    n = num_layers * (2 if bidirectional else 1)
+    shape = (B, H) if n == 1 else (n, B, H)
+    s0 = (0.5 * rng.standard_normal(shape)).astype(dtype)
+    if cell == "lstm":
+        s0 = (s0, (0.5 * rng.standard_normal(shape)).astype(dtype))
     if loss == "cross_entropy":
         d = rng.integers(0, O, (T, B))
     else:

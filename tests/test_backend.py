@@ -5,6 +5,7 @@ flip it by changing the environment; tests that assume "no CUDA here" skip where
 """
 import numpy as np
 import pytest
+from conftest import make_problem
 
 import gpubptt
 from gpubptt import backend as bk
@@ -39,7 +40,7 @@ def ran(monkeypatch):
     """Records which implementation a public call ran: 'reference' or the engine's backend name."""
     calls = []
     real_ref_fwd, real_ref_bptt = reference.forward, reference.bptt
-    real_eng_fwd, real_eng_bptt = engine.forward, engine.bptt
+    real_eng_fwd, real_eng_bwd = engine.forward, engine.backward
 
     def ref_fwd(*a, **k):
         calls.append("reference")
@@ -53,14 +54,14 @@ def ran(monkeypatch):
         calls.append(a[-1].name)  # the Backend is the last argument
         return real_eng_fwd(*a, **k)
 
-    def eng_bptt(*a, **k):
+    def eng_bwd(*a, **k):
         calls.append(a[-1].name)
-        return real_eng_bptt(*a, **k)
+        return real_eng_bwd(*a, **k)
 
     monkeypatch.setattr(reference, "forward", ref_fwd)
     monkeypatch.setattr(reference, "bptt", ref_bptt)
     monkeypatch.setattr(engine, "forward", eng_fwd)
-    monkeypatch.setattr(engine, "bptt", eng_bptt)
+    monkeypatch.setattr(engine, "backward", eng_bwd)
     return calls
 
 
@@ -88,6 +89,18 @@ def test_explicit_backend_wins_in_calls(monkeypatch, ran, explicit, env):
     monkeypatch.setenv(ENV_VAR, env)
     call_both(explicit)
     assert set(ran) == {explicit}  # bptt runs forward inside: several entries
+
+
+@pytest.mark.parametrize("explicit,env", [("cpu", "reference"), ("reference", "cpu")])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_explicit_backend_wins_for_deep_gated_cells(monkeypatch, ran, explicit, env, cell):
+    monkeypatch.setenv(ENV_VAR, env)
+    params, x, s0, d = make_problem(T, B, D, H, O, cell=cell, num_layers=2, bidirectional=True)
+    kw = dict(cell=cell, num_layers=2, bidirectional=True, backend=explicit, lengths=[T, 1, 2])
+    gpubptt.forward(params, x, s0, return_state=True, **kw)
+    gpubptt.bptt(params, x, d, s0, return_state=True, **kw)
+    # the engine runs forward then backward (2 + 1 calls); the reference runs bptt and a forward for the state
+    assert ran == [explicit] * 3
 
 
 @pytest.mark.parametrize("env", ["cpu", "reference"])
@@ -226,10 +239,11 @@ def test_host_backend_from_environment_refuses_device_inputs(monkeypatch, name):
 
 
 @pytest.mark.parametrize("name", ["cpu", "reference"])
-def test_backend_kernels_module(name):
+@pytest.mark.parametrize("family", ["elman", "lstm", "gru"])
+def test_backend_kernels_module(name, family):
     b = resolve(name, on_device=False)
-    mod = b.kernels("elman")
-    assert mod.__name__ == "gpubptt.kernels.elman_cpu"
+    mod = b.kernels(family)
+    assert mod.__name__ == f"gpubptt.kernels.{family}_cpu"
     assert callable(mod.forward_recurrence) and callable(mod.backward_recurrence)
 
 

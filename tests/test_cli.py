@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import gpubptt
 from gpubptt.cli import main
@@ -36,14 +37,14 @@ def test_check_cpu_passes_and_prints_errors_per_gradient(capsys):
 def test_check_fails_with_status_1_when_a_gradient_is_wrong(capsys, monkeypatch):
     from gpubptt import engine
 
-    real_bptt = engine.bptt
+    real_backward = engine.backward
 
-    def broken_bptt(*args, **kwargs):
-        L, grads = real_bptt(*args, **kwargs)
+    def broken_backward(*args, **kwargs):
+        grads, ds0 = real_backward(*args, **kwargs)
         grads["Ws"] = grads["Ws"] * np.float32(1.01)
-        return L, grads
+        return grads, ds0
 
-    monkeypatch.setattr(engine, "bptt", broken_bptt)
+    monkeypatch.setattr(engine, "backward", broken_backward)
     assert main(["check", "--backend", "cpu", "--cell", "tanh"]) == 1
     out = capsys.readouterr().out
     assert "FAIL" in out.splitlines()[-1]
@@ -57,3 +58,51 @@ def test_check_reports_an_unavailable_backend(capsys):
 def test_python_dash_m_entry_point():
     out = subprocess.run([sys.executable, "-m", "gpubptt", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == f"gpubptt {gpubptt.__version__}"
+
+
+def _header(out):
+    return [line for line in out.splitlines() if line.startswith("cell")][0].split()
+
+
+def test_check_cpu_lstm_two_layers_bidirectional(capsys):
+    assert main(["check", "--backend", "cpu", "--cell", "lstm", "--layers", "2", "--bidirectional"]) == 0
+    out = capsys.readouterr().out
+    assert "num_layers=2, bidirectional=True" in out
+    header = _header(out)
+    # one column per group of parameters over layers and directions (Wx_l0, Wx_l1_reverse, ...)
+    for name in ("Y", "S", "L", "Wx*", "Ws*", "bx*", "bs*", "Wy", "by", "x", "s0"):
+        assert name in header, header
+    assert not any("_l" in column for column in header), header
+    rows = [line for line in out.splitlines() if line.startswith("lstm ")]
+    assert len(rows) == 4 and all(line.endswith("  OK") for line in rows), out
+    assert out.rstrip().endswith("OK: every output and gradient matches the reference")
+
+
+@pytest.mark.parametrize("argv", [["--cell", "gru"], ["--cell", "gru", "--dtype", "float64", "--layers", "2"]],
+                         ids=["gru", "gru-f64-2layers"])
+def test_check_cpu_gru(capsys, argv):
+    assert main(["check", "--backend", "cpu", *argv]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("gru ")]
+    assert len(rows) == 4 and all(line.endswith("  OK") for line in rows), out
+    header = _header(out)
+    for name in (("Wx*", "Ws*") if "--layers" in argv else ("Wx", "Ws")):
+        assert name in header, header
+    assert out.rstrip().endswith("OK: every output and gradient matches the reference")
+
+
+def test_check_fails_when_a_deep_lstm_gradient_is_wrong(capsys, monkeypatch):
+    from gpubptt import engine
+
+    real_backward = engine.backward
+
+    def broken_backward(*args, **kwargs):
+        grads, ds0 = real_backward(*args, **kwargs)
+        grads["bs_l1_reverse"] = grads["bs_l1_reverse"] * np.float32(1.01)
+        return grads, ds0
+
+    monkeypatch.setattr(engine, "backward", broken_backward)
+    assert main(["check", "--backend", "cpu", "--cell", "lstm", "--layers", "2", "--bidirectional"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out.splitlines()[-1]
+    assert any(line.startswith("lstm ") and line.endswith("FAIL") for line in out.splitlines()), out

@@ -71,7 +71,7 @@ def test_kernel_compiles_without_local_memory(reports, kernel, dtype, cc):
 def test_signatures_use_the_dtype(dtype):
     """Each module's signatures(numba_dtype) types every float array with that dtype, except arrays
     whose type is the same for both dtypes (fixed-type scratch such as optim's float64 sums and int64
-    step counters)."""
+    step counters, or the int32 sequence lengths)."""
     from numba import types
 
     other = {"float32": "float64", "float64": "float32"}[dtype]

@@ -18,25 +18,30 @@ SHAPES = [  # (T, B, D, H, O)
 ]
 
 
-def compare(cell, out, loss, steps, shape, dtype, s0=True):
-    params, x, s0_, d = make_problem(*shape, dtype=dtype, loss=loss, seed=sum(shape))
+def compare(cell, out, loss, steps, shape, dtype, s0=True, num_layers=1, bidirectional=False, lengths=None,
+            **options):
+    structure = dict(num_layers=num_layers, bidirectional=bidirectional)
+    params, x, s0_, d = make_problem(*shape, dtype=dtype, loss=loss, seed=sum(shape), cell=cell, **structure)
     s0_ = s0_ if s0 else None
     if cell in ("identity", "relu") and shape[0] > 100:
         params["Ws"] *= 0.5  # keep a linear or ReLU recurrence from growing over 600 steps
     tol = TOLERANCE[np.dtype(dtype).name]
-    Y, S = gpubptt.forward(params, x, s0_, cell, out, backend="cpu")
-    rY, rS = gpubptt.forward(params, x, s0_, cell, out, backend="reference")
+    kw = dict(structure, lengths=lengths)
+    Y, S = gpubptt.forward(params, x, s0_, cell, out, backend="cpu", **kw)
+    rY, rS = gpubptt.forward(params, x, s0_, cell, out, backend="reference", **kw)
     assert Y.dtype == S.dtype == dtype
     assert_close(Y, rY, tol, "Y")
     assert_close(S, rS, tol, "S")
-    L, g = gpubptt.bptt(params, x, d, s0_, cell, out, loss, steps, backend="cpu")
-    rL, rg = gpubptt.bptt(params, x, d, s0_, cell, out, loss, steps, backend="reference")
+    L, g = gpubptt.bptt(params, x, d, s0_, cell, out, loss, steps, backend="cpu", **kw, **options)
+    rL, rg = gpubptt.bptt(params, x, d, s0_, cell, out, loss, steps, backend="reference", **kw, **options)
     assert L.dtype == dtype
     assert_close(L, rL, tol, "L")
     assert set(g) == set(rg)
     for k in rg:
-        assert g[k].dtype == dtype and g[k].shape == rg[k].shape
-        assert_close(g[k], rg[k], tol, f"d{k}")
+        pairs = zip(g[k], rg[k]) if isinstance(rg[k], tuple) else [(g[k], rg[k])]
+        for a, r in pairs:
+            assert a.dtype == dtype and a.shape == r.shape
+            assert_close(a, r, tol, f"d{k}")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -46,6 +51,23 @@ def test_cpu_matches_reference(cell, shape, dtype):
     compare(cell, "identity", "squared", "all", shape, dtype)
 
 
+STRUCTURES = [  # (cell, num_layers, bidirectional, lengths, options)
+    ("lstm", 2, True, [5, 2, 4], {}), ("gru", 2, True, [5, 2, 4], {}), ("tanh", 3, True, [1, 5, 3], {}),
+    ("lstm", 1, False, [5, 2, 4], dict(truncate=2, clip_step=0.05)),
+    ("gru", 2, False, None, dict(truncate=3, clip_step=0.02)),
+    ("relu", 1, True, [4, 5, 1], dict(clip_step=0.01)),
+    ("lstm", 1, True, None, dict(truncate=1)),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", range(len(STRUCTURES)), ids=lambda i: "{}-L{}-bi{}-len{}-{}".format(*STRUCTURES[i]))
+def test_cpu_layers_directions_lengths_truncation_clipping(case, dtype):
+    cell, num_layers, bidirectional, lengths, options = STRUCTURES[case]
+    compare(cell, "identity", "squared", "all", (5, 3, 2, 6, 2), dtype, num_layers=num_layers,
+            bidirectional=bidirectional, lengths=lengths, **options)
+
+
 @pytest.mark.parametrize("out,loss,steps", [
     ("tanh", "squared", "last"), ("sigmoid", "squared", "all"), ("softmax", "squared", "all"),
     ("softmax", "cross_entropy", "all"), ("softmax", "cross_entropy", "last"),
@@ -53,6 +75,7 @@ def test_cpu_matches_reference(cell, shape, dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_cpu_output_activations_and_losses(out, loss, steps, dtype):
     compare("tanh", out, loss, steps, (4, 3, 2, 5, 4), dtype)
+    compare("lstm", out, loss, steps, (4, 3, 2, 5, 4), dtype, lengths=[4, 1, 3])
 
 
 def test_cpu_without_s0_and_without_bias():

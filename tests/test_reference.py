@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 import gpubptt
-from gpubptt import reference
 from gpubptt.losses import LOSS_STEPS, OUTPUT_ACTIVATIONS
 from gpubptt.params import CELLS
+
+ELMAN = [c for c in CELLS if c not in ("lstm", "gru")]
 
 from conftest import assert_close, make_problem
 
@@ -33,7 +34,7 @@ def numeric_gradient(f, a, h=1e-6):
     return g
 
 
-CASES = list(itertools.product(CELLS, SETUPS, LOSS_STEPS))
+CASES = list(itertools.product(ELMAN, SETUPS, LOSS_STEPS))
 
 
 @pytest.mark.parametrize("case", range(len(CASES)), ids=lambda i: "{}-{}-{}-{}".format(*CASES[i][:1], *CASES[i][1], CASES[i][2]))
@@ -42,11 +43,11 @@ def test_reference_matches_finite_differences(case):
     params, x, s0, d = make_problem(3, 2, 2, 3, 2, loss=loss, seed=case)
     if cell == "relu":  # keep pre-activations away from the kink at 0, where g1 is not differentiable
         params["bx"] += 0.3
-    L, grads = reference.bptt(params, x, d, s0, cell, out, loss, loss_steps)
+    L, grads = gpubptt.bptt(params, x, d, s0, cell, out, loss, loss_steps, backend="reference")
     wrt = dict(params, x=x, s0=s0)
 
     def loss_value():
-        return reference.bptt(params, x, d, s0, cell, out, loss, loss_steps)[0]
+        return float(gpubptt.bptt(params, x, d, s0, cell, out, loss, loss_steps, backend="reference")[0])
 
     assert set(grads) == set(wrt)
     for name, a in wrt.items():
@@ -88,3 +89,130 @@ def test_article_worked_example_T3():
         assert g["Ws"][0, 0] == pytest.approx(dE3_dWs, rel=1e-12)
         assert g["Wx"][0, 0] == pytest.approx(dE3_dWx, rel=1e-12)
         assert g["Wy"][0, 0] == pytest.approx(dE3_dWy, rel=1e-12)
+
+
+# --- gated cells, layers, directions, lengths --------------------------------------------------
+
+STRUCTURES = [  # (cell, num_layers, bidirectional, lengths)
+    ("lstm", 1, False, None), ("lstm", 1, True, [3, 1]), ("lstm", 2, False, [2, 3]), ("lstm", 2, True, [3, 2]),
+    ("gru", 1, False, None), ("gru", 1, True, [1, 3]), ("gru", 2, False, None), ("gru", 2, True, [2, 3]),
+    ("tanh", 2, True, [3, 1]),
+]
+
+
+def _entries(s0):
+    return {"s0[0]": s0[0], "s0[1]": s0[1]} if isinstance(s0, tuple) else {"s0": s0}
+
+
+@pytest.mark.parametrize("case", range(len(STRUCTURES)), ids=lambda i: "{}-L{}-bi{}-len{}".format(*STRUCTURES[i]))
+def test_gated_and_stacked_reference_matches_finite_differences(case):
+    cell, num_layers, bidirectional, lengths = STRUCTURES[case]
+    kw = dict(num_layers=num_layers, bidirectional=bidirectional, lengths=lengths)
+    params, x, s0, d = make_problem(3, 2, 2, 2, 2, cell=cell, seed=100 + case, num_layers=num_layers,
+                                    bidirectional=bidirectional)
+    L, grads = gpubptt.bptt(params, x, d, s0, cell, backend="reference", **kw)
+
+    def loss_value():
+        return float(gpubptt.bptt(params, x, d, s0, cell, backend="reference", **kw)[0])
+
+    g_s0 = grads["s0"] if isinstance(s0, tuple) else (grads["s0"],)
+    wrt = dict(params, x=x, **_entries(s0))
+    analytic = dict(grads, **dict(zip(_entries(s0), g_s0)))
+    for name, a in wrt.items():
+        assert_close(analytic[name], numeric_gradient(loss_value, a), FD_TOL, f"d{name}", atol=1e-9 * max(1.0, abs(L)))
+    if lengths is not None:  # steps past a sequence's end get no gradient
+        for b, n in enumerate(lengths):
+            assert not np.any(grads["x"][n:, b])
+
+
+# --- the options of bptt, each against its definition ------------------------------------------
+
+def _chunked(params, x, d, s0, cell, k, backend):
+    """TBPTT(k, k) by hand: BPTT of each chunk of k steps from the state the previous chunk ended in,
+    held constant; the parameter gradients add up."""
+    T = x.shape[0]
+    total, grads, state = 0.0, None, s0
+    for start in range(0, T, k):
+        sl = slice(start, start + k)
+        L, g, next_state = gpubptt.bptt(params, x[sl], d[sl], state, cell, backend=backend, return_state=True)
+        total += L
+        if grads is None:
+            grads = {key: v.copy() for key, v in g.items() if key not in ("x", "s0")}
+            grads["x"], grads["s0"] = [g["x"]], g["s0"]
+        else:
+            for key in params:
+                grads[key] += g[key]
+            grads["x"].append(g["x"])
+        state = next_state
+    grads["x"] = np.concatenate(grads["x"])
+    return total, grads
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("cell", ["tanh", "lstm", "gru"])
+def test_truncate_is_bptt_of_chunks_carrying_the_state(cell, backend):
+    params, x, s0, d = make_problem(7, 2, 2, 3, 2, cell=cell, seed=11)
+    L, g = gpubptt.bptt(params, x, d, s0, cell, backend=backend, truncate=3)
+    L_ref, g_ref = _chunked(params, x, d, s0, cell, 3, backend)
+    assert_close(L, L_ref, 1e-12, "L")
+    for key in g:
+        assert_close(g[key], g_ref[key], 1e-10, f"d{key}")
+    # and a chunk as long as the sequence is full BPTT, exactly
+    full = gpubptt.bptt(params, x, d, s0, cell, backend=backend)[1]
+    same = gpubptt.bptt(params, x, d, s0, cell, backend=backend, truncate=7)[1]
+    longer = gpubptt.bptt(params, x, d, s0, cell, backend=backend, truncate=50)[1]
+    for key in params:
+        assert np.array_equal(same[key], full[key]) and np.array_equal(longer[key], full[key])
+        assert not np.allclose(g[key], full[key]) or key in ("Wy", "by")
+
+
+def test_clip_step_worked_example():
+    """T = 2, H = D = O = 1, identity cell and output, no biases: dL/dS_2 = -2(d2 - Y2) Wy is clipped
+    to norm c before it flows on, and dL/dS_1 = (dE_1/dS_1 + clipped dL/dS_2 · Ws) is clipped again."""
+    Wx, Ws, Wy, c = 0.5, 2.0, 3.0, 0.7
+    x1, x2, d1, d2 = 1.0, -1.0, 0.3, 4.0
+    S1 = Wx * x1
+    S2 = Wx * x2 + Ws * S1
+    Y1, Y2 = Wy * S1, Wy * S2
+    g2 = -2 * (d2 - Y2) * Wy
+    g2 = g2 * min(1.0, c / abs(g2))
+    g1 = -2 * (d1 - Y1) * Wy + g2 * Ws
+    g1 = g1 * min(1.0, c / abs(g1))
+    assert abs(-2 * (d2 - Y2) * Wy) > c and abs(-2 * (d1 - Y1) * Wy + g2 * Ws) > c  # both steps clip
+    params = {"Wx": np.array([[Wx]]), "Ws": np.array([[Ws]]), "Wy": np.array([[Wy]]), "by": np.zeros(1)}
+    x, d = np.array([x1, x2]).reshape(2, 1, 1), np.array([d1, d2]).reshape(2, 1, 1)
+    for backend in ("reference", "cpu"):
+        _, g = gpubptt.bptt(params, x, d, cell="identity", backend=backend, clip_step=c)
+        assert g["Ws"][0, 0] == pytest.approx(g2 * S1, rel=1e-12)
+        assert g["Wx"][0, 0] == pytest.approx(g2 * x2 + g1 * x1, rel=1e-12)
+        assert g["s0"][0, 0] == pytest.approx(g1 * Ws, rel=1e-12)
+        big = gpubptt.bptt(params, x, d, cell="identity", backend=backend, clip_step=1e9)[1]
+        assert big["Ws"][0, 0] == pytest.approx(gpubptt.bptt(params, x, d, cell="identity", backend=backend)[1]["Ws"][0, 0])
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_loss_steps_k_is_the_loss_of_the_last_k_steps(backend):
+    params, x, s0, d = make_problem(6, 3, 2, 4, 2, cell="gru", seed=5)
+    lengths = [6, 2, 4]
+    Y, _ = gpubptt.forward(params, x, s0, "gru", backend=backend, lengths=lengths)
+    L, _ = gpubptt.bptt(params, x, d, s0, "gru", loss_steps=2, backend=backend, lengths=lengths)
+    expected = sum(((d[t, b] - Y[t, b]) ** 2).sum() for b, n in enumerate(lengths) for t in range(n - 2, n)) / 3
+    assert L == pytest.approx(expected, rel=1e-12)
+    last = gpubptt.bptt(params, x, d, s0, "gru", loss_steps="last", backend=backend, lengths=lengths)
+    one = gpubptt.bptt(params, x, d, s0, "gru", loss_steps=1, backend=backend, lengths=lengths)
+    assert last[0] == one[0] and all(np.array_equal(last[1][k], one[1][k]) for k in params)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("cell", ["tanh", "lstm"])
+def test_returned_state_carries_a_sequence_across_chunks(cell, backend):
+    kw = dict(num_layers=2)
+    params, x, s0, _ = make_problem(6, 2, 3, 4, 2, cell=cell, seed=9, **kw)
+    Y, S = gpubptt.forward(params, x, s0, cell, backend=backend, **kw)
+    Y1, S1, state = gpubptt.forward(params, x[:4], s0, cell, backend=backend, return_state=True, **kw)
+    Y2, S2 = gpubptt.forward(params, x[4:], state, cell, backend=backend, **kw)
+    assert_close(np.concatenate([Y1, Y2]), Y, 1e-12, "Y")
+    mid = gpubptt.forward(params, x, s0, cell, backend=backend, return_state=True, state_step=4, **kw)[2]
+    assert_close(mid, state, 1e-12, "state after 4 steps")
+    top_h = mid[0][1] if cell == "lstm" else mid[1]  # layer 1's h after step 4 is S[3]
+    assert_close(top_h, S[3], 1e-12, "top state")

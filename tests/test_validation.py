@@ -196,8 +196,9 @@ def test_s0_not_finite(which, value):
 
 @pytest.mark.parametrize("which", ["forward", "bptt"])
 def test_s0_list(which):
+    # a list is read as a structure of states: for cell="tanh" it is refused as "not one array"
     params, x, d, s0 = make()
-    expect_error(TypeError, ["s0:", "got list"], run, which, params, x, d, s0.tolist())
+    expect_error(TypeError, ["s0:", "takes one array", "got a list"], run, which, params, x, d, s0.tolist())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -329,7 +330,7 @@ def test_params_missing_key(which, key):
 def test_params_only_one_bias(which, present, absent):
     params, x, d, s0 = make()
     del params[absent]
-    expect_error(ValueError, ["params:", f"missing key(s) {absent!r}", "bx and bs both, or neither"],
+    expect_error(ValueError, ["params:", f"missing key(s) {absent!r}", "b* keys all present, or all absent"],
                  run, which, params, x, d, s0)
 
 
@@ -350,9 +351,10 @@ def test_params_missing_and_unknown_key_both_named():
     expect_error(ValueError, ["missing key(s) 'Wx'", "unknown key(s) 'W_x'"], run, "forward", params, x)
 
 
-# a wrong shape for each parameter (the others right); for Wx and Wy the rank check comes first
+# a wrong shape for each parameter (the others right); for Wx, Ws and Wy the rank check comes first.
+# H is read from Ws's width, so a Ws of the wrong width is reported against Wx (a test of its own below)
 WRONG_PARAM_SHAPES = {
-    "Ws": [((H, H + 1), "[H,H]", f"({H}, {H})"), ((H,), "[H,H]", f"({H}, {H})"), ((1, H, H), "[H,H]", f"({H}, {H})")],
+    "Ws": [((H + 1, H), "[H,H]", f"({H}, {H})"), ((H,), "[H,H]", "2 dimensions"), ((1, H, H), "[H,H]", "2 dimensions")],
     "bx": [((H + 1,), "[H]", f"({H},)"), ((H, 1), "[H]", f"({H},)"), ((), "[H]", f"({H},)")],
     "bs": [((H - 1,), "[H]", f"({H},)"), ((1, H), "[H]", f"({H},)")],
     "Wy": [((O, H + 1), "[O,H]", f"({O}, {H})"), ((O,), "[O,H]", "2 dimensions"), ((1, O, H), "[O,H]", "2 dimensions")],
@@ -384,11 +386,19 @@ def test_param_Wx_wrong_D_is_reported_against_x(which):
 
 
 @pytest.mark.parametrize("which", ["forward", "bptt"])
-def test_param_Wx_wrong_H_is_reported_against_Ws(which):
-    # H is read from Wx, so a Wx of the wrong height shows up as Ws not matching it
+def test_param_Wx_wrong_H(which):
     params, x, d, s0 = make()
     params["Wx"] = np.zeros((H + 1, D))
-    expect_error(ValueError, ["params['Ws']:", "[H,H]", f"({H + 1}, {H + 1})", f"got ({H}, {H})"],
+    expect_error(ValueError, ["params['Wx']:", "[H,D]", f"({H}, {D})", f"got ({H + 1}, {D})"],
+                 run, which, params, x, d, s0)
+
+
+@pytest.mark.parametrize("which", ["forward", "bptt"])
+def test_param_Ws_wrong_width_is_reported_against_Ws(which):
+    # H is read from Ws's width (Ws [G·H,H]); Ws's own height must agree with it
+    params, x, d, s0 = make()
+    params["Ws"] = np.zeros((H, H + 1))
+    expect_error(ValueError, ["params['Ws']:", "[H,H]", f"({H + 1}, {H + 1})", f"got ({H}, {H + 1})"],
                  run, which, params, x, d, s0)
 
 
@@ -449,8 +459,9 @@ def test_param_list(which, key):
 @pytest.mark.parametrize(
     "arg,value,choices",
     [
-        ("cell", "lstm", "'tanh', 'relu', 'sigmoid', 'identity'"),
+        ("cell", "LSTM", "'tanh', 'relu', 'sigmoid', 'identity', 'lstm', 'gru'"),
         ("cell", "Tanh", "'tanh'"),
+        ("cell", "elman", "'lstm', 'gru'"),
         ("cell", None, "'tanh'"),
         ("output_activation", "relu", "'identity', 'tanh', 'sigmoid', 'softmax'"),
         ("output_activation", "log_softmax", "'softmax'"),
@@ -471,13 +482,12 @@ def test_unknown_choice(which, arg, value, choices):
         ("loss", "mse", "'squared', 'cross_entropy'"),
         ("loss", "crossentropy", "'cross_entropy'"),
         ("loss", None, "'squared'"),
-        ("loss_steps", "first", "'all', 'last'"),
-        ("loss_steps", 1, "'all', 'last'"),
+        ("loss_steps", "first", "'all', 'last' or a positive integer"),
     ],
 )
 def test_unknown_loss_choice(arg, value, choices):
     params, x, d, s0 = make()
-    expect_error(ValueError, [f"{arg}:", "expected one of", choices, f"got {value!r}"],
+    expect_error(ValueError, [f"{arg}:", "expected", choices, f"got {value!r}"],
                  run, "bptt", params, x, d, s0, **{arg: value})
 
 
@@ -524,7 +534,7 @@ def test_bad_init_dtype(factory, dtype):
 
 @pytest.mark.parametrize(
     "arg,value",
-    [("cell", "lstm"), ("cell", "gru"), ("output_activation", "relu"), ("backend", "gpu"), ("backend", "numpy")],
+    [("cell", "LSTM"), ("cell", "rnn"), ("output_activation", "relu"), ("backend", "gpu"), ("backend", "numpy")],
 )
 def test_rnn_unknown_choice(arg, value):
     expect_error(ValueError, [f"{arg}:", "expected one of", f"got {value!r}"], gpubptt.RNN, D, H, O, **{arg: value})
@@ -688,3 +698,514 @@ def test_bias_false_model(backend):
     np.testing.assert_allclose(L, L0, rtol=1e-13)
     for k in grads:
         np.testing.assert_allclose(grads[k], g0[k], rtol=1e-13, atol=1e-14, err_msg=f"grads[{k!r}]")
+
+
+# ------------------------------------------------------------------------------------------------
+# gated cells, stacked and bidirectional layers, lengths and the new options (issue 3)
+
+CELL_STRUCTURES = [  # (cell, num_layers, bidirectional)
+    ("lstm", 1, False), ("gru", 1, False), ("tanh", 2, False), ("lstm", 2, True), ("gru", 1, True),
+    ("gru", 2, True), ("tanh", 1, True),
+]
+
+
+def _sid(v):
+    return "-".join(map(str, v)) if isinstance(v, tuple) else str(v)
+
+
+def make_net(cell="tanh", num_layers=1, bidirectional=False, dtype=np.float64, seed=0):
+    """(params, x, d, s0, kw) for one structure; s0 is [B,H] or [L·dirs,B,H], a pair of them for LSTM,
+    and ``kw`` the structure's keyword arguments for forward/bptt."""
+    rng = np.random.default_rng(seed + 300)
+    params = gpubptt.init_params(D, H, O, dtype=dtype, seed=seed, cell=cell, num_layers=num_layers,
+                                 bidirectional=bidirectional)
+    x = rng.standard_normal((T, B, D)).astype(dtype)
+    d = rng.standard_normal((T, B, O)).astype(dtype)
+    n = num_layers * (2 if bidirectional else 1)
+    shape = (B, H) if n == 1 else (n, B, H)
+    s0 = rng.standard_normal(shape).astype(dtype)
+    if cell == "lstm":
+        s0 = (s0, rng.standard_normal(shape).astype(dtype))
+    return params, x, d, s0, dict(cell=cell, num_layers=num_layers, bidirectional=bidirectional)
+
+
+# --- lengths
+
+
+@pytest.mark.parametrize("which", ["forward", "bptt"])
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("wrap", [np.array, list], ids=["array", "list"])
+@pytest.mark.parametrize("values,lo,hi", [([0, T], 0, T), ([T + 1, 1], 1, T + 1), ([-1, T], -1, T), ([2, -3], -3, 2)])
+def test_lengths_out_of_range(which, backend, wrap, values, lo, hi):
+    params, x, d, s0 = make()
+    lengths = wrap(values)
+    msg = expect_error(ValueError, ["lengths:", f"[1, {T}]", f"got values in [{lo}, {hi}]"],
+                       run, which, params, x, d, s0, lengths=lengths, backend=backend)
+    assert list(lengths) == values, msg  # a list is not snapshotted by expect_error
+
+
+@pytest.mark.parametrize("which", ["forward", "bptt"])
+@pytest.mark.parametrize(
+    "lengths,dtype",
+    [(np.array([1.0, 2.0]), "float64"), (np.array([1, 2], np.float32), "float32"), (np.array([True, True]), "bool"),
+     ([1.0, 2.0], "float64"), ([True, False], "bool"), ([1, 2.5], "float64")],
+    ids=["array-f64", "array-f32", "array-bool", "list-float", "list-bool", "list-mixed"],
+)
+def test_lengths_not_integer(which, lengths, dtype):
+    params, x, d, s0 = make()
+    expect_error(TypeError, ["lengths:", "integer", dtype], run, which, params, x, d, s0, lengths=lengths)
+
+
+@pytest.mark.parametrize("which", ["forward", "bptt"])
+@pytest.mark.parametrize("lengths", [3, np.int64(3), "ab", {0: 1, 1: 2}], ids=["int", "np.int64", "str", "dict"])
+def test_lengths_not_an_array(which, lengths):
+    params, x, d, s0 = make()
+    expect_error(TypeError, ["lengths:", "array", f"got {type(lengths).__name__}"],
+                 run, which, params, x, d, s0, lengths=lengths)
+
+
+@pytest.mark.parametrize("which", ["forward", "bptt"])
+@pytest.mark.parametrize(
+    "lengths",
+    [np.full((B, 1), T), np.full((1, B), T), np.full(B + 1, T), np.full(B - 1, T), np.array(T), [[T]] * B,
+     np.zeros(0, np.int64)],
+    ids=["B,1", "1,B", "B+1", "B-1", "0-d", "list-B,1", "empty"],
+)
+def test_lengths_wrong_shape(which, lengths):
+    params, x, d, s0 = make()
+    got = shape_str(np.shape(lengths))
+    expect_error(ValueError, ["lengths:", "[B]", f"({B},)", f"got {got}"], run, which, params, x, d, s0, lengths=lengths)
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("wrap", [list, tuple, lambda v: np.array(v, np.uint8), lambda v: np.array(v, np.int32)],
+                         ids=["list", "tuple", "uint8", "int32"])
+@pytest.mark.parametrize("structure", [("tanh", 1, False), ("lstm", 2, True)], ids=_sid)
+def test_lengths_as_list_or_any_integer_dtype_work(backend, wrap, structure):
+    params, x, d, s0, kw = make_net(*structure)
+    values = [T, 2]
+    lengths = wrap(values)
+    snap = snapshot(params, x, d, s0, lengths)
+    fwd = gpubptt.forward(params, x, s0, backend=backend, lengths=lengths, return_state=True, **kw)
+    ref_fwd = gpubptt.forward(params, x, s0, backend=backend, lengths=np.array(values), return_state=True, **kw)
+    L, g = gpubptt.bptt(params, x, d, s0, backend=backend, lengths=lengths, **kw)
+    ref_L, ref_g = gpubptt.bptt(params, x, d, s0, backend=backend, lengths=np.array(values), **kw)
+    assert_unchanged(snap)
+    assert list(lengths) == values
+    for a, b in zip(_leaves(fwd), _leaves(ref_fwd)):
+        assert np.array_equal(a[1], b[1]), a[0]
+    assert L == ref_L
+    for path, a in _leaves(g):
+        assert np.array_equal(a, dict(_leaves(ref_g))[path]), path
+    # and lengths do something: sequence 1 stops after 2 steps, so its loss differs from a full one
+    assert L != gpubptt.bptt(params, x, d, s0, backend=backend, **kw)[0]
+
+
+# --- s0 of the wrong structure for the cell
+
+
+@pytest.mark.parametrize("which", ["forward", "bptt"])
+@pytest.mark.parametrize("pick", ["h0", "c0", "stacked"])
+def test_s0_single_array_for_lstm(which, pick):
+    params, x, d, (h0, c0), kw = make_net("lstm")
+    s0 = {"h0": h0, "c0": c0, "stacked": np.stack([h0, c0])}[pick]
+    expect_error(TypeError, ["s0:", "cell='lstm'", "pair (h0, c0)", "got ndarray"], run, which, params, x, d, s0, **kw)
+
+
+@pytest.mark.parametrize("which", ["forward", "bptt"])
+@pytest.mark.parametrize("n", [1, 3])
+def test_s0_tuple_of_wrong_length_for_lstm(which, n):
+    params, x, d, (h0, c0), kw = make_net("lstm")
+    s0 = (h0, c0, c0)[:n]
+    expect_error(TypeError, ["s0:", "cell='lstm'", "pair (h0, c0)", "got a tuple of"], run, which, params, x, d, s0, **kw)
+
+
+@pytest.mark.parametrize("which", ["forward", "bptt"])
+@pytest.mark.parametrize("cell", ["gru", "tanh", "relu"])
+@pytest.mark.parametrize("container", [tuple, list])
+def test_s0_pair_for_a_cell_without_cell_state(which, cell, container):
+    params, x, d, s0, kw = make_net(cell)
+    pair = container([s0, s0.copy()])
+    expect_error(TypeError, ["s0:", f"cell={cell!r}", "one array", f"got a {container.__name__}"],
+                 run, which, params, x, d, pair, **kw)
+
+
+@pytest.mark.parametrize("which", ["forward", "bptt"])
+@pytest.mark.parametrize(
+    "part,shape",
+    [(1, (B, H - 2)), (0, (B + 1, H)), (1, (H,)), (0, (1, B, H)), (1, (B, H, 1))],
+    ids=str,
+)
+def test_s0_lstm_pair_with_wrong_shape(which, part, shape):
+    params, x, d, s0, kw = make_net("lstm")
+    s0 = list(s0)
+    s0[part] = np.zeros(shape)
+    expect_error(ValueError, [f"s0[{part}]:", "[B,H]", f"({B}, {H})", f"got {shape_str(shape)}"],
+                 run, which, params, x, d, tuple(s0), **kw)
+
+
+@pytest.mark.parametrize("which", ["forward", "bptt"])
+@pytest.mark.parametrize("part", [0, 1])
+def test_s0_lstm_pair_bad_parts(which, part):
+    params, x, d, s0, kw = make_net("lstm")
+
+    def with_part(value):
+        s = list(s0)
+        s[part] = value
+        return tuple(s)
+
+    name = f"s0[{part}]:"
+    expect_error(TypeError, [name, "NumPy or CuPy array", "got list"], run, which, params, x, d,
+                 with_part(s0[part].tolist()), **kw)
+    expect_error(TypeError, [name, "float32 or float64", "got int64"], run, which, params, x, d,
+                 with_part(s0[part].astype(np.int64)), **kw)
+    expect_error(TypeError, [name, "dtype float32", "other arrays' float64"], run, which, params, x, d,
+                 with_part(s0[part].astype(np.float32)), **kw)
+    bad = s0[part].copy()
+    bad[1, 2] = np.nan
+    expect_error(ValueError, [name, "NaN or Inf"], run, which, params, x, d, with_part(bad), **kw)
+
+
+@pytest.mark.parametrize("which", ["forward", "bptt"])
+@pytest.mark.parametrize(
+    "structure,shape",
+    [
+        (("tanh", 2, False), (B, H)),  # [B,H] where num_layers=2 needs [2,B,H]
+        (("tanh", 2, False), (3, B, H)),
+        (("tanh", 2, False), (1, B, H)),
+        (("gru", 1, True), (B, H)),  # bidirectional: [2,B,H]
+        (("gru", 1, True), (1, B, H)),
+        (("tanh", 2, True), (2, B, H)),  # two layers, both directions: [4,B,H]
+        (("tanh", 2, True), (4, B + 1, H)),
+        (("tanh", 2, True), (4, B, H + 1)),
+    ],
+    ids=_sid,
+)
+def test_s0_wrong_shape_for_layers_and_directions(which, structure, shape):
+    params, x, d, _, kw = make_net(*structure)
+    n = structure[1] * (2 if structure[2] else 1)
+    expect_error(ValueError, ["s0:", "[L·dirs,B,H]", f"({n}, {B}, {H})", f"got {shape_str(shape)}"],
+                 run, which, params, x, d, np.zeros(shape), **kw)
+
+
+@pytest.mark.parametrize("which", ["forward", "bptt"])
+def test_s0_lstm_pair_of_single_layer_states_for_two_layers(which):
+    params, x, d, (h0, c0), kw = make_net("lstm", 2)
+    expect_error(ValueError, ["s0[0]:", "[L·dirs,B,H]", f"(2, {B}, {H})", f"got ({B}, {H})"],
+                 run, which, params, x, d, (h0[0], c0[0]), **kw)
+    expect_error(ValueError, ["s0[1]:", "[L·dirs,B,H]", f"(2, {B}, {H})", f"got (3, {B}, {H})"],
+                 run, which, params, x, d, (h0, np.zeros((3, B, H))), **kw)
+
+
+# --- parameter dicts that do not fit the structure
+
+
+@pytest.mark.parametrize("which", ["forward", "bptt"])
+@pytest.mark.parametrize(
+    "built,called,missing,unknown",
+    [
+        (("tanh", 1, False), ("tanh", 2, False), ["'Wx_l0'", "'Ws_l0'", "'Wx_l1'", "'Ws_l1'"], ["'Wx'", "'Ws'", "'bx'", "'bs'"]),
+        (("tanh", 1, False), ("tanh", 1, True), ["'Wx_l0'", "'Wx_l0_reverse'", "'Ws_l0_reverse'"], ["'Wx'", "'bs'"]),
+        (("lstm", 2, False), ("lstm", 1, False), ["'Wx'", "'Ws'"], ["'Wx_l0'", "'Ws_l1'", "'bx_l1'"]),
+        (("gru", 1, True), ("gru", 1, False), ["'Wx'", "'Ws'"], ["'Wx_l0_reverse'", "'bs_l0'"]),
+        (("lstm", 2, True), ("lstm", 2, False), [], ["'Wx_l0_reverse'", "'Ws_l1_reverse'", "'bs_l1_reverse'"]),
+        (("lstm", 2, False), ("lstm", 3, False), ["'Wx_l2'", "'Ws_l2'", "'bx_l2'", "'bs_l2'"], []),
+        (("tanh", 2, False), ("tanh", 2, True), ["'Wx_l0_reverse'", "'Ws_l1_reverse'"], []),
+    ],
+    ids=lambda v: _sid(v) if isinstance(v, tuple) else None,
+)
+def test_params_keys_do_not_fit_the_structure(which, built, called, missing, unknown):
+    params, x, d, _, _ = make_net(*built)
+    cell, num_layers, bidirectional = called
+    fragments = ["params:", f"num_layers={num_layers}", f"bidirectional={bidirectional}"]
+    fragments += (["missing key(s)"] + missing if missing else []) + (["unknown key(s)"] + unknown if unknown else [])
+    msg = expect_error(ValueError, fragments, run, which, params, x, d, None, cell=cell, num_layers=num_layers,
+                       bidirectional=bidirectional)
+    if not missing:
+        assert "missing" not in msg, msg
+    if not unknown:
+        assert "unknown" not in msg, msg
+
+
+@pytest.mark.parametrize("which", ["forward", "bptt"])
+@pytest.mark.parametrize("key", ["Ws_l1_reverse", "bx_l0", "Wx_l1"])
+def test_params_one_key_missing_in_a_deep_model(which, key):
+    params, x, d, s0, kw = make_net("lstm", 2, True)
+    del params[key]
+    msg = expect_error(ValueError, ["params:", f"missing key(s) {key!r}"], run, which, params, x, d, s0, **kw)
+    assert "unknown" not in msg
+
+
+@pytest.mark.parametrize("which", ["forward", "bptt"])
+@pytest.mark.parametrize(
+    "built,called",
+    [("lstm", "gru"), ("gru", "lstm"), ("tanh", "lstm"), ("lstm", "tanh"), ("tanh", "gru")],
+    ids=lambda v: v,
+)
+def test_params_of_another_cell(which, built, called):
+    # the keys of every cell are the same, the gate blocks differ: Ws [G·H,H] names the mismatch
+    params, x, d, _, _ = make_net(built)
+    G = {"lstm": 4, "gru": 3}
+    g_built, g_called = G.get(built, 1), G.get(called, 1)
+    names = f"[{g_called}H,H]" if g_called > 1 else "[H,H]"
+    expect_error(ValueError, ["params['Ws']:", names, f"({g_called * H}, {H})", f"got ({g_built * H}, {H})"],
+                 run, which, params, x, d, None, cell=called)
+
+
+@pytest.mark.parametrize("which", ["forward", "bptt"])
+def test_params_upper_layer_reads_both_directions(which):
+    params, x, d, s0, kw = make_net("gru", 2, True)
+    params["Wx_l1"] = params["Wx_l1"][:, :H].copy()  # [3H,H]: the width of one direction only
+    expect_error(ValueError, ["params['Wx_l1']:", "[3H,2H]", f"({3 * H}, {2 * H})", f"got ({3 * H}, {H})"],
+                 run, which, params, x, d, s0, **kw)
+    params, x, d, s0, kw = make_net("gru", 2, True)
+    params["Wy"] = params["Wy"][:, :H].copy()
+    expect_error(ValueError, ["params['Wy']:", "[O,2H]", f"({O}, {2 * H})", f"got ({O}, {H})"],
+                 run, which, params, x, d, s0, **kw)
+
+
+# --- num_layers, bidirectional
+
+
+@pytest.mark.parametrize("which", ["forward", "bptt", "RNN", "init_params"])
+@pytest.mark.parametrize("value", [0, -1, 1.5, 2.0, True, "2", None], ids=repr)
+def test_bad_num_layers(which, value):
+    params, x, d, s0 = make()
+    fragments = ["num_layers:", "positive integer", f"got {value!r}"]
+    if which in ("RNN", "init_params"):
+        fn = gpubptt.RNN if which == "RNN" else gpubptt.init_params
+        expect_error(ValueError, fragments, fn, D, H, O, num_layers=value)
+    else:
+        expect_error(ValueError, fragments, run, which, params, x, d, s0, num_layers=value)
+
+
+@pytest.mark.parametrize("which", ["forward", "bptt", "RNN", "init_params"])
+@pytest.mark.parametrize("value", [1, 0, "True", None, np.float64(1.0)], ids=repr)
+def test_bidirectional_not_a_bool(which, value):
+    params, x, d, s0 = make()
+    fragments = ["bidirectional:", "True or False", f"got {value!r}"]
+    if which in ("RNN", "init_params"):
+        fn = gpubptt.RNN if which == "RNN" else gpubptt.init_params
+        expect_error(TypeError, fragments, fn, D, H, O, bidirectional=value)
+    else:
+        expect_error(TypeError, fragments, run, which, params, x, d, s0, bidirectional=value)
+
+
+# --- bptt's truncate, clip_step, loss_steps; forward's and bptt's state_step; return_cells
+
+
+@pytest.mark.parametrize("value", [0, -1, -5, 1.5, 2.0, True, "2", [2]], ids=repr)
+def test_bad_truncate(value):
+    params, x, d, s0 = make()
+    expect_error(ValueError, ["truncate:", "positive integer", f"got {value!r}"], run, "bptt", params, x, d, s0,
+                 truncate=value)
+
+
+@pytest.mark.parametrize("value", [0, 0.0, -1, -0.5, np.nan, np.inf, -np.inf, "1", True, [1.0]], ids=repr)
+def test_bad_clip_step(value):
+    params, x, d, s0 = make()
+    expect_error(ValueError, ["clip_step:", "positive finite number", f"got {value!r}"], run, "bptt", params, x, d, s0,
+                 clip_step=value)
+
+
+@pytest.mark.parametrize("value", [0, -1, True, False, 2.5, 2.0, "first", "All", None], ids=repr)
+def test_bad_loss_steps(value):
+    params, x, d, s0 = make()
+    expect_error(ValueError, ["loss_steps:", "'all', 'last'", "positive int", f"got {value!r}"],
+                 run, "bptt", params, x, d, s0, loss_steps=value)
+
+
+@pytest.mark.parametrize("which", ["forward", "bptt"])
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "1"], ids=repr)
+def test_bad_state_step(which, value):
+    params, x, d, s0 = make()
+    expect_error(ValueError, ["state_step:", "positive integer", f"got {value!r}"],
+                 run, which, params, x, d, s0, state_step=value, return_state=True)
+
+
+@pytest.mark.parametrize("which", ["forward", "bptt"])
+@pytest.mark.parametrize("value", [T + 1, 10 * T])
+def test_state_step_past_the_end(which, value):
+    params, x, d, s0 = make()
+    expect_error(ValueError, ["state_step:", f"1..T = 1..{T}", f"got {value}"],
+                 run, which, params, x, d, s0, state_step=value, return_state=True)
+
+
+@pytest.mark.parametrize("which", ["forward", "bptt"])
+@pytest.mark.parametrize("structure", [("tanh", 1, True), ("lstm", 2, True)], ids=_sid)
+def test_state_step_with_bidirectional(which, structure):
+    params, x, d, s0, kw = make_net(*structure)
+    expect_error(ValueError, ["state_step:", "forward direction only", "bidirectional=True"],
+                 run, which, params, x, d, s0, state_step=2, return_state=True, **kw)
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("cell", ["tanh", "relu", "gru"])
+def test_return_cells_needs_lstm(backend, cell):
+    params, x, d, s0, kw = make_net(cell)
+    expect_error(ValueError, ["return_cells:", "cell='lstm'", f"got cell={cell!r}"],
+                 run, "forward", params, x, d, s0, return_cells=True, backend=backend, **kw)
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("structure", [("lstm", 2, True), ("gru", 1, False)], ids=_sid)
+def test_option_boundaries_and_integer_types(backend, structure):
+    """Values at the edge of each option's range are accepted and mean what the docstrings say:
+    loss_steps=1 is "last", loss_steps=T is "all", truncate=T and a huge clip_step change nothing;
+    NumPy integers work wherever a Python int does."""
+    params, x, d, s0, kw = make_net(*structure)
+    kw.update(backend=backend, lengths=np.array([T, 2]))
+
+    def same(a, b, what):
+        La, ga = a
+        Lb, gb = b
+        np.testing.assert_allclose(La, Lb, rtol=1e-13, err_msg=what)
+        for (path, u), (_, v) in zip(_leaves(ga), _leaves(gb)):
+            np.testing.assert_allclose(u, v, rtol=1e-13, atol=1e-15, err_msg=f"{what}: {path}")
+
+    full = gpubptt.bptt(params, x, d, s0, **kw)
+    same(gpubptt.bptt(params, x, d, s0, loss_steps=1, **kw), gpubptt.bptt(params, x, d, s0, loss_steps="last", **kw),
+         "loss_steps=1")
+    same(gpubptt.bptt(params, x, d, s0, loss_steps=T, **kw), full, "loss_steps=T")
+    same(gpubptt.bptt(params, x, d, s0, loss_steps=np.int64(10 * T), **kw), full, "loss_steps=10T")
+    same(gpubptt.bptt(params, x, d, s0, truncate=np.int32(T), **kw), full, "truncate=T")
+    same(gpubptt.bptt(params, x, d, s0, clip_step=1e30, **kw), full, "clip_step=1e30")
+    kw.update(num_layers=np.int64(kw["num_layers"]), bidirectional=np.bool_(kw["bidirectional"]))
+    same(gpubptt.bptt(params, x, d, s0, **kw), full, "NumPy num_layers and bidirectional")
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("cell", ["tanh", "lstm"])
+def test_state_step_default_is_the_end(backend, cell):
+    params, x, d, s0, kw = make_net(cell, 2)
+    kw.update(backend=backend, return_state=True)
+    default = gpubptt.forward(params, x, s0, **kw)[-1]
+    for step in (T, np.int64(T)):
+        last = gpubptt.forward(params, x, s0, state_step=step, **kw)[-1]
+        for (path, a), (_, b) in zip(_leaves(last), _leaves(default)):
+            assert np.array_equal(a, b), path
+    first = gpubptt.forward(params, x, s0, state_step=1, **kw)[-1]
+    assert not np.array_equal(next(_leaves(first))[1], next(_leaves(default))[1])
+
+
+# --- good calls of every structure: no mutation, no shared memory, dtype in is dtype out, layouts
+
+
+def _good_calls(structure, dtype, backend, with_s0=True, lengths=True):
+    """forward (with cells for LSTM, and the state) and bptt (with every option) on one structure."""
+    params, x, d, s0, kw = make_net(*structure, dtype=dtype)
+    s0 = s0 if with_s0 else None
+    lengths = np.array([T, 2]) if lengths else None
+    kw.update(backend=backend, lengths=lengths)
+    snap = snapshot(params, x, d, s0, lengths)
+    fwd = gpubptt.forward(params, x, s0, return_state=True, return_cells=structure[0] == "lstm", **kw)
+    assert_unchanged(snap)
+    opts = dict(truncate=2, clip_step=0.5, loss_steps=3) if structure[2] else dict(state_step=2, loss_steps="last")
+    L, grads, state = gpubptt.bptt(params, x, d, s0, return_state=True, **opts, **kw)
+    assert_unchanged(snap)
+    return params, x, s0, snap, fwd, L, grads, state
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("with_s0", [True, False])
+@pytest.mark.parametrize("structure", CELL_STRUCTURES, ids=_sid)
+def test_structured_calls_do_not_modify_inputs(backend, dtype, with_s0, structure):
+    *_, snap, fwd, L, grads, state = _good_calls(structure, dtype, backend, with_s0)
+    inputs = [a for _, a, _ in snap]
+    for path, out in _leaves((fwd, grads, state), "result"):
+        for a in inputs:
+            assert not np.shares_memory(out, a), f"{path} shares memory with an input"
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("with_s0", [True, False])
+@pytest.mark.parametrize("structure", CELL_STRUCTURES, ids=_sid)
+def test_structured_dtype_in_is_dtype_out(backend, dtype, with_s0, structure):
+    _, _, _, _, fwd, L, grads, state = _good_calls(structure, dtype, backend, with_s0)
+    assert np.asarray(L).dtype == dtype and np.ndim(L) == 0
+
+    def check(obj, path):  # every output, down to each half of an LSTM pair, is an array of x's dtype
+        if isinstance(obj, (tuple, dict)):
+            for k, v in (obj.items() if isinstance(obj, dict) else enumerate(obj)):
+                check(v, f"{path}[{k!r}]")
+        else:
+            assert isinstance(obj, np.ndarray), f"{path} is a {type(obj).__name__}"
+            assert obj.dtype == dtype, f"{path} is {obj.dtype}, expected {np.dtype(dtype)}"
+
+    check(fwd, "forward")
+    check(grads, "grads")
+    check(state, "bptt's state")
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("with_s0", [True, False])
+@pytest.mark.parametrize("structure", CELL_STRUCTURES, ids=_sid)
+def test_structured_output_and_grad_shapes(backend, with_s0, structure):
+    cell, num_layers, bidirectional = structure
+    params, x, s0, _, fwd, L, grads, state = _good_calls(structure, np.float64, backend, with_s0)
+    dirs = 2 if bidirectional else 1
+    n = num_layers * dirs
+    state_shape = (B, H) if n == 1 else (n, B, H)
+    lstm = cell == "lstm"
+    assert len(fwd) == 3 + lstm
+    Y, S = fwd[:2]
+    assert Y.shape == (T, B, O) and S.shape == (T, B, dirs * H)
+    if lstm:
+        assert fwd[2].shape == (T, B, dirs * H)
+    assert set(grads) == set(params) | {"x", "s0"}
+    for k, v in params.items():
+        assert grads[k].shape == v.shape, f"grads[{k!r}]"
+    assert grads["x"].shape == (T, B, D)
+    for what, s in (("forward's state", fwd[-1]), ("bptt's state", state), ('grads["s0"]', grads["s0"])):
+        if lstm:  # the pair (h, c), as s0 takes it
+            assert isinstance(s, tuple) and len(s) == 2, what
+            assert s[0].shape == state_shape and s[1].shape == state_shape, what
+        else:
+            assert isinstance(s, np.ndarray) and s.shape == state_shape, what
+    # the returned state is ready to pass on as the next s0
+    gpubptt.forward(params, x, fwd[-1], backend=backend, **dict(zip(("cell", "num_layers", "bidirectional"), structure)))
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("structure", [("lstm", 2, True), ("gru", 2, False)], ids=_sid)
+def test_structured_read_only_and_noncontiguous_inputs(backend, structure):
+    params, x, d, s0, kw = make_net(*structure)
+    kw.update(backend=backend, lengths=np.array([2, T]))
+    L0, g0 = gpubptt.bptt(params, x, d, s0, **kw)
+    ncp = {k: _noncontiguous(v, "strided") for k, v in params.items()}
+    ncs0 = tuple(_noncontiguous(a, "transposed") for a in s0) if isinstance(s0, tuple) else _noncontiguous(s0, "transposed")
+    lengths = _noncontiguous(kw.pop("lengths"), "strided")
+    for _, a in _leaves((ncp, ncs0, x, d, lengths)):
+        a.setflags(write=False)
+    L, g = gpubptt.bptt(ncp, x, d, ncs0, lengths=lengths, **kw)
+    np.testing.assert_allclose(L, L0, rtol=1e-13)
+    for (path, a), (_, b) in zip(_leaves(g), _leaves(g0)):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-14, err_msg=path)
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_rnn_with_structure_validates_and_runs(backend):
+    rnn = gpubptt.RNN(D, H, O, cell="lstm", num_layers=2, bidirectional=True, dtype=np.float64, seed=0,
+                      backend=backend)
+    assert "num_layers=2, bidirectional=True" in repr(rnn) and "cell='lstm'" in repr(rnn)
+    _, x, d, s0, _ = make_net("lstm", 2, True)
+    snap = snapshot(rnn.params)
+    expect_error(TypeError, ["s0:", "pair (h0, c0)"], rnn.forward, x, s0[0])
+    expect_error(ValueError, ["s0[0]:", "[L·dirs,B,H]"], rnn.forward, x, (s0[0][:2], s0[1]))
+    expect_error(ValueError, ["lengths:", f"[1, {T}]"], rnn.forward, x, s0, lengths=[0, 1])
+    expect_error(ValueError, ["state_step:", "bidirectional=True"], rnn.forward, x, s0, state_step=1)
+    expect_error(ValueError, ["truncate:"], rnn.bptt, x, d, s0, truncate=0)
+    expect_error(ValueError, ["loss_steps:"], rnn.bptt, x, d, s0, loss_steps=0)
+    assert_unchanged(snap)
+    Y, S, C, state = rnn.forward(x, s0, lengths=[T, 1], return_cells=True, return_state=True)
+    L, grads = rnn.bptt(x, d, s0, lengths=[T, 1], loss_steps=2, truncate=2, clip_step=1.0)
+    assert S.shape == C.shape == (T, B, 2 * H) and isinstance(state, tuple) and isinstance(grads["s0"], tuple)
+    assert_unchanged(snap)
+
+
+@pytest.mark.parametrize("which", ["forward", "bptt"])
+def test_lengths_ragged_list(which):
+    params, x, d, s0 = make()
+    expect_error(TypeError, ["lengths:"], run, which, params, x, d, s0, lengths=[1, [2]])

@@ -39,9 +39,35 @@ def test_cuda_kernels_match_reference(cell, out, loss, steps, shape, dtype):
         assert_close(g[k], rg[k], tol, f"d{k}")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell,num_layers,bidirectional,lengths,options", [
+    ("lstm", 2, True, [4, 2], dict(clip_step=0.05)),
+    ("gru", 1, True, [1, 4], dict(truncate=2, clip_step=0.02)),
+    ("tanh", 2, False, [3, 4], dict(truncate=3)),
+])
+def test_cuda_gated_stacked_bidirectional_kernels_match_reference(cell, num_layers, bidirectional, lengths, options,
+                                                                   dtype):
+    kw = dict(num_layers=num_layers, bidirectional=bidirectional, lengths=lengths)
+    params, x, s0, d = make_problem(4, 2, 2, 3, 2, dtype=dtype, seed=3, cell=cell, num_layers=num_layers,
+                                    bidirectional=bidirectional)
+    tol = TOLERANCE[np.dtype(dtype).name]
+    L, g = gpubptt.bptt(params, x, d, s0, cell, backend="cuda", **kw, **options)
+    rL, rg = gpubptt.bptt(params, x, d, s0, cell, backend="reference", **kw, **options)
+    assert_close(L, rL, tol, "L")
+    for k in rg:
+        assert_close(g[k], rg[k], tol, f"d{k}")
+
+
 def test_check_command_in_the_simulator(capsys):
     from gpubptt.cli import main
 
     assert main(["check", "--backend", "cuda", "--cell", "identity"]) == 0
     out = capsys.readouterr().out
     assert "OK: every output and gradient matches the reference" in out
+
+
+def test_check_command_lstm_two_layers_bidirectional_in_the_simulator(capsys):
+    from gpubptt.cli import main
+
+    assert main(["check", "--backend", "cuda", "--cell", "lstm", "--layers", "2", "--bidirectional"]) == 0
+    assert "OK: every output and gradient matches the reference" in capsys.readouterr().out

@@ -1,0 +1,82 @@
+"""Moving parameters (and gradients) between gpubptt and PyTorch, without importing torch.
+
+A PyTorch model here is ``torch.nn.RNN/LSTM/GRU(..., num_layers, bidirectional)`` followed by an
+``nn.Linear`` output layer stored under the prefix ``out.``: its ``state_dict()`` keys are
+``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0`` (+ ``_reverse``, other layers) and
+``out.weight``, ``out.bias``. They map one to one onto ``Wx``, ``Ws``, ``bx``, ``bs`` (with the suffixes
+of ``gpubptt.params.key_suffix``) and ``Wy``, ``by``; gates are stacked in the same order on both sides.
+"""
+from collections.abc import Mapping
+
+import numpy as np
+
+from .arrays import is_device_array, to_host
+from .params import check_params, check_structure, layer_suffixes
+
+_NAMES = {"Wx": "weight_ih", "Ws": "weight_hh", "bx": "bias_ih", "bs": "bias_hh"}
+
+
+def key_map(num_layers=1, bidirectional=False, bias=True):
+    """{gpubptt key: torch state_dict key} for one structure."""
+    keys = {}
+    for layer, direction, sfx in layer_suffixes(num_layers, bidirectional):
+        torch_sfx = f"_l{layer}" + ("_reverse" if direction else "")
+        for ours, theirs in _NAMES.items():
+            if bias or ours in ("Wx", "Ws"):
+                keys[ours + sfx] = theirs + torch_sfx
+    keys.update(Wy="out.weight", by="out.bias")
+    return keys
+
+
+def _as_numpy(value, name):
+    """A NumPy copy of a NumPy/CuPy array or a torch tensor (read through its own methods); ``name``
+    is the value's place in the caller's dict, for the error message."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch.Tensor
+        try:
+            return value.detach().cpu().numpy().copy()
+        except (TypeError, RuntimeError) as e:  # a dtype NumPy lacks (bfloat16, ...)
+            raise TypeError(f"{name}: expected dtype float32 or float64, got {value.dtype} ({e})") from None
+    if not (isinstance(value, np.ndarray) or is_device_array(value)):
+        raise TypeError(f"{name}: expected a NumPy or CuPy array or a torch tensor, got {type(value).__name__}")
+    return np.array(to_host(value), copy=True)
+
+
+def from_torch(state_dict, cell="tanh", num_layers=1, bidirectional=False):
+    """A gpubptt parameter dict (NumPy copies) from a PyTorch ``state_dict`` keyed as described above."""
+    check_structure(cell, num_layers, bidirectional)
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict: expected a dict of arrays or tensors, got {type(state_dict).__name__}")
+    has_bias = "bias_ih_l0" in state_dict or "bias_hh_l0" in state_dict
+    mapping = key_map(num_layers, bidirectional, has_bias)
+    missing = [k for k in mapping.values() if k not in state_dict]
+    extra = sorted((k for k in state_dict if k not in mapping.values()), key=str)
+    if missing or extra:
+        parts = ([f"missing key(s) {', '.join(map(repr, missing))}"] if missing else []) + \
+                ([f"unexpected key(s) {', '.join(map(repr, extra))}"] if extra else [])
+        raise ValueError(f"state_dict: {'; '.join(parts)} for cell={cell!r}, num_layers={num_layers}, "
+                         f"bidirectional={bool(bidirectional)}; expected {', '.join(mapping.values())}")
+    params = {ours: _as_numpy(state_dict[theirs], f"state_dict[{theirs!r}]")
+              for ours, theirs in mapping.items()}
+    try:
+        check_params(params, cell, num_layers, bidirectional)
+    except (ValueError, TypeError) as e:  # name the torch key, not ours
+        message = str(e)
+        for ours, theirs in mapping.items():
+            message = message.replace(f"params[{ours!r}]", f"state_dict[{theirs!r}]")
+        raise type(e)(f"{message} (reading a state_dict for cell={cell!r}, num_layers={num_layers}, "
+                      f"bidirectional={bool(bidirectional)})") from None
+    return params
+
+
+def to_torch(params_or_grads, cell="tanh", num_layers=1, bidirectional=False):
+    """A dict keyed like the PyTorch model's ``state_dict()`` (NumPy copies). Applied to ``grads`` from
+    ``gpubptt.bptt`` it gives what torch leaves in each parameter's ``.grad`` (the gradients of the
+    inputs and initial states, ``"x"`` and ``"s0"``, have no torch parameter and are left out)."""
+    check_structure(cell, num_layers, bidirectional)
+    if not isinstance(params_or_grads, Mapping):
+        raise TypeError(f"params_or_grads: expected a dict of arrays, got {type(params_or_grads).__name__}")
+    values = {k: v for k, v in params_or_grads.items() if k not in ("x", "s0")}
+    check_params(values, cell, num_layers, bidirectional)
+    has_bias = any(k.startswith("bx") for k in values)
+    return {theirs: _as_numpy(values[ours], f"params_or_grads[{ours!r}]")
+            for ours, theirs in key_map(num_layers, bidirectional, has_bias).items()}

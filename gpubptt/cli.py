@@ -60,6 +60,12 @@ def cmd_check(args):
     return 0 if ok else 1
 
 
+def cmd_bench(args):
+    from .bench import main as bench_main
+
+    return bench_main(args)
+
+
 def build_parser():
     from .backend import BACKENDS
     from .params import CELLS
@@ -84,6 +90,11 @@ def build_parser():
     p.add_argument("--layers", type=int, default=1, help="stacked layers (default 1)")
     p.add_argument("--bidirectional", action="store_true", help="run both directions")
     p.set_defaults(func=cmd_check)
+    p = sub.add_parser("bench", help="time forward + BPTT against the reference, the other backends and PyTorch")
+    from .bench import add_arguments as add_bench_arguments
+
+    add_bench_arguments(p)
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

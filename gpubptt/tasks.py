@@ -36,7 +36,7 @@ from .arrays import FLOAT_DTYPES, check_choice, to_host
 
 TASKS = ("sine", "adding", "copy", "text")
 TEST_SEED = 1234
-TEST_SEQUENCES = 512
+TEST_SEQUENCES = 4096
 DEFAULT_SEQ_LEN = {"sine": 50, "adding": 50, "text": 100}
 DEFAULT_DELAY = 10
 COPY_SYMBOLS = 10  # symbols to remember

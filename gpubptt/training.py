@@ -24,7 +24,6 @@ On the ``cuda`` backend with a GPU the model's parameters are moved to the GPU (
 and each batch is moved there once when it is drawn; the test set once per run. Losses and norms
 stay on the GPU until they are logged (every ``log_every`` steps).
 """
-import inspect
 import math
 import os
 import signal
@@ -137,57 +136,28 @@ def build_model(config, seed=None, backend="auto"):
     return RNN(seed=seed, backend=backend, **config)
 
 
-def _accepts(method, name):
-    try:
-        return name in inspect.signature(method).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 class _Window:
-    """Runs one window through the model, using bptt's ``return_state``/``state_step``/``loss_steps=k``
-    and ``clip_step`` where the installed ``bptt`` has them; without them (the core's Elman API) the
-    state comes from ``forward``'s S and a partial loss is refused with a clear error."""
+    """Runs one TBPTT window through the model: bptt with ``loss_steps=k`` (the window's new steps),
+    ``clip_step`` and ``return_state``/``state_step`` (the state where the next window starts)."""
 
     def __init__(self, model, loss, clip_step):
         self.model = model
         self.loss = loss
         self.clip_step = clip_step
-        self.native = _accepts(model.bptt, "return_state")
-        self.native_forward = _accepts(model.forward, "return_state")
-        if clip_step is not None and not _accepts(model.bptt, "clip_step"):
-            raise ValueError("clip_step: this gpubptt's bptt has no per-step clipping (clip_step) yet")
 
     def bptt(self, x, d, s0, loss_k, state_step):
         """(L, grads, state after state_step steps of x from s0; None when state_step is None)."""
-        T = x.shape[0]
-        if loss_k == T:
-            loss_steps = "all"
-        elif loss_k == 1 and self.loss_last:
-            loss_steps = "last"
-        elif self.native:
-            loss_steps = loss_k
-        else:
-            raise ValueError(f"tbptt: a window whose loss covers {loss_k} of its {T} steps needs "
-                             "gpubptt.bptt(loss_steps=k), which this gpubptt lacks; use k1 = k2")
-        kwargs = dict(s0=s0, loss=self.loss, loss_steps=loss_steps)
-        if self.clip_step is not None:
-            kwargs["clip_step"] = self.clip_step
-        if state_step is None or state_step == 0:
+        loss_steps = "all" if loss_k == x.shape[0] else loss_k
+        kwargs = dict(s0=s0, loss=self.loss, loss_steps=loss_steps, clip_step=self.clip_step)
+        if not state_step:  # the batch's last window (None), or the next one starts where this one does (0)
             L, grads = self.model.bptt(x, d, **kwargs)
             return L, grads, (None if state_step is None else s0)
-        if self.native:
-            return self.model.bptt(x, d, return_state=True, state_step=state_step, **kwargs)
-        L, grads = self.model.bptt(x, d, **kwargs)
-        return L, grads, self.forward(x[:state_step], s0)[1]
+        return self.model.bptt(x, d, return_state=True, state_step=state_step, **kwargs)
 
     def forward(self, x, s0):
         """(Y, state after the last step of x)."""
-        if self.native_forward:
-            Y, _, state = self.model.forward(x, s0, return_state=True)
-            return Y, state
-        Y, S = self.model.forward(x, s0)
-        return Y, S[-1].copy()
+        Y, _, state = self.model.forward(x, s0, return_state=True)
+        return Y, state
 
     def advance(self, x, s0):
         """The state after running x forward from s0 (s0 itself for an empty x)."""
@@ -270,6 +240,9 @@ class Trainer:
         self.clip_value = check_threshold("clip_value", clip_value)
         self.clip_step = check_threshold("clip_step", clip_step)
         self.tbptt = check_tbptt(tbptt)
+        if self.tbptt and model.bidirectional:
+            raise ValueError(f"tbptt: a bidirectional model reads each sequence whole (its reverse direction starts "
+                             f"at the end), got tbptt={self.tbptt} for a bidirectional model")
         self.seed = positive_int("seed", seed, low=0)
         self.progress_enabled = bool(progress)
         self.checkpoint_every = positive_int("checkpoint_every", checkpoint_every, allow_none=True)
@@ -320,7 +293,6 @@ class Trainer:
             self.optimizer = make_optimizer(optimizer, model.params, lr, backend=model.backend,
                                             **(optimizer_options or {}))
         self.window_runner = _Window(model, self.loss, self.clip_step)
-        self.window_runner.loss_last = self.loss_steps == "last"
 
         # where the run stands
         self.step = 0
@@ -637,6 +609,9 @@ def sample_text(directory, length=200, temperature=1.0, prime=None, seed=0, back
     if meta["task"] is None or meta["task"]["name"] != "text":
         name = meta["task"]["name"] if meta["task"] else "a list of batches"
         raise ValueError(f"sample: the checkpoint in {directory} was trained on {name}; sampling needs a text model")
+    if model.bidirectional:
+        raise ValueError(f"sample: the model in {directory} is bidirectional; generating text needs a model that "
+                         "reads left to right only")
     rng = np.random.default_rng(seed)
     if prime is None:
         counts = np.bincount(task.train_codes, minlength=task.output_size)

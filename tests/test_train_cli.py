@@ -26,7 +26,8 @@ def text_file(tmp_path):
     ("sine", ["--seq-len", "8"]),
     ("adding", ["--seq-len", "8", "--cell", "relu", "--optimizer", "sgd", "--momentum", "0.9", "--nesterov"]),
     ("copy", ["--delay", "3", "--optimizer", "adagrad", "--clip-value", "1"]),
-    ("text", ["--seq-len", "10"]),
+    ("text", ["--seq-len", "10", "--cell", "lstm", "--layers", "2"]),
+    ("sine", ["--seq-len", "6", "--cell", "gru", "--clip-step", "1", "--tbptt", "2", "4"]),
 ])
 def test_every_task_trains_end_to_end(tmp_path, capsys, text_file, task, extra):
     out = tmp_path / "run"

@@ -12,13 +12,9 @@ from gpubptt import checkpoint as ckpt
 from gpubptt import optim, training
 from gpubptt.training import tbptt_windows, train
 
-NATIVE_TBPTT = training._accepts(gpubptt.RNN.bptt, "return_state")
-needs_native = pytest.mark.skipif(
-    not NATIVE_TBPTT, reason="needs bptt(loss_steps=k, return_state=True, state_step=j), not in this gpubptt yet")
 
-
-def small_model(seed=0, cell="tanh", D=1, H=6, O=1, out="identity", dtype=np.float64):
-    return gpubptt.RNN(D, H, O, cell=cell, output_activation=out, dtype=dtype, seed=seed, backend="cpu")
+def small_model(seed=0, cell="tanh", D=1, H=6, O=1, out="identity", dtype=np.float64, **structure):
+    return gpubptt.RNN(D, H, O, cell=cell, output_activation=out, dtype=dtype, seed=seed, backend="cpu", **structure)
 
 
 def params_equal(a, b):
@@ -81,7 +77,6 @@ def test_tbptt_k_k_carries_the_state_and_cuts_the_gradient():
     assert params_equal(m.params, ref.params)
 
 
-@needs_native
 def test_tbptt_k1_lt_k2_matches_windows_by_hand():
     task = gpubptt.tasks.make_task("sine", seq_len=10, dtype=np.float64)
     m = small_model()
@@ -98,6 +93,28 @@ def test_tbptt_k1_lt_k2_matches_windows_by_hand():
     assert params_equal(m.params, ref.params)
 
 
+def test_clip_step_and_gated_cells_reach_bptt():
+    """clip_step goes to bptt's per-time-step clipping: one step equals bptt(clip_step=c) + an update."""
+    task = gpubptt.tasks.make_task("sine", seq_len=8, dtype=np.float64)
+    m = small_model(cell="lstm", num_layers=2)
+    train(m, task, 1, batch_size=2, optimizer="sgd", lr=0.1, clip_step=0.01, progress=False)
+    ref = small_model(cell="lstm", num_layers=2)
+    x, d = task.batch(np.random.default_rng([0, 1]), 2)
+    _, grads = ref.bptt(x, d, clip_step=0.01)
+    _, unclipped = ref.bptt(x, d)
+    assert not np.allclose(grads["Ws_l0"], unclipped["Ws_l0"])  # the threshold did act
+    optim.SGD(ref.params, lr=0.1, backend="cpu").step(grads)
+    assert params_equal(m.params, ref.params)
+
+
+def test_bidirectional_models_train_on_whole_sequences_only():
+    task = gpubptt.tasks.make_task("sine", seq_len=6, dtype=np.float64)
+    r = train(small_model(bidirectional=True), task, 2, batch_size=2, progress=False)
+    assert r.steps == 2
+    with pytest.raises(ValueError, match=r"tbptt: a bidirectional model reads each sequence whole"):
+        train(small_model(bidirectional=True), task, 2, tbptt=(3, 3), progress=False)
+
+
 # -- checkpoints, resume, Ctrl-C ------------------------------------------------------------------
 
 
@@ -108,21 +125,26 @@ def _interrupt_at(step):
     return callback
 
 
-@pytest.mark.parametrize("stop", [3, 6])  # 6: in the middle of a batch (4 windows per batch)
-def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, stop):
+@pytest.mark.parametrize("stop,structure", [
+    (3, {}),
+    (6, {}),  # in the middle of a batch (4 windows per batch): the carried state is in the checkpoint
+    (6, dict(cell="lstm", num_layers=2)),  # a carried (h, c) pair of [2,B,H] arrays
+    (5, dict(cell="gru")),
+])
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, stop, structure):
     task = gpubptt.tasks.make_task("sine", seq_len=12, dtype=np.float32)
     common = dict(batch_size=3, optimizer="adam", lr=0.01, clip_norm=1.0, tbptt=(3, 3), progress=False,
                   eval_every=4)
-    straight = small_model(dtype=np.float32)
+    straight = small_model(dtype=np.float32, **structure)
     full = train(straight, task, 10, out=tmp_path / "a", **common)
     assert not full.interrupted and full.steps == 10
 
-    m = small_model(dtype=np.float32)
+    m = small_model(dtype=np.float32, **structure)
     first = train(m, task, 10, out=tmp_path / "b", callback=_interrupt_at(stop), **common)
     assert first.interrupted and first.steps == stop
     assert ckpt.load(tmp_path / "b")[1]["step"] == stop
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
-    resumed_model = small_model(seed=99, dtype=np.float32)  # other weights: the checkpoint's must win
+    resumed_model = small_model(seed=99, dtype=np.float32, **structure)  # other weights: the checkpoint's win
     second = train(resumed_model, task, 10, out=tmp_path / "b", resume=True, **common)
     assert second.steps == 10 and not second.interrupted
     assert params_equal(resumed_model.params, straight.params)

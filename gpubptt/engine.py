@@ -150,8 +150,14 @@ def final_states(saved, structure, state_step):
     return out
 
 
-def backward(params, x, states0, lengths, structure, saved, top, dZ, truncate, clip, be):
-    """Gradients of every parameter, of x and of each initial state, from dL/dZ."""
+def backward(params, x, states0, lengths, structure, saved, top, dZ, truncate, clip, be, return_deltas=False):
+    """Gradients of every parameter, of x and of each initial state, from dL/dZ.
+
+    With ``return_deltas=True`` a third result lists per layer and direction (in ``layer_suffixes``
+    order) what the kernel wrote: (dRec, dU_blocks), dRec [T,B,G·H] the gradients of the recurrent
+    pre-activations (Σ_t dRec_tᵀ S_prev(t) = dWs) and dU_blocks [(gate rows, dU)] those of the input
+    pre-activations (Σ_t dU_tᵀ input_t = dWx[rows]; dU [T,B,rows] or its [T·B,rows] view): per step
+    t, before the sums over t and b (used by gpubptt.diagnostics)."""
     xp, p, st = be.xp, params, structure
     T, B, D = x.shape
     H = st.hidden_size
@@ -164,6 +170,7 @@ def backward(params, x, states0, lengths, structure, saved, top, dZ, truncate, c
         grads["Wy"][:, direction * H:(direction + 1) * H] = dZ2.T @ _rows(S)
         dparts.append((dZ2 @ p["Wy"][:, direction * H:(direction + 1) * H]).reshape(T, B, H))
     ds0 = [None] * (st.num_layers * st.dirs)
+    deltas = [None] * (st.num_layers * st.dirs)
     suffixes = layer_suffixes(st.num_layers, st.bidirectional)
     for layer in reversed(range(st.num_layers)):
         parts = [x] if layer == 0 else [s["h"] for s in saved[layer - 1]]
@@ -173,6 +180,7 @@ def backward(params, x, states0, lengths, structure, saved, top, dZ, truncate, c
             s0 = states0[idx]
             dRec, dU_blocks, ds0[idx] = ops.backward(k, dparts[direction], s, p, sfx, s0, lengths, direction,
                                                      st.cell, truncate, clip, xp)
+            deltas[idx] = (dRec, dU_blocks)
             grads["Ws" + sfx] = _recurrent_weight_grad(dRec, s["h"], s0[0] if isinstance(s0, tuple) else s0,
                                                        direction)
             Wx = p["Wx" + sfx]
@@ -193,7 +201,7 @@ def backward(params, x, states0, lengths, structure, saved, top, dZ, truncate, c
                 grads["bs" + sfx] = _rows(dRec).sum(axis=0)
         dparts = dinputs
     grads["x"] = dparts[0]
-    return grads, ds0
+    return (grads, ds0, deltas) if return_deltas else (grads, ds0)
 
 
 def _recurrent_weight_grad(dRec, S, s0, reverse):

@@ -66,6 +66,12 @@ def cmd_bench(args):
     return bench_main(args)
 
 
+def cmd_diagnose(args):
+    from .diagnostics import main as diagnose_main
+
+    return diagnose_main(args)
+
+
 def build_parser():
     from .backend import BACKENDS
     from .params import CELLS
@@ -95,6 +101,11 @@ def build_parser():
 
     add_bench_arguments(p)
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("diagnose", help="the article's sum for dE_N term by term: vanishing and exploding gradients")
+    from .diagnostics import add_arguments as add_diagnose_arguments
+
+    add_diagnose_arguments(p)
+    p.set_defaults(func=cmd_diagnose)
     return parser
 
 

@@ -1,0 +1,285 @@
+"""gpubptt.diagnostics: the article's sum for dE_N term by term, its norms, rates and radii, and the
+``gpubptt diagnose`` command."""
+import math
+
+import numpy as np
+import pytest
+
+import gpubptt
+from gpubptt.cli import main
+from gpubptt.diagnostics import contributions, fit_rate, spectral_radius, with_spectral_radius
+from gpubptt.selfcheck import TOLERANCE
+
+from conftest import assert_close, make_problem
+
+CELLS = ("tanh", "relu", "sigmoid", "identity", "lstm", "gru")
+WEIGHTS = ("Wx", "Ws", "bx", "bs")
+
+
+def e_n_gradient(params, x, d, s0, N, cell, **kw):
+    """The gradient of E_N alone from bptt: the sequence cut at N, its last step in the loss."""
+    return gpubptt.bptt(params, x[:N], d[:N], s0, cell, loss_steps="last", backend="reference", **kw)[1]
+
+
+# (output_activation, loss, num_layers, bias): the article's setup, softmax/cross-entropy, a stack
+SETUPS = [("identity", "squared", 1, True), ("softmax", "cross_entropy", 1, True), ("tanh", "squared", 2, False)]
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("out,loss,num_layers,bias", SETUPS)
+def test_summands_add_up_to_the_bptt_gradient_of_e_n(backend, cell, out, loss, num_layers, bias):
+    T, N = 6, 4  # steps after N exist and must not count
+    params, x, s0, d = make_problem(T, 3, 2, 4, 3, loss=loss, seed=1, bias=bias, cell=cell, num_layers=num_layers)
+    kw = dict(output_activation=out, loss=loss, num_layers=num_layers)
+    r = contributions(params, x, d, step=N, s0=s0, cell=cell, backend=backend, **kw)
+    g = e_n_gradient(params, x, d, s0, N, cell, **kw)
+    sfx = "_l1" if num_layers == 2 else ""
+    assert r.keys == {k: k + sfx for k in WEIGHTS}
+    assert r.step == N and r.dWs.shape == (N,) + params["Ws" + sfx].shape
+    assert r.dWx.shape == (N,) + params["Wx" + sfx].shape
+    for k in WEIGHTS:
+        summands = getattr(r, "d" + k)
+        if not bias and k[0] == "b":
+            assert summands is None
+            continue
+        # float64 throughout; the sums differ from bptt's only in the order of additions (TOLERANCE)
+        assert_close(summands.sum(axis=0), g[k + sfx], TOLERANCE["float64"], f"Σ_i summands of dE_N/d{k}")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_reference_jacobian_products_equal_the_engines_summands(cell, dtype):
+    params, x, s0, d = make_problem(5, 3, 2, 4, 2, dtype=dtype, seed=2, cell=cell)
+    ref = contributions(params, x, d, s0=s0, cell=cell, backend="reference")
+    cpu = contributions(params, x, d, s0=s0, cell=cell, backend="cpu")
+    tol = TOLERANCE[np.dtype(dtype).name]  # the cpu backend in dtype against float64 loops cast to dtype
+    for k in WEIGHTS:
+        a, b = getattr(cpu, "d" + k), getattr(ref, "d" + k)
+        assert a.dtype == b.dtype == dtype
+        for i in range(5):  # step by step: each summand on its own, not only their sum
+            assert_close(a[i], b[i], tol, f"step {i + 1}'s summand of dE_N/d{k}", atol=tol * np.abs(b).max())
+    assert ref.dS_norm.dtype == cpu.dS_norm.dtype == np.float64
+    assert_close(cpu.dS_norm, ref.dS_norm, tol, "‖dE_N/dS_i‖")
+    if cell == "lstm":
+        assert_close(cpu.dc_norm, ref.dc_norm, tol, "‖dE_N/dc_i‖")
+    else:
+        assert cpu.dc_norm is None and ref.dc_norm is None
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_state_gradient_norms_equal_bptt_from_that_state_on(backend, cell):
+    """dE_N/dS_i is dL/ds0 of bptt over steps i+1..N started from S_i: an independent route."""
+    T, B, N = 5, 2, 5
+    params, x, s0, d = make_problem(T, B, 2, 3, 2, seed=4, cell=cell)
+    r = contributions(params, x, d, s0=s0, cell=cell, backend=backend)
+    Y, S, *C = gpubptt.forward(params, x, s0, cell, backend="reference", return_cells=cell == "lstm")
+    for i in range(1, N):
+        state = (S[i - 1], C[0][i - 1]) if cell == "lstm" else S[i - 1]
+        ds = gpubptt.bptt(params, x[i:N], d[i:N], state, cell, loss_steps="last", backend="reference")[1]["s0"]
+        dh = ds[0] if cell == "lstm" else ds
+        assert_close(r.dS_norm[i - 1], np.linalg.norm(dh), TOLERANCE["float64"], f"‖dE_N/dS_{i}‖")
+        if cell == "lstm":  # total gradient of c_i: through c_{i+1} (ds[1]) and through h_i = o_i tanh(c_i)
+            h, c = state
+            o = h / np.tanh(c)
+            dc = ds[1] + dh * o * (1 - np.tanh(c) ** 2)
+            assert_close(r.dc_norm[i - 1], np.linalg.norm(dc), TOLERANCE["float64"], f"‖dE_N/dc_{i}‖")
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("a", [0.5, 0.9, 1.25])
+def test_linear_rnn_with_ws_a_times_identity_decays_exactly_as_a_to_the_n_minus_i(backend, a):
+    T, B, H, N = 12, 3, 4, 12
+    params, x, s0, d = make_problem(T, B, 2, H, 2, seed=5, cell="identity")
+    params["Ws"] = a * np.eye(H)
+    r = contributions(params, x, d, s0=s0, cell="identity", backend=backend)
+    expected = r.dS_norm[N - 1] * a ** np.arange(N - 1, -1, -1.0)  # dE_N/dS_i = dE_N/dS_N (a I)^(N-i)
+    assert_close(r.dS_norm, expected, 1e-12, "‖dE_N/dS_i‖ against a^(N-i)")  # float64, N products of a
+    assert r.rate == pytest.approx(a, rel=1e-12)
+    assert fit_rate(r.dS_norm)[1:] == (pytest.approx(r.dS_norm[N - 1], rel=1e-11), N)
+    assert r.spectral_radius == pytest.approx(a, rel=1e-12)
+    assert r.rate_c is None
+
+
+def test_steps_where_the_gradient_vanished_exactly_are_left_out_of_the_fit():
+    """A ReLU RNN whose units all switch off at step k: dE_N/dS_i = 0 for every i < k."""
+    T, B, H, k = 10, 2, 3, 4
+    params = gpubptt.init_params(1, H, 1, dtype=np.float64, seed=0, cell="relu")
+    params.update(Wx=np.ones((H, 1)), Ws=0.5 * np.eye(H), bx=np.zeros(H), bs=np.zeros(H))
+    x = np.ones((T, B, 1))
+    x[k - 1] = -100.0  # step k's pre-activation is below 0: S_k = 0 and g1'(.) = 0 there
+    d = np.zeros((T, B, 1))
+    for backend in ("reference", "cpu"):
+        r = contributions(params, x, d, cell="relu", backend=backend)
+        assert np.all(r.dS_norm[:k - 1] == 0) and np.all(r.dS_norm[k - 1:] > 0)
+        rate, _, used = fit_rate(r.dS_norm)
+        assert used == T - k + 1 and rate == pytest.approx(0.5, rel=1e-12)  # the units left on are linear
+        assert r.rate == rate
+
+
+def test_fit_rate_edge_cases():
+    assert fit_rate(np.array([0.0, 0.0, 0.25, 0.5, 1.0])) == (pytest.approx(0.5), pytest.approx(1.0), 3)
+    assert fit_rate(np.array([8.0, 4.0]))[:2] == (pytest.approx(2.0), pytest.approx(4.0))  # i = 1 is 1 step back
+    for norms in (np.zeros(4), np.array([0.0, 0.0, 3.0]), np.array([2.0])):
+        rate, scale, used = fit_rate(norms)
+        assert math.isnan(rate) and math.isnan(scale) and used == int((norms > 0).sum())
+
+
+def test_spectral_radius_per_gate_block_and_rescaling():
+    H = 3
+    turn = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.5]])  # eigenvalues ±i and 0.5
+    blocks = [0.3 * turn, np.diag([0.9, -0.95, 0.1]), 2.0 * np.eye(H), np.triu(np.ones((H, H))) * 0.7]
+    Ws = np.concatenate(blocks)
+    assert spectral_radius(Ws, "lstm") == pytest.approx({"i": 0.3, "f": 0.95, "g": 2.0, "o": 0.7})
+    assert spectral_radius(0.3 * turn, "tanh") == pytest.approx(0.3)
+    params = gpubptt.init_params(2, H, 1, dtype=np.float64, seed=0, cell="lstm", num_layers=2)
+    before = {k: v.copy() for k, v in params.items()}
+    scaled = with_spectral_radius(params, 1.5, "lstm")
+    for key in ("Ws_l0", "Ws_l1"):
+        assert spectral_radius(scaled[key], "lstm") == pytest.approx(dict.fromkeys("ifgo", 1.5))
+    assert all(np.array_equal(params[k], before[k]) for k in params)  # the caller's arrays are untouched
+    assert scaled["Wx_l0"] is params["Wx_l0"]
+    with pytest.raises(ValueError, match=r"radius: expected a positive number, got -1"):
+        with_spectral_radius(params, -1, "lstm")
+
+
+def test_gate_blocks_of_the_summands():
+    params, x, s0, d = make_problem(4, 2, 2, 3, 2, seed=6, cell="gru")
+    r = contributions(params, x, d, s0=s0, cell="gru", backend="cpu")
+    assert r.gates == ("r", "z", "n")
+    np.testing.assert_array_equal(r.block("dWs", "z"), r.dWs[:, 3:6])
+    norms = r.block_norms("dWx")
+    assert norms.shape == (4, 3)
+    assert norms[2, 1] == pytest.approx(np.linalg.norm(r.dWx[2, 3:6]))
+    assert isinstance(r.spectral_radius, dict) and set(r.spectral_radius) == {"r", "z", "n"}
+    with pytest.raises(ValueError, match=r"gate: expected one of 'r', 'z', 'n', got 'f'"):
+        r.block("dWs", "f")
+    params, x, s0, d = make_problem(4, 2, 2, 3, 2, seed=6)
+    tanh = contributions(params, x, d, s0=s0, backend="cpu")
+    assert tanh.gates == ("tanh",) and tanh.block_norms("dWs").shape == (4, 1)
+    assert isinstance(tanh.spectral_radius, float)
+
+
+def test_step_defaults_to_t_and_step_1_has_one_summand():
+    params, x, s0, d = make_problem(3, 2, 2, 3, 2, seed=7)
+    assert contributions(params, x, d, s0=s0, backend="cpu").step == 3
+    r = contributions(params, x, d, step=1, s0=s0, backend="cpu")
+    assert r.dWs.shape == (1, 3, 3) and r.dS_norm.shape == (1,) and math.isnan(r.rate)
+    assert_close(r.dWs[0], e_n_gradient(params, x, d, s0, 1, "tanh")["Ws"], TOLERANCE["float64"], "dE_1/dWs")
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(step=0), ValueError, r"step: expected a positive integer or None, got 0"),
+    (dict(step=6), ValueError, r"step: expected 1\.\.T = 1\.\.5, got 6"),
+    (dict(step=2.0), ValueError, r"step: expected a positive integer or None, got 2\.0"),
+    (dict(step=True), ValueError, r"step: expected a positive integer or None, got True"),
+    (dict(step="3"), ValueError, r"step: expected a positive integer or None, got '3'"),
+    (dict(bidirectional=True), ValueError, r"bidirectional: the article's sum follows the forward direction only"),
+    (dict(loss="hinge"), ValueError, r"loss: expected one of 'squared', 'cross_entropy', got 'hinge'"),
+    (dict(cell="lstm"), ValueError, r"params\['Ws'\]: expected shape \[4H,H\] = \(12, 3\) \(H = its width\), got \(3, 3\)"),
+    (dict(backend="gpu"), ValueError, r"backend: expected one of"),
+])
+def test_bad_input(kwargs, error, match):
+    params, x, s0, d = make_problem(5, 2, 2, 3, 2, bidirectional=kwargs.get("bidirectional", False))
+    with pytest.raises(error, match=match):
+        contributions(params, x, d, s0=s0, **kwargs)
+
+
+def test_bad_arrays_are_named():
+    params, x, s0, d = make_problem(5, 2, 2, 3, 2)
+    with pytest.raises(TypeError, match=r"d: expected a NumPy or CuPy array, got NoneType"):
+        contributions(params, x, None)
+    with pytest.raises(ValueError, match=r"d: expected shape \[T,B,O\] = \(5, 2, 2\), got \(4, 2, 2\)"):
+        contributions(params, x, d[:4])
+    with pytest.raises(TypeError, match=r"contributions\(\) got an unexpected keyword argument 'lengths'"):
+        contributions(params, x, d, lengths=[5, 5])
+
+
+def test_inputs_are_not_modified():
+    params, x, s0, d = make_problem(4, 2, 2, 3, 2, cell="lstm")
+    copies = [{k: v.copy() for k, v in params.items()}, x.copy(), (s0[0].copy(), s0[1].copy()), d.copy()]
+    for backend in ("reference", "cpu"):
+        contributions(params, x, d, s0=s0, cell="lstm", backend=backend)
+    assert all(np.array_equal(params[k], copies[0][k]) for k in params)
+    np.testing.assert_array_equal(x, copies[1])
+    np.testing.assert_array_equal(s0[1], copies[2][1])
+    np.testing.assert_array_equal(d, copies[3])
+
+
+# -- gpubptt diagnose ------------------------------------------------------------------------------
+
+
+def table(out):
+    """{N-i: (i, norms...)} from the printed rows of numbers."""
+    rows = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if parts and parts[0].isdigit():
+            rows[int(parts[1])] = (int(parts[0]),) + tuple(float(p) for p in parts[2:])
+    return rows
+
+
+def test_diagnose_prints_the_profile_and_writes_a_png(tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="the PNG needs matplotlib (pip install 'gpubptt[plot]')")
+    png = tmp_path / "profile.png"
+    assert main(["diagnose", "--cell", "identity", "--seq-len", "25", "--hidden", "4", "--batch", "2", "--seed", "3",
+                 "--spectral-radius", "0.8", "--backend", "cpu", "--out", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "cell=identity, T=25, N=25, B=2, D=4, H=4" in out and "backend=cpu" in out
+    assert "‖dE_N/dS_i‖" in out and "‖term i of dE_N/dWs‖" in out
+    rows = table(out)
+    assert sorted(rows) == list(range(10)) + [10, 20, 24]  # N-i: 0..9, every 10th, and step 1
+    assert rows[24][0] == 1 and rows[0][0] == 25
+    assert rows[24][2] == 0.0  # S_0 = 0: step 1 adds nothing to dE_N/dWs
+    assert "spectral radius of Ws: 0.8\n" in out
+    rate = float(out.split("fitted rate per step: ")[1].split()[0])
+    assert 0 < rate < 1 and "vanishing" in out
+    assert f"wrote {png}" in out and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_diagnose_lstm_shows_the_cell_state_and_each_gate(capsys):
+    assert main(["diagnose", "--cell", "lstm", "--seq-len", "12", "--hidden", "3", "--batch", "2",
+                 "--backend", "reference"]) == 0
+    out = capsys.readouterr().out
+    assert "‖dE_N/dc_i‖" in out and "fitted rate of ‖dE_N/dc_i‖" in out
+    assert all(len(row) == 4 for row in table(out).values())  # i, ‖dS‖, ‖dc‖, ‖term‖
+    assert "spectral radius of Ws: i " in out and "(per gate block)" in out
+    assert "wrote" not in out  # no --out, no file
+
+
+def test_diagnose_explodes_past_radius_one(capsys):
+    assert main(["diagnose", "--cell", "identity", "--seq-len", "30", "--hidden", "3", "--spectral-radius", "1.5",
+                 "--backend", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "exploding" in out and float(out.split("fitted rate per step: ")[1].split()[0]) > 1
+
+
+def test_diagnose_without_matplotlib_prints_the_table_and_says_how(tmp_path, capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError("no matplotlib here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    png = tmp_path / "p.png"
+    assert main(["diagnose", "--seq-len", "5", "--hidden", "3", "--backend", "cpu", "--out", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert len(table(out)) == 5
+    assert "no PNG: matplotlib is not installed (pip install 'gpubptt[plot]')" in out and not png.exists()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--step", "0"], "step: expected a positive integer or None, got 0"),
+    (["--seq-len", "5", "--step", "6"], "step: expected 1..T = 1..5, got 6"),
+    (["--spectral-radius", "-1"], "--spectral-radius: expected a positive number, got -1.0"),
+    (["--hidden", "0"], "hidden_size: expected a positive integer, got 0"),
+    (["--seq-len", "0"], "--seq-len and --batch: expected positive integers, got 0 and 4"),
+])
+def test_diagnose_bad_options_exit_2_with_the_reason(argv, message, capsys):
+    assert main(["diagnose", "--backend", "cpu"] + argv) == 2
+    assert capsys.readouterr().err.strip() == f"gpubptt diagnose: error: {message}"

@@ -1,12 +1,12 @@
 """Built-in training tasks: generated from a seeded NumPy generator (nothing is downloaded), each with
 a metric and the baseline that a model without memory (or without learning) reaches.
 
-| task     | inputs x [T,B,D]                   | targets d                   | loss                 | metric (test set)                 | baseline                                  |
-|----------|------------------------------------|-----------------------------|----------------------|-----------------------------------|-------------------------------------------|
-| `sine`   | noisy sine wave, D = 1             | the next noisy value        | squared, every step  | `mse` per step                    | predict the last value (≈ 0.09)           |
-| `adding` | U[0,1] values + a 0/1 marker, D = 2| sum of the 2 marked values  | squared, last step   | `mse` at the last step            | always predict 1: 1/6 ≈ 0.167             |
-| `copy`   | 10 symbols, delay, a "go" marker   | the 10 symbols after "go"   | cross-entropy, every step | `cross_entropy` per step (nats), `accuracy` of the 10 recalled symbols | 10·ln 8/(delay + 20) and 1/8 |
-| `text`   | one-hot characters, D = V          | the next character          | cross-entropy, every step | `bits_per_char`               | unigram frequencies of the training text  |
+    task    inputs x [T,B,D]                 targets d                 loss, metric on the test set
+    sine    noisy sine wave, D = 1           the next noisy value      squared, every step; mse per step
+    adding  U[0,1] values + 0/1 marks, D = 2 sum of the 2 marked values squared, last step; mse
+    copy    10 symbols, a delay, "go", D=10  the 10 symbols after "go" cross-entropy, every step;
+                                                                       cross_entropy (nats), accuracy
+    text    one-hot characters, D = V        the next character        cross-entropy; bits_per_char
 
 sine: x_t = sin(ω t + φ) + ε_t with ω ~ U[0.2, 0.6] rad per step, φ ~ U[0, 2π), ε_t ~ N(0, 0.05²),
     d_t = x_{t+1}. Predicting the last value costs E[1 - cos ω] + 2·0.05² ≈ 0.09 per step; the noise
@@ -36,7 +36,7 @@ from .arrays import FLOAT_DTYPES, check_choice, to_host
 
 TASKS = ("sine", "adding", "copy", "text")
 TEST_SEED = 1234
-TEST_SEQUENCES = 4096
+TEST_SEQUENCES = 2048
 DEFAULT_SEQ_LEN = {"sine": 50, "adding": 50, "text": 100}
 DEFAULT_DELAY = 10
 COPY_SYMBOLS = 10  # symbols to remember

@@ -52,7 +52,8 @@ def add_train_arguments(p):
     p.add_argument("--dtype", choices=("float32", "float64"), help="default float32")
     p.add_argument("--seed", type=int, help="seed of the initialisation and the data (default 0)")
     p.add_argument("--seq-len", type=int, metavar="T", help="sequence length (sine 50, adding 50, text 100)")
-    p.add_argument("--delay", type=int, help="copy task: steps between the symbols and the 'go' marker (default 10)")
+    p.add_argument("--delay", type=int,
+                   help="copy task: the 'go' marker comes DELAY steps after the last symbol; T = DELAY + 20 (default 10)")
     p.add_argument("--text", metavar="FILE", help="text task: a UTF-8 text file")
     p.add_argument("--out", metavar="DIR", help="run directory for checkpoint, metrics, plot (default runs/TASK)")
     p.add_argument("--resume", metavar="DIR", help="continue the run whose checkpoint is in DIR")

@@ -36,8 +36,9 @@ a training loop calls them; the median is reported and every sample kept in the 
 machine other processes take cores from the threads being timed (a 2-thread run that loses a core
 waits at every barrier, easily 10x slower): each block records the cores other processes used while
 it ran (``other_processes_cores``, from /proc/stat less this process's time) and a block above
-``QUIET_CORES`` is run again, up to ``retries`` times, keeping the quietest (``attempts`` says how
-many it took); the load average before and after the whole run is in the metadata. CPU peers are timed with ``time.perf_counter`` around the call, with the garbage
+the cores the peer leaves free plus ``QUIET_CORES`` is run again, up to ``retries`` times, keeping
+the quietest (``attempts`` says how many blocks ran, ``disturbed`` whether even the kept one was); the load
+average before and after the whole run is in the metadata. CPU peers are timed with ``time.perf_counter`` around the call, with the garbage
 collector paused; GPU peers with CUDA events on their stream (CuPy's, or PyTorch's).
 
 Correctness of what is timed: the first untimed run's results are compared with an oracle, the
@@ -123,7 +124,7 @@ DEFAULT_OUTPUT_SIZE = 1
 DEFAULT_REFERENCE_BUDGET_S = 20.0
 DEFAULT_SETTLE_S = 0.25  # pause before each peer's timed block (see _measure_mode)
 DEFAULT_RETRIES = 3  # timed blocks run again while other processes take the cores (see _timed_block)
-QUIET_CORES = 0.25  # other processes' CPU use, in cores, above which a timed block counts as disturbed
+QUIET_CORES = 0.25  # other processes' CPU use, in cores, beyond the free ones, that disturbs a timed block
 RETRY_PAUSE_S = 2.0
 
 SAVED_PER_STEP = {"lstm": 6, "gru": 5}  # multiples of B·H that forward keeps per step (Elman: 1)
@@ -919,8 +920,14 @@ def _measure_mode(prob, mode, entries, repeat, warmup, budget, tol, settle_s, re
 
 def _timed_block(peer, fn, e, warmup, settle_s, retries, log):
     """The samples (ms) of one peer's block of timed runs, with the CPU time other processes took
-    meanwhile recorded in ``e``; a block during which they took more than ``QUIET_CORES`` of a core is
-    run again, up to ``retries`` times, and the quietest block kept."""
+    meanwhile recorded in ``e``. A block is disturbed when they took more than the cores this peer
+    leaves free (the machine's less its threads: 1 for the reference and the GPU peers, which drive
+    one host thread) plus ``QUIET_CORES``; a disturbed block is run again, up to ``retries`` times,
+    and the quietest kept."""
+    import numba
+
+    threads = 1 if peer.gpu or e["peer"] == "reference" else numba.get_num_threads()
+    allowed = max(0, (os.cpu_count() or 1) - threads) + QUIET_CORES
     best = None
     for attempt in range(1 + retries):
         if attempt:
@@ -939,12 +946,14 @@ def _timed_block(peer, fn, e, warmup, settle_s, retries, log):
             ms.append(t)
         others = meter.cores()
         if best is None or (others is not None and others < best[1]):
-            best = (ms, others, attempt + 1)
-        if others is None or others <= QUIET_CORES:
+            best = (ms, others)
+        if others is None or others <= allowed:
             break
-        log(f"  {e['mode']:8s} {e['peer']:10s} other processes took {others:.2f} cores: timing again")
+        if attempt < retries:
+            log(f"  {e['mode']:8s} {e['peer']:10s} other processes took {others:.2f} cores: timing again")
     e["other_processes_cores"] = None if best[1] is None else round(best[1], 3)
-    e["attempts"] = best[2]
+    e["disturbed"] = best[1] is not None and best[1] > allowed
+    e["attempts"] = attempt + 1
     return best[0]
 
 
@@ -1145,7 +1154,7 @@ def to_markdown(result):
                                                                       "—", r.get("reason", "")]
         else:
             row += [f"{r['ms']:.3f}" + (f" ({r['repeats']} runs)" if r["repeats"] != meta["repeat"] else ""),
-                    f"{r['ms_min']:.3f}", _fmt_cores(r.get("other_processes_cores")), f"{r['gflops']:.2f}"]
+                    f"{r['ms_min']:.3f}", _fmt_cores(r.get("other_processes_cores"), r.get("disturbed")), f"{r['gflops']:.2f}"]
             row += ["—" if p == r["peer"] or p not in r["ratios"] else _fmt_ratio(r["ratios"][p]) for p in names]
             row += [f"{r['peak_bytes'] / 1e6:.2f}", f"{r['memory_lower_bound_bytes'] / 1e6:.2f}",
                     f"{r['memory_ratio']:.2f}", _check_text(r["check"])]
@@ -1153,8 +1162,8 @@ def to_markdown(result):
     return "\n".join(lines) + "\n"
 
 
-def _fmt_cores(v):
-    return "?" if v is None else f"{v:.2f}"
+def _fmt_cores(v, disturbed=False):
+    return "?" if v is None else f"{v:.2f}" + (" (disturbed)" if disturbed else "")
 
 
 def _check_text(c):
@@ -1252,7 +1261,8 @@ def add_arguments(p):
     p.add_argument("--settle", type=_nonnegative_float, default=None, metavar="SECONDS",
                    help=f"pause before each peer's timed runs (default {DEFAULT_SETTLE_S:g}; --quick 0)")
     p.add_argument("--retries", type=_nonnegative_int, default=None,
-                   help=f"run a timed block again while other processes take more than {QUIET_CORES:g} cores "
+                   help=f"run a timed block again while other processes take the cores it needs (beyond "
+                        f"{QUIET_CORES:g}) "
                         f"(default {DEFAULT_RETRIES}; --quick 0)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--markdown", metavar="FILE", help="write the table as Markdown")

@@ -17,7 +17,8 @@ except ImportError:  # the torch peer is then reported unavailable, which is che
 
 HOST_PEERS = ["reference", "cpu"] + (["torch-cpu"] if torch is not None else [])
 ENTRY_KEYS = {"B", "T", "D", "H", "O", "cell", "dtype", "mode", "peer", "status", "ms", "ms_min", "ms_all", "repeats", "flops",
-              "gflops", "ratios", "other_processes_cores", "attempts", "peak_bytes", "memory_method", "memory_lower_bound_bytes", "memory_ratio", "check"}
+              "gflops", "ratios", "other_processes_cores", "disturbed", "attempts", "peak_bytes", "memory_method",
+              "memory_lower_bound_bytes", "memory_ratio", "check"}
 
 
 @pytest.fixture(scope="module")
@@ -217,3 +218,15 @@ def test_bad_command_line_arguments_are_argparse_errors(argv, name, capsys):
         main(["bench", "--quick"] + argv)
     assert e.value.code == 2
     assert f"argument {name}" in capsys.readouterr().err
+
+
+def test_a_block_disturbed_by_other_processes_is_timed_again_and_marked(monkeypatch):
+    monkeypatch.setattr(bench, "RETRY_PAUSE_S", 0.0)
+    monkeypatch.setattr(bench._OtherCpu, "cores", lambda self: 64.0)  # others took every core, every time
+    result = bench.run(quick=True, backend="cpu", mode="fwd", repeat=1, retries=2)
+    for r in result["results"]:
+        assert r["attempts"] == 3 and r["disturbed"] is True and r["other_processes_cores"] == 64.0
+    assert "(disturbed)" in bench.to_markdown(result)
+    monkeypatch.setattr(bench._OtherCpu, "cores", lambda self: 0.0)
+    result = bench.run(quick=True, backend="cpu", mode="fwd", repeat=1, retries=2)
+    assert all(r["attempts"] == 1 and r["disturbed"] is False for r in result["results"])

@@ -112,6 +112,16 @@ def check_int_array(name, a, names, shape, low, high):
     return a
 
 
+def check_int(name, value, low=1, allow_none=False):
+    """An integer >= low (default: a positive integer); None passes when allowed. Returns int."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        kind = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ValueError(f"{name}: expected {kind}{' or None' if allow_none else ''}, got {value!r}")
+    return int(value)
+
+
 def check_choice(name, value, choices):
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name}: expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")

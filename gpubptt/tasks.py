@@ -32,7 +32,7 @@ import os
 
 import numpy as np
 
-from .arrays import FLOAT_DTYPES, check_choice, to_host
+from .arrays import FLOAT_DTYPES, check_choice, check_int, to_host
 
 TASKS = ("sine", "adding", "copy", "text")
 TEST_SEED = 1234
@@ -42,12 +42,6 @@ DEFAULT_DELAY = 10
 COPY_SYMBOLS = 10  # symbols to remember
 COPY_ALPHABET = 10  # 0 blank, 1..8 data, 9 "go"
 TEXT_TEST_FRACTION = 0.1
-
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return int(value)
 
 
 class Task:
@@ -65,7 +59,7 @@ class Task:
     metric = "mse"
 
     def __init__(self, seq_len, dtype=np.float32):
-        self.seq_len = _positive_int("seq_len", seq_len)
+        self.seq_len = check_int("seq_len", seq_len)
         dtype = np.dtype(dtype)
         if dtype not in FLOAT_DTYPES:
             raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
@@ -74,7 +68,7 @@ class Task:
 
     def batch(self, rng, batch_size):
         """(x [T,B,D], d) of B fresh sequences drawn from ``rng`` (NumPy arrays)."""
-        return self._make(rng, _positive_int("batch_size", batch_size))
+        return self._make(rng, check_int("batch_size", batch_size))
 
     def test_set(self):
         """(x, d): the fixed test sequences (the same for every run)."""
@@ -166,7 +160,7 @@ class Copy(Task):
     metric = "cross_entropy"
 
     def __init__(self, delay=DEFAULT_DELAY, dtype=np.float32):
-        self.delay = _positive_int("delay", delay)
+        self.delay = check_int("delay", delay)
         super().__init__(self.delay + 2 * COPY_SYMBOLS, dtype)
 
     def _make(self, rng, B):

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import checkpoint as ckpt
-from .arrays import check_choice, to_device, to_host, xp_of
+from .arrays import check_choice, check_int, to_device, to_host, xp_of
 from .backend import resolve
 from .clipping import check_threshold
 from .losses import LOSSES
@@ -69,23 +69,13 @@ class TrainResult:
     history: list = field(default_factory=list, repr=False)
 
 
-def positive_int(name, value, allow_none=False, low=1):
-    """An integer >= low (1: positive); None passes when allowed."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        kind = "a positive integer" if low == 1 else f"an integer >= {low}"
-        raise ValueError(f"{name}: expected {kind}, got {value!r}")
-    return int(value)
-
-
 def check_tbptt(tbptt):
     """None (full BPTT) or a pair (k1, k2) of positive integers with k2 >= k1."""
     if tbptt is None:
         return None
     if not isinstance(tbptt, (tuple, list)) or len(tbptt) != 2:
         raise TypeError(f"tbptt: expected a pair (k1, k2) or None, got {tbptt!r}")
-    k1, k2 = positive_int("tbptt k1", tbptt[0]), positive_int("tbptt k2", tbptt[1])
+    k1, k2 = check_int("tbptt k1", tbptt[0]), check_int("tbptt k2", tbptt[1])
     if k2 < k1:
         raise ValueError(f"tbptt: k2 (steps backpropagated) must be >= k1 (steps between updates), got k1={k1}, k2={k2}")
     return k1, k2
@@ -234,8 +224,8 @@ class Trainer:
         if not isinstance(model, RNN):
             raise TypeError(f"model: expected a gpubptt.RNN, got {type(model).__name__}")
         self.model = model
-        self.total = positive_int("steps", steps)
-        self.batch_size = positive_int("batch_size", batch_size)
+        self.total = check_int("steps", steps)
+        self.batch_size = check_int("batch_size", batch_size)
         self.clip_norm = check_threshold("clip_norm", clip_norm)
         self.clip_value = check_threshold("clip_value", clip_value)
         self.clip_step = check_threshold("clip_step", clip_step)
@@ -243,11 +233,11 @@ class Trainer:
         if self.tbptt and model.bidirectional:
             raise ValueError(f"tbptt: a bidirectional model reads each sequence whole (its reverse direction starts "
                              f"at the end), got tbptt={self.tbptt} for a bidirectional model")
-        self.seed = positive_int("seed", seed, low=0)
+        self.seed = check_int("seed", seed, low=0)
         self.progress_enabled = bool(progress)
-        self.checkpoint_every = positive_int("checkpoint_every", checkpoint_every, allow_none=True)
-        self.eval_every = positive_int("eval_every", eval_every, allow_none=True)
-        self.log_every = positive_int("log_every", log_every)
+        self.checkpoint_every = check_int("checkpoint_every", checkpoint_every, allow_none=True)
+        self.eval_every = check_int("eval_every", eval_every, allow_none=True)
+        self.log_every = check_int("log_every", log_every)
         self.callback = callback
         self.out = None if out is None else ckpt.check_directory("out", out)
         if resume and out is None:
@@ -603,7 +593,7 @@ def sample_text(directory, length=200, temperature=1.0, prime=None, seed=0, back
     one character drawn from the training text's frequencies). Each next character is drawn from
     softmax(z / temperature), z the model's output before softmax. Returns the prime + the sample.
     """
-    length = positive_int("length", length)
+    length = check_int("length", length)
     temperature = check_threshold("temperature", temperature, allow_none=False)
     model, task, meta = load_model(directory, backend=backend)
     if meta["task"] is None or meta["task"]["name"] != "text":

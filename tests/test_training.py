@@ -359,8 +359,8 @@ def test_missing_matplotlib_gives_a_note(tmp_path, monkeypatch):
     (dict(tbptt=5), TypeError, r"tbptt: expected a pair \(k1, k2\) or None, got 5"),
     (dict(optimizer="rmsprop"), ValueError, r"optimizer: expected one of 'sgd', 'adam', 'adagrad', got 'rmsprop'"),
     (dict(seed=-1), ValueError, r"seed: expected an integer >= 0, got -1"),
-    (dict(eval_every=0), ValueError, r"eval_every: expected a positive integer, got 0"),
-    (dict(checkpoint_every=-5), ValueError, r"checkpoint_every: expected a positive integer, got -5"),
+    (dict(eval_every=0), ValueError, r"eval_every: expected a positive integer or None, got 0"),
+    (dict(checkpoint_every=-5), ValueError, r"checkpoint_every: expected a positive integer or None, got -5"),
     (dict(loss="hinge"), ValueError, r"loss: the sine task trains with 'squared', got loss='hinge'"),
 ])
 def test_bad_training_arguments(kwargs, error, match):

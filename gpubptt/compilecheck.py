@@ -20,8 +20,14 @@ link would report figures that no launch sees. ``cudadevrt=True``/``False`` forc
 
 Shared memory: the figure reported is *static* shared memory (``cuda.shared.array`` with a constant
 size) plus whatever the toolchain reserves. Dynamic shared memory (``cuda.shared.array(0, ...)``, the
-fourth launch parameter) is chosen at launch and appears in no compile log: a kernel module states its
-own launch's dynamic size (the kernels of ``elman_cuda``, ``lstm_cuda``, ``gru_cuda`` use none).
+fourth launch parameter) is chosen at launch and appears in no compile log: the tiled and cooperative
+variants of the recurrence kernels (``kernels/cuda_blocks.py``) request it, their modules state how
+much (``FORWARD_FOOTPRINT``/``BACKWARD_FOOTPRINT``: formulas printed under the table), and
+``variant_plans`` works out, for the benchmark shapes on an A100 (sm_80) and an H100 (sm_90), which
+variant each gets, the dynamic shared memory it requests, and the blocks per SM and waves that its
+registers (from the check) and shared memory imply. A plan whose static plus dynamic shared memory
+exceeds the architecture's per-block limit, or whose cooperative grid cannot be resident at once,
+fails the check.
 
 Run ``python -m gpubptt.compilecheck`` (the simulator must be off): it prints the table and exits 1 if
 any kernel fails to compile or link, or uses local memory (spills or a stack frame).
@@ -36,7 +42,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from .kernels.cuda_compat import cuda, simulator_enabled
+from .kernels.cuda_compat import cuda, simulator_enabled, target_compute_capability
 
 # Kernel modules inside gpubptt.kernels that the check covers: add a module's name here.
 CUDA_KERNEL_MODULES = ("elman_cuda", "lstm_cuda", "gru_cuda", "optim_cuda")
@@ -307,9 +313,10 @@ def compile_kernel(py_func, argtypes, cc, *, name=None, dtype="", cudadevrt="aut
     report = KernelReport(kernel=name or py_func.__name__, dtype=dtype, cc=cc)
     start = time.perf_counter()
     try:
-        codes, _ = cuda.compile_all(
-            py_func, tuple(argtypes), device=False, abi="numba", cc=cc, output="ltoir", **options
-        )
+        with target_compute_capability(cc):  # grid-sync kernels compile device functions that ask for it
+            codes, _ = cuda.compile_all(
+                py_func, tuple(argtypes), device=False, abi="numba", cc=cc, output="ltoir", **options
+            )
     except Exception as exc:  # typing/lowering errors: the point of the check is to report them
         report.error = "compile failed: %s: %s" % (type(exc).__name__, str(exc).strip())
         report.seconds = time.perf_counter() - start
@@ -397,11 +404,16 @@ def format_report(reports, block=OCCUPANCY_BLOCK):
 
     out = [line(header), line(["-" * w for w in widths]), *map(line, rows)]
     out.append(
-        f"smem: static shared memory per block (dynamic smem, set at launch, is not in any log; "
-        f"these kernels use none). occ@{block}: resident threads/SM for {block}-thread blocks limited by "
+        f"smem: static shared memory per block (dynamic smem, set at launch, is in no log: see below). "
+        f"occ@{block}: resident threads/SM for {block}-thread blocks limited by "
         f"registers ({REGISTERS_PER_SM}/SM, {REGISTER_ALLOCATION_UNIT}-register warp allocation) and "
         f"{MAX_THREADS_PER_SM} threads/SM; shared memory not counted. devrt: libcudadevrt.a linked."
     )
+    notes = dynamic_smem_notes({r.kernel for r in reports})
+    if notes:
+        out.append("dynamic smem per block, in elements of the dtype (4 B float32, 8 B float64); the other "
+                   "kernels request none:")
+        out += [f"  {name}: {text}" for name, text in notes]
     for r in reports:
         if r.error:
             out.append(f"FAIL {r.kernel} {r.dtype} {r.arch}: {r.error}")
@@ -420,6 +432,152 @@ def problems(reports):
                          f"{r.spill_loads} B spill loads, {r.local_memory_bytes} B stack/lmem)")
         elif (r.smem_bytes or 0) > STATIC_SMEM_LIMIT:
             found.append(f"{where}: {r.smem_bytes} B static shared memory > {STATIC_SMEM_LIMIT} B")
+    return found
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernel variants: dynamic shared memory and the plans the benchmark shapes get
+
+# cell family -> (module in gpubptt.kernels, gates)
+VARIANT_CELLS = {"elman": ("elman_cuda", 1), "lstm": ("lstm_cuda", 4), "gru": ("gru_cuda", 3)}
+# architecture -> the device whose published limits stand for it (kernels/cuda_blocks.py)
+VARIANT_DEVICES = {(8, 0): "A100", (9, 0): "H100"}
+# the issue's benchmark grid (B, T, D, H), haste's T = 50 shapes included
+BENCH_SHAPES = ((64, 100, 512, 512), (64, 100, 64, 256), (128, 50, 128, 512), (32, 200, 32, 128),
+                (256, 100, 16, 64), (1, 1000, 8, 64), (4, 1000, 64, 256),
+                (1, 50, 128, 128), (16, 50, 128, 128), (64, 50, 128, 128),
+                (1, 50, 128, 512), (16, 50, 128, 512), (64, 50, 128, 512))
+
+
+def _variant_modules():
+    for family, (module_name, gates) in VARIANT_CELLS.items():
+        module = importlib.import_module("gpubptt.kernels." + module_name)
+        yield family, gates, {"forward": module.FORWARD_FOOTPRINT, "backward": module.BACKWARD_FOOTPRINT}
+
+
+def dynamic_smem_notes(kernels):
+    """[(kernel names, formula)] of the dynamic shared memory of the variants among ``kernels``."""
+    from .kernels.cuda_blocks import TILES
+
+    notes = []
+    for family, _, footprints in _variant_modules():
+        for direction, fp in footprints.items():
+            tiled = [f"{family}.{direction}.tiled{t}" for t in TILES]
+            if any(k in kernels for k in tiled):
+                names = f"{family}.{direction}.tiled{{{','.join(map(str, TILES))}}}"
+                tiles = " or ".join(map(str, TILES))
+                notes.append((names, fp.tiled_text + f"  (tile = {tiles}, threads = the block size)"))
+            if f"{family}.{direction}.cooperative" in kernels:
+                notes.append((f"{family}.{direction}.cooperative",
+                              fp.cooperative_text + "  (units per block, splits per dot product)"))
+    return notes
+
+
+@dataclass
+class PlanRow:
+    """The variant one shape gets on one architecture, and what its resources imply."""
+
+    cell: str
+    direction: str
+    shape: tuple  # (B, T, D, H)
+    cc: tuple
+    device: str
+    plan: object  # cuda_blocks.Plan
+    kernel: str
+    registers: int | None
+    static_smem: int
+    resident: int  # blocks an SM can hold, as registers, threads and shared memory allow
+    waves: float  # rounds of resident blocks the grid needs (a cooperative grid must fit in one)
+    smem_limit: int
+    sm_count: int
+
+    @property
+    def per_sm(self):
+        """Blocks the busiest SM runs at once: the grid spread over the SMs, at most ``resident``."""
+        return min(self.resident, -(-self.plan.blocks // self.sm_count))
+
+    @property
+    def occupancy(self):
+        """Resident threads of the busiest SM over the 2048 an SM can hold."""
+        return self.per_sm * self.plan.threads / MAX_THREADS_PER_SM
+
+
+def variant_plans(reports, dtype="float32", shapes=BENCH_SHAPES):
+    """The plan ``cuda_blocks.choose`` makes (variant 'auto') for each cell, direction and shape on each
+    architecture of ``VARIANT_DEVICES`` checked in ``reports``, with the kernel's registers and
+    static shared memory from the reports."""
+    from .kernels import cuda_blocks
+
+    itemsize = 4 if dtype == "float32" else 8
+    by_key = {(r.kernel, r.dtype, tuple(r.cc)): r for r in reports}
+    rows = []
+    for cc, device in VARIANT_DEVICES.items():
+        limits = getattr(cuda_blocks, device)
+        for family, gates, footprints in _variant_modules():
+            for shape in shapes:
+                B, H = shape[0], shape[3]
+                for direction, fp in footprints.items():
+                    plan = cuda_blocks.choose(B, H, gates, itemsize, fp, limits, "auto")
+                    kernel = f"{family}.{direction}" + {"simple": "", "tiled": f".tiled{plan.tile}",
+                                                        "cooperative": ".cooperative"}[plan.variant]
+                    report = by_key.get((kernel, dtype, cc))
+                    if report is None or not report.ok:
+                        continue
+                    static = report.smem_bytes or 0
+                    by_registers = occupancy(report.registers, plan.threads)[0] // plan.threads
+                    resident = min(by_registers, limits.resident_blocks(plan.threads, plan.smem + static))
+                    waves = plan.blocks / (limits.sm_count * resident) if resident else float("inf")
+                    rows.append(PlanRow(family, direction, shape, cc, device, plan, kernel, report.registers,
+                                        static, resident, waves, limits.smem_optin, limits.sm_count))
+    return rows
+
+
+def format_plans(rows):
+    """A text table of ``variant_plans`` rows: forward and backward of a shape on one line."""
+    import math
+
+    header = ("cell", "B,T,D,H", "arch", "forward: variant grid, dyn smem, regs, blocks/SM used/max, occ",
+              "backward: same")
+    pairs = {}
+    for r in rows:
+        pairs.setdefault((r.cell, r.shape, r.cc), {})[r.direction] = r
+
+    def cell(r):
+        if r is None:
+            return "-"
+        p = r.plan
+        shape = {"tiled": f" t{p.tile}", "cooperative": f" u{p.units}s{p.splits}"}.get(p.variant, "")
+        waves = "" if r.waves <= 1 else f", {math.ceil(r.waves)} waves"
+        return (f"{p.variant}{shape} {p.blocks}x{p.threads}, {p.smem / 1024:.1f} KiB, {r.registers} regs, "
+                f"{r.per_sm}/{r.resident}, {100 * r.occupancy:.0f}%{waves}")
+
+    table = [(c, ",".join(map(str, s)), "sm_%d%d" % cc, cell(d.get("forward")), cell(d.get("backward")))
+             for (c, s, cc), d in pairs.items()]
+    widths = [max(len(str(row[i])) for row in [header, *table]) for i in range(len(header))]
+
+    def line(row):
+        return "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
+
+    out = [line(header), line(["-" * w for w in widths]), *map(line, table)]
+    out.append("variant t<tile>: sequences per block; u<units>s<splits>: hidden units per block, partial sums "
+               "per dot product. grid: blocks x threads; dyn smem: requested at launch; blocks/SM: used by the "
+               "busiest SM / the most registers, threads and shared memory (plus 1 KiB reserved per block) "
+               "allow; occ: threads resident on the busiest SM / 2048. sm_80 as an A100 (108 SMs, 163 KiB "
+               "opt-in), sm_90 as an H100 (132 SMs, 227 KiB).")
+    return "\n".join(out)
+
+
+def plan_problems(rows):
+    """Plans that could not launch as planned: shared memory over the per-block limit, or a cooperative
+    grid larger than the GPU holds at once."""
+    found = []
+    for r in rows:
+        where = f"{r.kernel} {r.device} B,T,D,H={r.shape}"
+        if r.static_smem + r.plan.smem > r.smem_limit:
+            found.append(f"{where}: {r.static_smem} B static + {r.plan.smem} B dynamic shared memory > "
+                         f"{r.smem_limit} B")
+        if r.plan.variant == "cooperative" and r.waves > 1:
+            found.append(f"{where}: cooperative grid of {r.plan.blocks} blocks, {r.resident} resident per SM")
     return found
 
 
@@ -455,6 +613,11 @@ def main(argv=None):
             print(f"==== {r.kernel} {r.dtype} {r.arch}\n{r.log}\n")
     print(format_report(reports))
     found = problems(reports)
+    if "float32" in args.dtype and set(VARIANT_DEVICES) & set(ccs):
+        rows = variant_plans(reports, "float32")
+        print("\nVariant chosen for the benchmark shapes (float32), and what its resources imply:")
+        print(format_plans(rows))
+        found += plan_problems(rows)
     for reason in found:
         print("PROBLEM " + reason)
     return 1 if found else 0

@@ -68,6 +68,29 @@ def test_kernel_compiles_without_local_memory(reports, kernel, dtype, cc):
 
 @needs_toolchain
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_variant_plans_fit_each_architecture(reports, dtype):
+    """The tiled and cooperative kernels' plans for the benchmark shapes (kernels/cuda_blocks.py): static
+    plus dynamic shared memory within the per-block limit of an A100 (sm_80) and an H100 (sm_90), and
+    every cooperative grid resident at once, with the registers this check found."""
+    rows = compilecheck.variant_plans(list(reports.values()), dtype)
+    assert len(rows) == len(compilecheck.BENCH_SHAPES) * 3 * 2 * len(CCS)
+    assert {r.plan.variant for r in rows} >= {"tiled", "cooperative"}
+    assert compilecheck.plan_problems(rows) == []
+    if dtype == "float32":
+        print("\n" + compilecheck.format_plans(rows))
+
+
+def test_dynamic_smem_notes_name_every_variant():
+    from gpubptt.kernels.cuda_blocks import TILES
+
+    kernels = {f"{cell}.{d}.{v}" for cell in ("elman", "lstm", "gru") for d in ("forward", "backward")
+               for v in [f"tiled{t}" for t in TILES] + ["cooperative"]}
+    notes = dict(compilecheck.dynamic_smem_notes(kernels))
+    assert len(notes) == 12 and all("H" in text for text in notes.values()), notes
+
+
+@needs_toolchain
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_signatures_use_the_dtype(dtype):
     """Each module's signatures(numba_dtype) types every float array with that dtype, except arrays
     whose type is the same for both dtypes (fixed-type scratch such as optim's float64 sums and int64

@@ -3,7 +3,9 @@
 Everything that does not depend on the previous step (the input products, the output layer, the
 weight-gradient sums over time) is one large matrix product done by the caller; these functions run
 only the time loops, with the pointwise work (activation, derivative, clipping) fused in. Same
-arguments, same order as the CUDA twins in ``elman_cuda.py``.
+arguments, same order as the CUDA twins in ``elman_cuda.py``. Two ways to split the work
+(``cpu_variants.py``): per-thread shares of the batch with the time loop inside (``loops``), or
+one batched BLAS product per step (``blas``); the functions at the bottom choose.
 
 Conventions shared by every cell's kernels:
 - ``lengths [B]``: sequence b has steps 0..lengths[b]-1; ``reverse`` (0/1) runs each sequence from its
@@ -14,19 +16,172 @@ Conventions shared by every cell's kernels:
   of each sequence is rescaled to norm c when its norm exceeds c (the article's clipping); 0 is off.
 """
 import numpy as np
-from numba import njit
+from numba import get_num_threads, njit, prange
 
-from . import activations
+from . import activations, cpu_variants
 from .scalar import compile_scalar_functions
 
-_scalar = compile_scalar_functions(activations, njit(cache=True))
+_scalar = compile_scalar_functions(activations, njit(**cpu_variants.JIT_OPTIONS))
 activate = _scalar.activate
 derivative_from_output = _scalar.derivative_from_output
 position = _scalar.position
 clip_scale = _scalar.clip_scale
 
 
-@njit(cache=True)
+@njit(**cpu_variants.JIT_OPTIONS)
+def activate_vector(act, v, one):
+    """v[:] = g1(v) in place, one loop per activation: with the code a constant inside each loop the
+    compiler vectorises it (a code read per element would keep it scalar)."""
+    if act == activations.TANH:
+        for j in range(v.size):
+            v[j] = activate(activations.TANH, v[j], one)
+    elif act == activations.RELU:
+        for j in range(v.size):
+            v[j] = activate(activations.RELU, v[j], one)
+    elif act == activations.SIGMOID:
+        for j in range(v.size):
+            v[j] = activate(activations.SIGMOID, v[j], one)
+
+
+@njit(**cpu_variants.JIT_OPTIONS)
+def scale_by_derivative(act, g, s, scale, out):
+    """out[:] = g ⊙ g1'(a) · scale with g1'(a) written through s = g1(a); one loop per activation."""
+    one = s.dtype.type(1.0)
+    if act == activations.TANH:
+        for k in range(g.size):
+            out[k] = g[k] * scale * derivative_from_output(activations.TANH, s[k], one)
+    elif act == activations.RELU:
+        for k in range(g.size):
+            out[k] = g[k] * scale * derivative_from_output(activations.RELU, s[k], one)
+    elif act == activations.SIGMOID:
+        for k in range(g.size):
+            out[k] = g[k] * scale * derivative_from_output(activations.SIGMOID, s[k], one)
+    else:
+        for k in range(g.size):
+            out[k] = g[k] * scale
+
+
+@njit(parallel=True, **cpu_variants.JIT_OPTIONS)
+def _forward_loops(U, Ws, S0, lengths, reverse, act, S, shares):
+    """Each of ``shares`` threads runs whole sequences; Ws [H,H] (not transposed: row j's dot product
+    with the previous state reads contiguous memory)."""
+    T, B, H = U.shape
+    one = U.dtype.type(1.0)
+    for share in prange(shares):
+        prev = np.empty(H, dtype=U.dtype)
+        for b in range(share, B, shares):
+            L = lengths[b]
+            prev[:] = S0[b]
+            for i in range(T):
+                if i < L:
+                    t = position(i, L, reverse)
+                    out = S[t, b]
+                    for j in range(H):
+                        acc = U[t, b, j]
+                        for k in range(H):
+                            acc += Ws[j, k] * prev[k]
+                        out[j] = acc
+                    activate_vector(act, out, one)
+                    prev[:] = out
+                else:
+                    S[i, b] = S0[b] if reverse else prev
+
+
+@njit(**cpu_variants.JIT_OPTIONS)
+def _forward_blas(U, WsT, S0, lengths, reverse, act, S):
+    """One time loop; each step one BLAS product for the whole batch (BLAS's own threads)."""
+    T, B, H = U.shape
+    one = U.dtype.type(1.0)
+    prev = S0.copy()  # [B,H] state after each sequence's last processed step
+    rec = np.empty((B, H), dtype=U.dtype)  # prev Wsᵀ
+    for i in range(T):
+        np.dot(prev, WsT, rec)
+        for b in range(B):
+            L = lengths[b]
+            if i < L:
+                t = position(i, L, reverse)
+                out = S[t, b]
+                for j in range(H):
+                    out[j] = U[t, b, j] + rec[b, j]
+                activate_vector(act, out, one)
+                prev[b] = out
+            else:
+                S[i, b] = S0[b] if reverse else prev[b]
+
+
+@njit(parallel=True, **cpu_variants.JIT_OPTIONS)
+def _backward_loops(dS_out, WsT, S, lengths, reverse, act, truncate, clip, delta, dS0, shares):
+    """Each of ``shares`` threads runs whole sequences; WsT [H,H] = Wsᵀ (row k's dot product with the
+    later step's delta reads contiguous memory)."""
+    T, B, H = S.shape
+    one = S.dtype.type(1.0)
+    for share in prange(shares):
+        last = np.empty(H, dtype=S.dtype)  # delta of the step processed before (the later step)
+        g = np.empty(H, dtype=S.dtype)  # dL/dS_t
+        for b in range(share, B, shares):
+            L = lengths[b]
+            last[:] = 0
+            for i in range(T - 1, -1, -1):
+                if i >= L:
+                    delta[i, b] = 0
+                    continue
+                t = position(i, L, reverse)
+                if truncate > 0 and (i + 1) % truncate == 0:  # step i+1 starts a chunk: nothing flows back
+                    g[:] = dS_out[t, b]
+                else:
+                    for k in range(H):
+                        acc = dS_out[t, b, k]
+                        for j in range(H):
+                            acc += WsT[k, j] * last[j]
+                        g[k] = acc
+                scale = one
+                if clip > 0:
+                    sumsq = one - one
+                    for k in range(H):
+                        sumsq += g[k] * g[k]
+                    scale = clip_scale(sumsq, clip, one)
+                scale_by_derivative(act, g, S[t, b], scale, last)
+                delta[t, b] = last
+            for k in range(H):
+                acc = one - one
+                for j in range(H):
+                    acc += WsT[k, j] * last[j]
+                dS0[b, k] = acc
+
+
+@njit(**cpu_variants.JIT_OPTIONS)
+def _backward_blas(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta, dS0):
+    """One reverse time loop; each step one BLAS product for the whole batch."""
+    T, B, H = S.shape
+    one = S.dtype.type(1.0)
+    last = np.zeros((B, H), dtype=S.dtype)  # delta of the step processed before (the later step)
+    rec = np.zeros((B, H), dtype=S.dtype)  # last Ws, then dL/dS_t
+    for i in range(T - 1, -1, -1):
+        if truncate > 0 and (i + 1) % truncate == 0:
+            rec[:] = 0  # step i+1 starts a chunk: no gradient flows back across it
+        else:
+            np.dot(last, Ws, rec)
+        for b in range(B):
+            L = lengths[b]
+            if i < L:
+                t = position(i, L, reverse)
+                g = rec[b]
+                for k in range(H):
+                    g[k] += dS_out[t, b, k]
+                scale = one
+                if clip > 0:
+                    sumsq = one - one
+                    for k in range(H):
+                        sumsq += g[k] * g[k]
+                    scale = clip_scale(sumsq, clip, one)
+                scale_by_derivative(act, g, S[t, b], scale, last[b])
+                delta[t, b] = last[b]
+            else:
+                delta[i, b] = 0
+                last[b] = 0
+    np.dot(last, Ws, dS0)
+
+
 def forward_recurrence(U, WsT, S0, lengths, reverse, act, S):
     """S_t = g1(U_t + S_{t-1} Wsᵀ) over each sequence's steps.
 
@@ -38,25 +193,13 @@ def forward_recurrence(U, WsT, S0, lengths, reverse, act, S):
     act     int      activation code of g1 (kernels/activations.py)
     S       [T,B,H]  out: the hidden states; may be the same array as U
     """
-    T, B, H = U.shape
-    one = U.dtype.type(1.0)
-    prev = S0.copy()  # [B,H] state after each sequence's last processed step
-    rec = np.empty((B, H), dtype=U.dtype)  # prev Wsᵀ
-    for i in range(T):
-        np.dot(prev, WsT, rec)
-        for b in range(B):
-            if i < lengths[b]:
-                t = position(i, lengths[b], reverse)
-                for j in range(H):
-                    s = activate(act, U[t, b, j] + rec[b, j], one)
-                    S[t, b, j] = s
-                    prev[b, j] = s
-            else:
-                for j in range(H):
-                    S[i, b, j] = S0[b, j] if reverse else prev[b, j]
+    B = U.shape[1]
+    if cpu_variants.choose(B, U.shape[2]) == "loops":
+        _forward_loops(U, np.ascontiguousarray(WsT.T), S0, lengths, reverse, act, S, min(B, get_num_threads()))
+    else:
+        _forward_blas(U, WsT, S0, lengths, reverse, act, S)
 
 
-@njit(cache=True)
 def backward_recurrence(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta, dS0):
     """delta_t = (dS_out_t + delta_{t+1} Ws) ⊙ g1'(S_t), backwards over each sequence's steps.
 
@@ -70,30 +213,9 @@ def backward_recurrence(dS_out, Ws, S, lengths, reverse, act, truncate, clip, de
     delta   [T,B,H]  out; may be the same array as dS_out
     dS0     [B,H]    out: dL/dS0
     """
-    T, B, H = S.shape
-    one = S.dtype.type(1.0)
-    last = np.zeros((B, H), dtype=S.dtype)  # delta of the step processed before (the later step)
-    rec = np.zeros((B, H), dtype=S.dtype)  # last Ws: the gradient reaching S_t through S_{t+1}
-    g = np.empty(H, dtype=S.dtype)  # dL/dS_t of one sequence
-    for i in range(T - 1, -1, -1):
-        if truncate > 0 and (i + 1) % truncate == 0:
-            rec[:] = 0  # step i+1 starts a chunk: no gradient flows back across it
-        else:
-            np.dot(last, Ws, rec)
-        for b in range(B):
-            if i < lengths[b]:
-                t = position(i, lengths[b], reverse)
-                sumsq = one - one
-                for k in range(H):
-                    g[k] = dS_out[t, b, k] + rec[b, k]
-                    sumsq += g[k] * g[k]
-                scale = clip_scale(sumsq, clip, one)
-                for k in range(H):
-                    d = g[k] * scale * derivative_from_output(act, S[t, b, k], one)
-                    delta[t, b, k] = d
-                    last[b, k] = d
-            else:
-                for k in range(H):
-                    delta[i, b, k] = 0
-                    last[b, k] = 0
-    np.dot(last, Ws, dS0)
+    B = S.shape[1]
+    if cpu_variants.choose(B, S.shape[2]) == "loops":
+        _backward_loops(dS_out, np.ascontiguousarray(Ws.T), S, lengths, reverse, act, truncate, clip, delta, dS0,
+                        min(B, get_num_threads()))
+    else:
+        _backward_blas(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta, dS0)

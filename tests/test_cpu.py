@@ -18,6 +18,13 @@ SHAPES = [  # (T, B, D, H, O)
 ]
 
 
+@pytest.fixture(params=["loops", "blas"])
+def variant(request, monkeypatch):
+    """Both ways the CPU kernels split their work (kernels/cpu_variants.py), forced in turn."""
+    monkeypatch.setenv("GPUBPTT_CPU_VARIANT", request.param)
+    return request.param
+
+
 def compare(cell, out, loss, steps, shape, dtype, s0=True, num_layers=1, bidirectional=False, lengths=None,
             **options):
     structure = dict(num_layers=num_layers, bidirectional=bidirectional)
@@ -47,7 +54,7 @@ def compare(cell, out, loss, steps, shape, dtype, s0=True, num_layers=1, bidirec
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}B{}D{}H{}O{}".format(*s))
 @pytest.mark.parametrize("cell", CELLS)
-def test_cpu_matches_reference(cell, shape, dtype):
+def test_cpu_matches_reference(cell, shape, dtype, variant):
     compare(cell, "identity", "squared", "all", shape, dtype)
 
 
@@ -62,7 +69,7 @@ STRUCTURES = [  # (cell, num_layers, bidirectional, lengths, options)
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", range(len(STRUCTURES)), ids=lambda i: "{}-L{}-bi{}-len{}-{}".format(*STRUCTURES[i]))
-def test_cpu_layers_directions_lengths_truncation_clipping(case, dtype):
+def test_cpu_layers_directions_lengths_truncation_clipping(case, dtype, variant):
     cell, num_layers, bidirectional, lengths, options = STRUCTURES[case]
     compare(cell, "identity", "squared", "all", (5, 3, 2, 6, 2), dtype, num_layers=num_layers,
             bidirectional=bidirectional, lengths=lengths, **options)
@@ -73,7 +80,7 @@ def test_cpu_layers_directions_lengths_truncation_clipping(case, dtype):
     ("softmax", "cross_entropy", "all"), ("softmax", "cross_entropy", "last"),
 ])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_cpu_output_activations_and_losses(out, loss, steps, dtype):
+def test_cpu_output_activations_and_losses(out, loss, steps, dtype, variant):
     compare("tanh", out, loss, steps, (4, 3, 2, 5, 4), dtype)
     compare("lstm", out, loss, steps, (4, 3, 2, 5, 4), dtype, lengths=[4, 1, 3])
 
@@ -100,3 +107,16 @@ def test_rnn_class_matches_functions():
     assert L == L2 and all(np.array_equal(g[k], g2[k]) for k in g)
     assert gpubptt.RNN(3, 16, 2, seed=0).params["Ws"].tolist() == model.params["Ws"].tolist()  # seeded
     assert "hidden_size=16" in repr(model)
+
+
+def test_variant_choice_and_override(monkeypatch):
+    from gpubptt.kernels import cpu_variants
+
+    monkeypatch.delenv("GPUBPTT_CPU_VARIANT", raising=False)
+    assert cpu_variants.choose(64, 64) == "loops" and cpu_variants.choose(1, 1024) == "loops"
+    assert cpu_variants.choose(64, 512) == "blas"
+    monkeypatch.setenv("GPUBPTT_CPU_VARIANT", "blas")
+    assert cpu_variants.choose(64, 64) == "blas"
+    monkeypatch.setenv("GPUBPTT_CPU_VARIANT", "fast")
+    with pytest.raises(ValueError, match="GPUBPTT_CPU_VARIANT: expected one of auto, loops, blas, got 'fast'"):
+        cpu_variants.choose(64, 64)

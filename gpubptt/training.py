@@ -295,7 +295,6 @@ class Trainer:
         self.pending = []
         self.test = None
         self.stop_requested = False
-        self.result_note = None
         if resume:
             self._resume()
         if self.out is not None:
@@ -559,7 +558,8 @@ def train(model, task_or_batches, steps, *, batch_size=32, optimizer="adam", lr=
     loss             for a list of batches: 'squared' or 'cross_entropy' (default from d's dtype)
     seed             the data generator's seed (the model carries its own initialisation)
     out              directory for checkpoint.npz, metrics.jsonl, training.png (None: nothing written)
-    resume           continue from the checkpoint in ``out`` (same model shape, task and data settings)
+    resume           continue from the checkpoint in ``out`` (same model shape, task and data settings):
+                     the checkpoint's parameters and optimizer state are loaded into ``model`` first
     checkpoint_every, eval_every, log_every   in steps; checkpoints and a test evaluation also at the end
     progress         show the progress bar on stderr
     callback         called as callback(step, trainer) after every step

@@ -38,7 +38,10 @@ waits at every barrier, easily 10x slower): each block records the cores other p
 it ran (``other_processes_cores``, from /proc/stat less this process's time) and a block above
 the cores the peer leaves free plus ``QUIET_CORES`` is run again, up to ``retries`` times, keeping
 the quietest (``attempts`` says how many blocks ran, ``disturbed`` whether even the kept one was); the load
-average before and after the whole run is in the metadata. CPU peers are timed with ``time.perf_counter`` around the call, with the garbage
+average before and after the whole run is in the metadata.
+Where the machine stays busy, ``clock='cpu'`` with ``threads=1`` times the host peers by this process's
+CPU time (``time.process_time``) instead: the work done, not the waiting for a core (shared caches
+and clock frequency still feel the neighbours). It says nothing about multi-thread scaling. CPU peers are timed with ``time.perf_counter`` around the call, with the garbage
 collector paused; GPU peers with CUDA events on their stream (CuPy's, or PyTorch's).
 
 Correctness of what is timed: the first untimed run's results are compared with an oracle, the
@@ -635,14 +638,18 @@ def _availability(name, cell, dtype):
 # timing and memory
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = time.perf_counter  # the host peers' clock, set by run() for its duration
+
+
 def _cpu_timer(fn):
-    """(milliseconds, result) of one call, timed with perf_counter, the garbage collector paused."""
+    """(milliseconds, result) of one call on the host clock, the garbage collector paused."""
     gc.collect()
     gc.disable()
     try:
-        t0 = time.perf_counter()
+        t0 = _clock()
         out = fn()
-        t1 = time.perf_counter()
+        t1 = _clock()
     finally:
         gc.enable()
     return (t1 - t0) * 1e3, out
@@ -762,7 +769,7 @@ def _compare(res, oracle, mode):
 
 def run(cell="tanh", shapes=None, dtype="float32", threads=None, repeat=None, backend="all", quick=False,
         output_size=DEFAULT_OUTPUT_SIZE, mode="both", warmup=1, reference_budget_s=DEFAULT_REFERENCE_BUDGET_S,
-        settle_s=None, retries=None, seed=0, log=None):
+        settle_s=None, retries=None, clock="wall", seed=0, log=None):
     """Run the benchmark; return a JSON-ready dict {'meta': ..., 'peers': ..., 'results': [...]}.
 
     cell      'tanh', 'relu', 'sigmoid', 'identity', 'lstm' or 'gru' (a peer that cannot run it is
@@ -775,6 +782,9 @@ def run(cell="tanh", shapes=None, dtype="float32", threads=None, repeat=None, ba
     mode      'both', 'bptt' (forward + BPTT) or 'fwd' (forward alone)
     settle_s  pause before each peer's timed runs (default 0.25 s, 0 if quick)
     retries   how often a timed block disturbed by other processes is run again (default 3, 0 if quick)
+    clock     'wall' (time.perf_counter) or 'cpu' (time.process_time: this process's CPU time, every
+              thread; with threads=1 it measures the work and not the waiting, for a busy shared
+              machine; GPU peers keep CUDA events)
     log       a function taking one line of progress (None: silent)
     """
     if not isinstance(cell, str) or cell not in KNOWN_CELLS:
@@ -793,6 +803,11 @@ def run(cell="tanh", shapes=None, dtype="float32", threads=None, repeat=None, ba
     if not isinstance(reference_budget_s, (int, float)) or isinstance(reference_budget_s, bool) or reference_budget_s <= 0:
         raise ValueError(f"reference_budget_s: expected a positive number of seconds, got {reference_budget_s!r}")
     requested = check_peers(backend)
+    if clock not in CLOCKS:
+        raise ValueError(f"clock: expected 'wall' or 'cpu', got {clock!r}")
+    if clock == "cpu" and threads != 1:
+        raise ValueError(f"clock: 'cpu' sums the CPU time of every thread, spinning included: it needs threads=1, "
+                         f"got threads={threads!r}")
     settle_s = (0.0 if quick else DEFAULT_SETTLE_S) if settle_s is None else settle_s
     if isinstance(settle_s, bool) or not isinstance(settle_s, (int, float)) or settle_s < 0:
         raise ValueError(f"settle_s: expected a non-negative number of seconds, got {settle_s!r}")
@@ -805,7 +820,9 @@ def run(cell="tanh", shapes=None, dtype="float32", threads=None, repeat=None, ba
 
     use_torch = any(p.startswith("torch") for p in requested)
     load_before = _loadavg()
-    with thread_limits(threads, use_torch=use_torch) as thread_info:
+    global _clock
+    _clock = CLOCKS[clock]
+    with _restore_clock(), thread_limits(threads, use_torch=use_torch) as thread_info:
         peers, unavailable = {}, {}
         for name in requested:
             ok, detail = _availability(name, cell, dtype)
@@ -823,8 +840,18 @@ def run(cell="tanh", shapes=None, dtype="float32", threads=None, repeat=None, ba
     meta = _meta(cell, dtype, threads, repeat, warmup, output_size, reference_budget_s, tol, thread_info, quick,
                  memory_methods)
     meta["settle_s"], meta["retries"], meta["quiet_cores"] = settle_s, retries, QUIET_CORES
+    meta["clock"] = clock
     meta["load_average"] = {"before": load_before, "after": _loadavg()}
     return {"meta": meta, "peers": {**peers, **unavailable}, "results": results}
+
+
+@contextlib.contextmanager
+def _restore_clock():
+    global _clock
+    try:
+        yield
+    finally:
+        _clock = time.perf_counter
 
 
 def _run_shape(shape, O, cell, dtype, names, modes, repeat, warmup, budget, tol, settle_s, retries, seed, log):
@@ -928,6 +955,8 @@ def _timed_block(peer, fn, e, warmup, settle_s, retries, log):
 
     threads = 1 if peer.gpu or e["peer"] == "reference" else numba.get_num_threads()
     allowed = max(0, (os.cpu_count() or 1) - threads) + QUIET_CORES
+    if _clock is CLOCKS["cpu"] and not peer.gpu:
+        allowed = float("inf")  # CPU time: what other processes take does not count
     best = None
     for attempt in range(1 + retries):
         if attempt:
@@ -1067,7 +1096,7 @@ def _command(args=None):
         return " ".join(shlex.quote(w) for w in [os.path.basename(sys.executable), *sys.argv])
     words = ["gpubptt", "bench"]
     for opt in ("cell", "shapes", "dtype", "threads", "repeat", "backend", "mode", "output_size", "warmup",
-                "reference_budget", "settle", "retries", "json", "markdown"):
+                "reference_budget", "settle", "retries", "clock", "json", "markdown"):
         v = getattr(args, opt, None)
         if v is not None:
             if opt == "shapes":
@@ -1133,7 +1162,8 @@ def to_markdown(result):
         "- peers: " + "; ".join(
             f"{p}: {info['device']}" if info["available"] else f"{p}: unavailable ({info['reason']})"
             for p, info in peers.items()),
-        f"- timing: per peer, median of {meta['repeat']} consecutive runs after a {meta.get('settle_s', 0):g} s pause "
+        f"- timing: {'CPU time of the process (time.process_time)' if meta.get('clock') == 'cpu' else 'wall clock'}; "
+        f"per peer, median of {meta['repeat']} consecutive runs after a {meta.get('settle_s', 0):g} s pause "
         f"and {meta['warmup']} warm-up run(s); "
         f"the reference runs at most {meta['reference_budget_s']:g} s per entry",
         f"- GFLOP/s: {meta['flops']}",
@@ -1264,6 +1294,9 @@ def add_arguments(p):
                    help=f"run a timed block again while other processes take the cores it needs (beyond "
                         f"{QUIET_CORES:g}) "
                         f"(default {DEFAULT_RETRIES}; --quick 0)")
+    p.add_argument("--clock", default="wall", choices=tuple(CLOCKS),
+                   help="host peers' clock: wall (default) or cpu, this process's CPU time, which ignores what "
+                        "other processes take (needs --threads 1)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--markdown", metavar="FILE", help="write the table as Markdown")
     p.add_argument("--quick", action="store_true", help=f"tiny shapes, {QUICK_REPEAT} runs: for CI")
@@ -1285,7 +1318,7 @@ def main(args):
     result = run(cell=args.cell, shapes=args.shapes, dtype=args.dtype, threads=args.threads, repeat=args.repeat,
                  backend=args.backend, quick=args.quick, output_size=args.output_size, mode=args.mode,
                  warmup=args.warmup, reference_budget_s=args.reference_budget, settle_s=args.settle,
-                 retries=args.retries,
+                 retries=args.retries, clock=args.clock,
                  log=lambda line: print(line, file=sys.stderr, flush=True))
     result["meta"]["command"] = _command(args)
     table = to_markdown(result)

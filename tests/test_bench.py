@@ -189,6 +189,9 @@ def test_shapes_parse():
     (dict(reference_budget_s=0), "reference_budget_s"),
     (dict(settle_s=-1), "settle_s"),
     (dict(retries=-1), "retries"),
+    (dict(clock="tsc"), "clock"),
+    (dict(clock="cpu", threads=2), "clock"),
+    (dict(clock="cpu"), "clock"),
     (dict(warmup=-1), "warmup"),
 ])
 def test_bad_arguments_raise_naming_the_argument(kwargs, name):
@@ -211,6 +214,7 @@ def test_shapes_of_the_wrong_type_raise_type_error():
     (["--dtype", "int8"], "--dtype"),
     (["--settle", "-0.5"], "--settle"),
     (["--retries", "x"], "--retries"),
+    (["--clock", "gpu"], "--clock"),
     (["--warmup", "-1"], "--warmup"),
 ])
 def test_bad_command_line_arguments_are_argparse_errors(argv, name, capsys):
@@ -230,3 +234,14 @@ def test_a_block_disturbed_by_other_processes_is_timed_again_and_marked(monkeypa
     monkeypatch.setattr(bench._OtherCpu, "cores", lambda self: 0.0)
     result = bench.run(quick=True, backend="cpu", mode="fwd", repeat=1, retries=2)
     assert all(r["attempts"] == 1 and r["disturbed"] is False for r in result["results"])
+
+
+def test_the_cpu_clock_times_one_thread_by_process_time(monkeypatch):
+    calls = []
+    real = bench.time.process_time
+    monkeypatch.setitem(bench.CLOCKS, "cpu", lambda: calls.append(1) or real())
+    result = bench.run(quick=True, backend="cpu", mode="fwd", repeat=2, threads=1, clock="cpu")
+    assert result["meta"]["clock"] == "cpu" and calls
+    assert all(r["status"] == "ok" and r["disturbed"] is False for r in result["results"])
+    assert "CPU time of the process" in bench.to_markdown(result)
+    assert bench._clock is bench.time.perf_counter  # restored after the run

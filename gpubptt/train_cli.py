@@ -8,7 +8,6 @@ thresholds, ``--steps`` (the total to reach), the evaluation and checkpoint inte
 may change. Errors in the options print ``gpubptt <command>: error: ...`` and exit with status 2;
 an interrupted run (Ctrl-C) saves its checkpoint and exits with status 130.
 """
-import inspect
 import os
 import sys
 
@@ -91,15 +90,9 @@ def _fresh(args):
         raise UsageError("--task: required (one of " + ", ".join(TASKS) + ") unless --resume DIR is given")
     dtype = np.dtype(_value(args, "dtype"))
     task = make_task(args.task, seq_len=args.seq_len, delay=args.delay, text=args.text, dtype=dtype)
-    layers = _value(args, "layers")
-    extra = {}
-    if layers != 1:
-        if "num_layers" not in inspect.signature(RNN).parameters:
-            raise UsageError(f"--layers: this gpubptt builds single-layer RNNs only, got --layers {layers}")
-        extra["num_layers"] = layers
     model = RNN(task.input_size, _value(args, "hidden"), task.output_size, cell=_value(args, "cell"),
                 output_activation=task.output_activation, dtype=dtype, seed=_value(args, "seed"),
-                backend=_value(args, "backend"), **extra)
+                backend=_value(args, "backend"), num_layers=_value(args, "layers"))
     out = args.out if args.out is not None else os.path.join("runs", args.task)
     return model, task, out, {}
 

@@ -80,6 +80,7 @@ def test_sample_command(tmp_path, capsys, text_file):
     (["--lr", "0"], "lr: expected a finite number > 0, got 0.0"),
     (["--lr", "-0.5"], "lr: expected a finite number > 0, got -0.5"),
     (["--hidden", "0"], "hidden_size: expected a positive integer, got 0"),
+    (["--layers", "0"], "num_layers: expected a positive integer, got 0"),
     (["--clip-norm", "-1"], "clip_norm: expected a positive finite number, got -1.0"),
     (["--clip-value", "0"], "clip_value: expected a positive finite number, got 0.0"),
     (["--clip-step", "-2"], "clip_step: expected a positive finite number, got -2.0"),

@@ -161,6 +161,7 @@ def test_thread_limits_set_and_restore_every_library():
     with bench.thread_limits(1) as info:
         assert info["numba"] == numba.get_num_threads() == 1
         assert info["blas"] and all(b["threads"] == 1 for b in info["blas"]), info
+        assert isinstance(info["openmp"], list)  # the OpenMP runtimes loaded, recorded for the record
         if torch is not None:
             assert info["torch"] == torch.get_num_threads() == 1
     assert (numba.get_num_threads(), torch.get_num_threads() if torch is not None else None) == before

@@ -16,7 +16,7 @@ Conventions shared by every cell's kernels:
   of each sequence is rescaled to norm c when its norm exceeds c (the article's clipping); 0 is off.
 """
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import njit, prange
 
 from . import activations, cpu_variants
 from .scalar import compile_scalar_functions
@@ -61,125 +61,117 @@ def scale_by_derivative(act, g, s, scale, out):
             out[k] = g[k] * scale
 
 
-@njit(parallel=True, **cpu_variants.JIT_OPTIONS)
-def _forward_loops(U, Ws, S0, lengths, reverse, act, S, shares):
-    """Each of ``shares`` threads runs whole sequences; Ws [H,H] (not transposed: row j's dot product
-    with the previous state reads contiguous memory)."""
+def _forward_loops(U, Ws, S0, lengths, reverse, act, S, tile, shares):
+    """Each of ``shares`` threads runs whole tiles of ``tile`` sequences; Ws [H,H] untransposed."""
+    T, B, H = U.shape
+    one = U.dtype.type(1.0)
+    tiles = -(-B // tile)
+    for share in prange(shares):
+        prev = np.empty((tile, H), dtype=U.dtype)  # each sequence's state after its last processed step
+        rec = np.empty((tile, H), dtype=U.dtype)  # prev Wsᵀ
+        for first in range(share * tile, tiles * tile, shares * tile):
+            n = min(tile, B - first)
+            for q in range(n):
+                prev[q] = S0[first + q]
+            for i in range(T):
+                cpu_variants.tile_products(Ws, prev, n, rec)
+                _forward_step(U, S0, lengths, reverse, act, S, i, first, prev, rec, n, one)
+
+
+def _forward_blas(U, WsT, S0, lengths, reverse, act, S, shares):
+    """Each of ``shares`` threads runs a contiguous slice of the batch, one BLAS product per step."""
     T, B, H = U.shape
     one = U.dtype.type(1.0)
     for share in prange(shares):
-        prev = np.empty(H, dtype=U.dtype)
-        for b in range(share, B, shares):
-            L = lengths[b]
-            prev[:] = S0[b]
-            for i in range(T):
-                if i < L:
-                    t = position(i, L, reverse)
-                    out = S[t, b]
-                    for j in range(H):
-                        acc = U[t, b, j]
-                        for k in range(H):
-                            acc += Ws[j, k] * prev[k]
-                        out[j] = acc
-                    activate_vector(act, out, one)
-                    prev[:] = out
-                else:
-                    S[i, b] = S0[b] if reverse else prev
+        first, end = share * B // shares, (share + 1) * B // shares
+        prev = S0[first:end].copy()  # each sequence's state after its last processed step
+        rec = np.empty_like(prev)  # prev Wsᵀ
+        for i in range(T):
+            np.dot(prev, WsT, rec)
+            _forward_step(U, S0, lengths, reverse, act, S, i, first, prev, rec, end - first, one)
 
 
 @njit(**cpu_variants.JIT_OPTIONS)
-def _forward_blas(U, WsT, S0, lengths, reverse, act, S):
-    """One time loop; each step one BLAS product for the whole batch (BLAS's own threads)."""
-    T, B, H = U.shape
-    one = U.dtype.type(1.0)
-    prev = S0.copy()  # [B,H] state after each sequence's last processed step
-    rec = np.empty((B, H), dtype=U.dtype)  # prev Wsᵀ
-    for i in range(T):
-        np.dot(prev, WsT, rec)
-        for b in range(B):
-            L = lengths[b]
-            if i < L:
-                t = position(i, L, reverse)
-                out = S[t, b]
-                for j in range(H):
-                    out[j] = U[t, b, j] + rec[b, j]
-                activate_vector(act, out, one)
-                prev[b] = out
-            else:
-                S[i, b] = S0[b] if reverse else prev[b]
+def _forward_step(U, S0, lengths, reverse, act, S, i, first, prev, rec, n, one):
+    """Step i of sequences first..first+n-1 from their recurrent products rec[q] = prev[q] Wsᵀ."""
+    H = U.shape[2]
+    for q in range(n):
+        b = first + q
+        L = lengths[b]
+        if i < L:
+            t = position(i, L, reverse)
+            out = S[t, b]
+            for j in range(H):
+                out[j] = U[t, b, j] + rec[q, j]
+            activate_vector(act, out, one)
+            prev[q] = out
+        else:
+            S[i, b] = S0[b] if reverse else prev[q]
 
 
-@njit(parallel=True, **cpu_variants.JIT_OPTIONS)
-def _backward_loops(dS_out, WsT, S, lengths, reverse, act, truncate, clip, delta, dS0, shares):
-    """Each of ``shares`` threads runs whole sequences; WsT [H,H] = Wsᵀ (row k's dot product with the
-    later step's delta reads contiguous memory)."""
+def _backward_loops(dS_out, WsT, S, lengths, reverse, act, truncate, clip, delta, dS0, tile, shares):
+    """Each of ``shares`` threads runs whole tiles of ``tile`` sequences; WsT [H,H] = Wsᵀ."""
     T, B, H = S.shape
-    one = S.dtype.type(1.0)
+    tiles = -(-B // tile)
     for share in prange(shares):
-        last = np.empty(H, dtype=S.dtype)  # delta of the step processed before (the later step)
-        g = np.empty(H, dtype=S.dtype)  # dL/dS_t
-        for b in range(share, B, shares):
-            L = lengths[b]
+        last = np.zeros((tile, H), dtype=S.dtype)  # delta of the step processed before (the later step)
+        g = np.empty((tile, H), dtype=S.dtype)  # last Ws, then dL/dS_t
+        for first in range(share * tile, tiles * tile, shares * tile):
+            n = min(tile, B - first)
             last[:] = 0
             for i in range(T - 1, -1, -1):
-                if i >= L:
-                    delta[i, b] = 0
-                    continue
-                t = position(i, L, reverse)
-                if truncate > 0 and (i + 1) % truncate == 0:  # step i+1 starts a chunk: nothing flows back
-                    g[:] = dS_out[t, b]
+                if truncate > 0 and (i + 1) % truncate == 0:
+                    g[:] = 0  # step i+1 starts a chunk: no gradient flows back across it
                 else:
-                    for k in range(H):
-                        acc = dS_out[t, b, k]
-                        for j in range(H):
-                            acc += WsT[k, j] * last[j]
-                        g[k] = acc
-                scale = one
-                if clip > 0:
-                    sumsq = one - one
-                    for k in range(H):
-                        sumsq += g[k] * g[k]
-                    scale = clip_scale(sumsq, clip, one)
-                scale_by_derivative(act, g, S[t, b], scale, last)
-                delta[t, b] = last
-            for k in range(H):
-                acc = one - one
-                for j in range(H):
-                    acc += WsT[k, j] * last[j]
-                dS0[b, k] = acc
+                    cpu_variants.tile_products(WsT, last, n, g)
+                _backward_step(dS_out, S, lengths, reverse, act, clip, delta, i, first, last, g, n)
+            cpu_variants.tile_products(WsT, last, n, g)
+            dS0[first:first + n] = g[:n]
+
+
+def _backward_blas(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta, dS0, shares):
+    """Each of ``shares`` threads runs a contiguous slice of the batch, one BLAS product per step."""
+    T, B, H = S.shape
+    for share in prange(shares):
+        first, end = share * B // shares, (share + 1) * B // shares
+        last = np.zeros((end - first, H), dtype=S.dtype)  # delta of the step processed before
+        g = np.zeros_like(last)  # last Ws, then dL/dS_t
+        for i in range(T - 1, -1, -1):
+            if truncate > 0 and (i + 1) % truncate == 0:
+                g[:] = 0  # step i+1 starts a chunk: no gradient flows back across it
+            else:
+                np.dot(last, Ws, g)
+            _backward_step(dS_out, S, lengths, reverse, act, clip, delta, i, first, last, g, end - first)
+        np.dot(last, Ws, dS0[first:end])
 
 
 @njit(**cpu_variants.JIT_OPTIONS)
-def _backward_blas(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta, dS0):
-    """One reverse time loop; each step one BLAS product for the whole batch."""
-    T, B, H = S.shape
+def _backward_step(dS_out, S, lengths, reverse, act, clip, delta, i, first, last, g, n):
+    """Step i (backwards) of sequences first..first+n-1 from g[q] = (the later step's delta) Ws;
+    writes their deltas into ``delta`` and ``last``."""
+    H = S.shape[2]
     one = S.dtype.type(1.0)
-    last = np.zeros((B, H), dtype=S.dtype)  # delta of the step processed before (the later step)
-    rec = np.zeros((B, H), dtype=S.dtype)  # last Ws, then dL/dS_t
-    for i in range(T - 1, -1, -1):
-        if truncate > 0 and (i + 1) % truncate == 0:
-            rec[:] = 0  # step i+1 starts a chunk: no gradient flows back across it
-        else:
-            np.dot(last, Ws, rec)
-        for b in range(B):
-            L = lengths[b]
-            if i < L:
-                t = position(i, L, reverse)
-                g = rec[b]
-                for k in range(H):
-                    g[k] += dS_out[t, b, k]
-                scale = one
-                if clip > 0:
-                    sumsq = one - one
-                    for k in range(H):
-                        sumsq += g[k] * g[k]
-                    scale = clip_scale(sumsq, clip, one)
-                scale_by_derivative(act, g, S[t, b], scale, last[b])
-                delta[t, b] = last[b]
-            else:
-                delta[i, b] = 0
-                last[b] = 0
-    np.dot(last, Ws, dS0)
+    for q in range(n):
+        b = first + q
+        L = lengths[b]
+        if i >= L:
+            delta[i, b] = 0
+            last[q] = 0
+            continue
+        t = position(i, L, reverse)
+        gq = g[q]
+        sumsq = one - one
+        for k in range(H):
+            gq[k] += dS_out[t, b, k]
+            sumsq += gq[k] * gq[k]
+        scale_by_derivative(act, gq, S[t, b], clip_scale(sumsq, clip, one), last[q])
+        delta[t, b] = last[q]
+
+
+_forward_kernels = {"loops": cpu_variants.compile_both(_forward_loops),
+                    "blas": cpu_variants.compile_both(_forward_blas)}
+_backward_kernels = {"loops": cpu_variants.compile_both(_backward_loops),
+                     "blas": cpu_variants.compile_both(_backward_blas)}
 
 
 def forward_recurrence(U, WsT, S0, lengths, reverse, act, S):
@@ -193,11 +185,13 @@ def forward_recurrence(U, WsT, S0, lengths, reverse, act, S):
     act     int      activation code of g1 (kernels/activations.py)
     S       [T,B,H]  out: the hidden states; may be the same array as U
     """
-    B = U.shape[1]
-    if cpu_variants.choose(B, U.shape[2]) == "loops":
-        _forward_loops(U, np.ascontiguousarray(WsT.T), S0, lengths, reverse, act, S, min(B, get_num_threads()))
+    variant, tile, shares = cpu_variants.plan(U.shape[1], U.shape[2])
+    kernel = cpu_variants.pick(_forward_kernels[variant], shares)
+    if variant == "loops":
+        kernel(U, np.ascontiguousarray(WsT.T), S0, lengths, reverse, act, S, tile, shares)
     else:
-        _forward_blas(U, WsT, S0, lengths, reverse, act, S)
+        with cpu_variants.single_threaded_blas():
+            kernel(U, WsT, S0, lengths, reverse, act, S, shares)
 
 
 def backward_recurrence(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta, dS0):
@@ -213,9 +207,10 @@ def backward_recurrence(dS_out, Ws, S, lengths, reverse, act, truncate, clip, de
     delta   [T,B,H]  out; may be the same array as dS_out
     dS0     [B,H]    out: dL/dS0
     """
-    B = S.shape[1]
-    if cpu_variants.choose(B, S.shape[2]) == "loops":
-        _backward_loops(dS_out, np.ascontiguousarray(Ws.T), S, lengths, reverse, act, truncate, clip, delta, dS0,
-                        min(B, get_num_threads()))
+    variant, tile, shares = cpu_variants.plan(S.shape[1], S.shape[2])
+    kernel = cpu_variants.pick(_backward_kernels[variant], shares)
+    if variant == "loops":
+        kernel(dS_out, np.ascontiguousarray(Ws.T), S, lengths, reverse, act, truncate, clip, delta, dS0, tile, shares)
     else:
-        _backward_blas(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta, dS0)
+        with cpu_variants.single_threaded_blas():
+            kernel(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta, dS0, shares)

@@ -6,7 +6,7 @@ here because n = tanh(U_n + r ⊙ (Ws_n h + bs_n)) keeps bs_n inside the reset g
 cpu_variants.py) as in ``elman_cpu.py``. Twins: ``gru_cuda.py``.
 """
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import njit, prange
 
 from . import activations, cpu_variants
 from .scalar import compile_scalar_functions
@@ -65,114 +65,119 @@ def _clip_scale(dh, clip, one):
     return clip_scale(sumsq, clip, one)
 
 
-@njit(parallel=True, **cpu_variants.JIT_OPTIONS)
-def _forward_loops(U, Ws, bs, H0, lengths, reverse, Hs, Gn, shares):
-    """Each of ``shares`` threads runs whole sequences; Ws [3H,H] untransposed (contiguous rows)."""
+def _forward_loops(U, Ws, bs, H0, lengths, reverse, Hs, Gn, tile, shares):
+    """Each of ``shares`` threads runs whole tiles of ``tile`` sequences; Ws [3H,H] untransposed."""
     T, B, G = U.shape
     H = G // 3
     one = U.dtype.type(1.0)
+    tiles = -(-B // tile)
     for share in prange(shares):
-        h = np.empty(H, dtype=U.dtype)
-        rec = np.empty(G, dtype=U.dtype)
-        for b in range(share, B, shares):
-            L = lengths[b]
-            h[:] = H0[b]
+        h = np.empty((tile, H), dtype=U.dtype)
+        rec = np.empty((tile, G), dtype=U.dtype)
+        for first in range(share * tile, tiles * tile, shares * tile):
+            n = min(tile, B - first)
+            h[:n] = H0[first:first + n]
             for i in range(T):
-                if i < L:
-                    for m in range(G):
-                        acc = one - one
-                        for k in range(H):
-                            acc += Ws[m, k] * h[k]
-                        rec[m] = acc
-                    _cell(U, position(i, L, reverse), b, rec, bs, h, Hs, Gn, one)
-                else:
-                    Hs[i, b] = H0[b] if reverse else h
+                cpu_variants.tile_products(Ws, h, n, rec)
+                _forward_step(U, bs, H0, lengths, reverse, Hs, Gn, i, first, rec, h, n, one)
+
+
+def _forward_blas(U, WsT, bs, H0, lengths, reverse, Hs, Gn, shares):
+    """Each of ``shares`` threads runs a contiguous slice of the batch, one BLAS product per step."""
+    T, B, G = U.shape
+    one = U.dtype.type(1.0)
+    for share in prange(shares):
+        first, end = share * B // shares, (share + 1) * B // shares
+        h = H0[first:end].copy()
+        rec = np.empty((end - first, G), dtype=U.dtype)
+        for i in range(T):
+            np.dot(h, WsT, rec)
+            _forward_step(U, bs, H0, lengths, reverse, Hs, Gn, i, first, rec, h, end - first, one)
 
 
 @njit(**cpu_variants.JIT_OPTIONS)
-def _forward_blas(U, WsT, bs, H0, lengths, reverse, Hs, Gn):
-    """One time loop; each step one BLAS product for the whole batch."""
-    T, B, G = U.shape
-    one = U.dtype.type(1.0)
-    h = H0.copy()
-    rec = np.empty((B, G), dtype=U.dtype)
-    for i in range(T):
-        np.dot(h, WsT, rec)
-        for b in range(B):
-            if i < lengths[b]:
-                _cell(U, position(i, lengths[b], reverse), b, rec[b], bs, h[b], Hs, Gn, one)
-            else:
-                Hs[i, b] = H0[b] if reverse else h[b]
+def _forward_step(U, bs, H0, lengths, reverse, Hs, Gn, i, first, rec, h, n, one):
+    """Step i of sequences first..first+n-1 from their recurrent products rec[q] = h[q] Wsᵀ."""
+    for q in range(n):
+        b = first + q
+        L = lengths[b]
+        if i < L:
+            _cell(U, position(i, L, reverse), b, rec[q], bs, h[q], Hs, Gn, one)
+        else:
+            Hs[i, b] = H0[b] if reverse else h[q]
 
 
-@njit(parallel=True, **cpu_variants.JIT_OPTIONS)
-def _backward_loops(dH_out, WsT, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0, shares):
-    """Each of ``shares`` threads runs whole sequences; WsT [H,3H] (contiguous rows)."""
+def _backward_loops(dH_out, WsT, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0, tile, shares):
+    """Each of ``shares`` threads runs whole tiles of ``tile`` sequences; WsT [H,3H]."""
     T, B, Gs = G.shape
     H = Gs // 3
-    one = G.dtype.type(1.0)
+    tiles = -(-B // tile)
     for share in prange(shares):
-        last = np.empty(Gs, dtype=G.dtype)  # dRec of the later step
-        direct = np.empty(H, dtype=G.dtype)  # dh_{t+1} z_{t+1}: the path h_t -> h_{t+1} around the gates
-        dh = np.empty(H, dtype=G.dtype)
-        for b in range(share, B, shares):
-            L = lengths[b]
+        last = np.zeros((tile, Gs), dtype=G.dtype)  # dRec of the later step
+        dh = np.empty((tile, H), dtype=G.dtype)  # last Ws, then dL/dh_t
+        direct = np.zeros((tile, H), dtype=G.dtype)  # dh_{t+1} z_{t+1}: the path around the gates
+        for first in range(share * tile, tiles * tile, shares * tile):
+            n = min(tile, B - first)
             last[:] = 0
             direct[:] = 0
             for i in range(T - 1, -1, -1):
-                if i >= L:
-                    dRec[i, b] = 0
-                    dNx[i, b] = 0
-                    continue
-                t = position(i, L, reverse)
                 if truncate > 0 and (i + 1) % truncate == 0:  # step i+1 starts a chunk: nothing flows back
-                    dh[:] = dH_out[t, b]
+                    dh[:] = 0
+                    direct[:] = 0
                 else:
-                    for j in range(H):
-                        acc = dH_out[t, b, j] + direct[j]
-                        for m in range(Gs):
-                            acc += WsT[j, m] * last[m]
-                        dh[j] = acc
-                _cell_backward(G, Gn, Hs, H0, t, position(i - 1, L, reverse), i == 0, b, dh,
-                               _clip_scale(dh, clip, one), dRec, dNx, last, direct)
-            for j in range(H):
-                acc = direct[j]
-                for m in range(Gs):
-                    acc += WsT[j, m] * last[m]
-                dH0[b, j] = acc
+                    cpu_variants.tile_products(WsT, last, n, dh)
+                _backward_step(dH_out, G, Gn, Hs, H0, lengths, reverse, clip, dRec, dNx, i, first, last, dh,
+                               direct, n)
+            cpu_variants.tile_products(WsT, last, n, dh)
+            dH0[first:first + n] = dh[:n] + direct[:n]
+
+
+def _backward_blas(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0, shares):
+    """Each of ``shares`` threads runs a contiguous slice of the batch, one BLAS product per step."""
+    T, B, Gs = G.shape
+    H = Gs // 3
+    for share in prange(shares):
+        first, end = share * B // shares, (share + 1) * B // shares
+        last = np.zeros((end - first, Gs), dtype=G.dtype)  # dRec of the later step
+        dh = np.zeros((end - first, H), dtype=G.dtype)  # last Ws, then dL/dh_t
+        direct = np.zeros((end - first, H), dtype=G.dtype)  # dh_{t+1} z_{t+1}
+        for i in range(T - 1, -1, -1):
+            if truncate > 0 and (i + 1) % truncate == 0:
+                dh[:] = 0
+                direct[:] = 0
+            else:
+                np.dot(last, Ws, dh)
+            _backward_step(dH_out, G, Gn, Hs, H0, lengths, reverse, clip, dRec, dNx, i, first, last, dh, direct,
+                           end - first)
+        np.dot(last, Ws, dH0[first:end])
+        dH0[first:end] += direct
 
 
 @njit(**cpu_variants.JIT_OPTIONS)
-def _backward_blas(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0):
-    """One reverse time loop; each step one BLAS product for the whole batch."""
-    T, B, Gs = G.shape
-    H = Gs // 3
+def _backward_step(dH_out, G, Gn, Hs, H0, lengths, reverse, clip, dRec, dNx, i, first, last, dh, direct, n):
+    """Step i (backwards) of sequences first..first+n-1 from dh[q] = (the later step's dRec) Ws."""
+    H = dh.shape[1]
     one = G.dtype.type(1.0)
-    last = np.zeros((B, Gs), dtype=G.dtype)  # dRec of the later step
-    rec = np.zeros((B, H), dtype=G.dtype)  # last Ws, then dL/dh_t
-    direct = np.zeros((B, H), dtype=G.dtype)  # dh_{t+1} z_{t+1}
-    for i in range(T - 1, -1, -1):
-        if truncate > 0 and (i + 1) % truncate == 0:
-            rec[:] = 0
-            direct[:] = 0
-        else:
-            np.dot(last, Ws, rec)
-        for b in range(B):
-            L = lengths[b]
-            if i < L:
-                t = position(i, L, reverse)
-                dh = rec[b]
-                for j in range(H):
-                    dh[j] += dH_out[t, b, j] + direct[b, j]
-                _cell_backward(G, Gn, Hs, H0, t, position(i - 1, L, reverse), i == 0, b, dh,
-                               _clip_scale(dh, clip, one), dRec, dNx, last[b], direct[b])
-            else:
-                dRec[i, b] = 0
-                dNx[i, b] = 0
-                last[b] = 0
-                direct[b] = 0
-    np.dot(last, Ws, dH0)
-    dH0 += direct
+    for q in range(n):
+        b = first + q
+        L = lengths[b]
+        if i >= L:
+            dRec[i, b] = 0
+            dNx[i, b] = 0
+            last[q] = 0
+            direct[q] = 0
+            continue
+        t = position(i, L, reverse)
+        for j in range(H):
+            dh[q, j] += dH_out[t, b, j] + direct[q, j]
+        _cell_backward(G, Gn, Hs, H0, t, position(i - 1, L, reverse), i == 0, b, dh[q],
+                       _clip_scale(dh[q], clip, one), dRec, dNx, last[q], direct[q])
+
+
+_forward_kernels = {"loops": cpu_variants.compile_both(_forward_loops),
+                    "blas": cpu_variants.compile_both(_forward_blas)}
+_backward_kernels = {"loops": cpu_variants.compile_both(_backward_loops),
+                     "blas": cpu_variants.compile_both(_backward_blas)}
 
 
 def forward_recurrence(U, WsT, bs, H0, lengths, reverse, Hs, Gn):
@@ -184,11 +189,13 @@ def forward_recurrence(U, WsT, bs, H0, lengths, reverse, Hs, Gn):
     Hs     [T,B,H]  out: hidden states
     Gn     [T,B,H]  out: Ws_n h_{t-1} + bs_n, saved for backward
     """
-    B = U.shape[1]
-    if cpu_variants.choose(B, Hs.shape[2]) == "loops":
-        _forward_loops(U, np.ascontiguousarray(WsT.T), bs, H0, lengths, reverse, Hs, Gn, min(B, get_num_threads()))
+    variant, tile, shares = cpu_variants.plan(U.shape[1], Hs.shape[2])
+    kernel = cpu_variants.pick(_forward_kernels[variant], shares)
+    if variant == "loops":
+        kernel(U, np.ascontiguousarray(WsT.T), bs, H0, lengths, reverse, Hs, Gn, tile, shares)
     else:
-        _forward_blas(U, WsT, bs, H0, lengths, reverse, Hs, Gn)
+        with cpu_variants.single_threaded_blas():
+            kernel(U, WsT, bs, H0, lengths, reverse, Hs, Gn, shares)
 
 
 def backward_recurrence(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0):
@@ -203,9 +210,11 @@ def backward_recurrence(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, c
     dNx     [T,B,H]  out: gradient of n's input part (Wx_n x + bx_n); may be the same array as Gn
     dH0     [B,H]    out: dL/dh0
     """
-    B = G.shape[1]
-    if cpu_variants.choose(B, Hs.shape[2]) == "loops":
-        _backward_loops(dH_out, np.ascontiguousarray(Ws.T), G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec,
-                        dNx, dH0, min(B, get_num_threads()))
+    variant, tile, shares = cpu_variants.plan(G.shape[1], Hs.shape[2])
+    kernel = cpu_variants.pick(_backward_kernels[variant], shares)
+    if variant == "loops":
+        kernel(dH_out, np.ascontiguousarray(Ws.T), G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0,
+               tile, shares)
     else:
-        _backward_blas(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0)
+        with cpu_variants.single_threaded_blas():
+            kernel(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0, shares)

@@ -7,7 +7,7 @@ Conventions (lengths, reverse, truncate, clip) and the two ways to split the wor
 backpropagated state gradient (dL/dh_t, dL/dc_t). Twins: ``lstm_cuda.py``.
 """
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import njit, prange
 
 from . import activations, cpu_variants
 from .scalar import compile_scalar_functions
@@ -68,120 +68,121 @@ def _clip_scale(dh, dcn, clip, one):
     return clip_scale(sumsq, clip, one)
 
 
-@njit(parallel=True, **cpu_variants.JIT_OPTIONS)
-def _forward_loops(U, Ws, H0, C0, lengths, reverse, Hs, Cs, shares):
-    """Each of ``shares`` threads runs whole sequences; Ws [4H,H] untransposed (contiguous rows)."""
+def _forward_loops(U, Ws, H0, C0, lengths, reverse, Hs, Cs, tile, shares):
+    """Each of ``shares`` threads runs whole tiles of ``tile`` sequences; Ws [4H,H] untransposed."""
     T, B, G = U.shape
     H = G // 4
     one = U.dtype.type(1.0)
+    tiles = -(-B // tile)
     for share in prange(shares):
-        h = np.empty(H, dtype=U.dtype)
-        c = np.empty(H, dtype=U.dtype)
-        rec = np.empty(G, dtype=U.dtype)
-        for b in range(share, B, shares):
-            L = lengths[b]
-            h[:] = H0[b]
-            c[:] = C0[b]
+        h = np.empty((tile, H), dtype=U.dtype)
+        c = np.empty((tile, H), dtype=U.dtype)
+        rec = np.empty((tile, G), dtype=U.dtype)
+        for first in range(share * tile, tiles * tile, shares * tile):
+            n = min(tile, B - first)
+            h[:n] = H0[first:first + n]
+            c[:n] = C0[first:first + n]
             for i in range(T):
-                if i < L:
-                    t = position(i, L, reverse)
-                    for m in range(G):
-                        acc = one - one
-                        for k in range(H):
-                            acc += Ws[m, k] * h[k]
-                        rec[m] = acc
-                    _cell(U, t, b, rec, c, h, Hs, Cs, one)
-                else:
-                    Hs[i, b] = H0[b] if reverse else h
-                    Cs[i, b] = C0[b] if reverse else c
+                cpu_variants.tile_products(Ws, h, n, rec)
+                _forward_step(U, H0, C0, lengths, reverse, Hs, Cs, i, first, rec, c, h, n, one)
+
+
+def _forward_blas(U, WsT, H0, C0, lengths, reverse, Hs, Cs, shares):
+    """Each of ``shares`` threads runs a contiguous slice of the batch, one BLAS product per step."""
+    T, B, G = U.shape
+    one = U.dtype.type(1.0)
+    for share in prange(shares):
+        first, end = share * B // shares, (share + 1) * B // shares
+        h = H0[first:end].copy()
+        c = C0[first:end].copy()
+        rec = np.empty((end - first, G), dtype=U.dtype)
+        for i in range(T):
+            np.dot(h, WsT, rec)
+            _forward_step(U, H0, C0, lengths, reverse, Hs, Cs, i, first, rec, c, h, end - first, one)
 
 
 @njit(**cpu_variants.JIT_OPTIONS)
-def _forward_blas(U, WsT, H0, C0, lengths, reverse, Hs, Cs):
-    """One time loop; each step one BLAS product for the whole batch."""
-    T, B, G = U.shape
-    one = U.dtype.type(1.0)
-    h = H0.copy()
-    c = C0.copy()
-    rec = np.empty((B, G), dtype=U.dtype)
-    for i in range(T):
-        np.dot(h, WsT, rec)
-        for b in range(B):
-            if i < lengths[b]:
-                _cell(U, position(i, lengths[b], reverse), b, rec[b], c[b], h[b], Hs, Cs, one)
-            else:
-                Hs[i, b] = H0[b] if reverse else h[b]
-                Cs[i, b] = C0[b] if reverse else c[b]
+def _forward_step(U, H0, C0, lengths, reverse, Hs, Cs, i, first, rec, c, h, n, one):
+    """Step i of sequences first..first+n-1 from their recurrent products rec[q] = h[q] Wsᵀ."""
+    for q in range(n):
+        b = first + q
+        L = lengths[b]
+        if i < L:
+            _cell(U, position(i, L, reverse), b, rec[q], c[q], h[q], Hs, Cs, one)
+        else:
+            Hs[i, b] = H0[b] if reverse else h[q]
+            Cs[i, b] = C0[b] if reverse else c[q]
 
 
-@njit(parallel=True, **cpu_variants.JIT_OPTIONS)
-def _backward_loops(dH_out, WsT, G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0, shares):
-    """Each of ``shares`` threads runs whole sequences; WsT [H,4H] (contiguous rows)."""
+def _backward_loops(dH_out, WsT, G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0, tile, shares):
+    """Each of ``shares`` threads runs whole tiles of ``tile`` sequences; WsT [H,4H]."""
     T, B, Gs = G.shape
     H = Gs // 4
-    one = G.dtype.type(1.0)
+    tiles = -(-B // tile)
     for share in prange(shares):
-        last = np.empty(Gs, dtype=G.dtype)  # dG of the later step
-        dcn = np.empty(H, dtype=G.dtype)  # dL/dc_t through c_{t+1}
-        dh = np.empty(H, dtype=G.dtype)  # dL/dh_t
-        for b in range(share, B, shares):
-            L = lengths[b]
+        last = np.zeros((tile, Gs), dtype=G.dtype)  # dG of the later step
+        dh = np.empty((tile, H), dtype=G.dtype)  # last Ws, then dL/dh_t
+        dcn = np.zeros((tile, H), dtype=G.dtype)  # dL/dc_t through c_{t+1}
+        for first in range(share * tile, tiles * tile, shares * tile):
+            n = min(tile, B - first)
             last[:] = 0
             dcn[:] = 0
             for i in range(T - 1, -1, -1):
-                if i >= L:
-                    dG[i, b] = 0
-                    continue
-                t = position(i, L, reverse)
                 if truncate > 0 and (i + 1) % truncate == 0:  # step i+1 starts a chunk: nothing flows back
-                    dh[:] = dH_out[t, b]
+                    dh[:] = 0
                     dcn[:] = 0
                 else:
-                    for j in range(H):
-                        acc = dH_out[t, b, j]
-                        for m in range(Gs):
-                            acc += WsT[j, m] * last[m]
-                        dh[j] = acc
-                _cell_backward(G, Cs, C0, t, position(i - 1, L, reverse), i == 0, b, dh, dcn,
-                               _clip_scale(dh, dcn, clip, one), dG, last)
-            for j in range(H):
-                acc = one - one
-                for m in range(Gs):
-                    acc += WsT[j, m] * last[m]
-                dH0[b, j] = acc
-            dC0[b] = dcn
+                    cpu_variants.tile_products(WsT, last, n, dh)
+                _backward_step(dH_out, G, Cs, C0, lengths, reverse, clip, dG, i, first, last, dh, dcn, n)
+            cpu_variants.tile_products(WsT, last, n, dh)
+            dH0[first:first + n] = dh[:n]
+            dC0[first:first + n] = dcn[:n]
+
+
+def _backward_blas(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0, shares):
+    """Each of ``shares`` threads runs a contiguous slice of the batch, one BLAS product per step."""
+    T, B, Gs = G.shape
+    H = Gs // 4
+    for share in prange(shares):
+        first, end = share * B // shares, (share + 1) * B // shares
+        last = np.zeros((end - first, Gs), dtype=G.dtype)  # dG of the later step
+        dh = np.zeros((end - first, H), dtype=G.dtype)  # last Ws, then dL/dh_t
+        dcn = np.zeros((end - first, H), dtype=G.dtype)  # dL/dc_t through c_{t+1}
+        for i in range(T - 1, -1, -1):
+            if truncate > 0 and (i + 1) % truncate == 0:
+                dh[:] = 0
+                dcn[:] = 0
+            else:
+                np.dot(last, Ws, dh)
+            _backward_step(dH_out, G, Cs, C0, lengths, reverse, clip, dG, i, first, last, dh, dcn, end - first)
+        np.dot(last, Ws, dH0[first:end])
+        dC0[first:end] = dcn
 
 
 @njit(**cpu_variants.JIT_OPTIONS)
-def _backward_blas(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0):
-    """One reverse time loop; each step one BLAS product for the whole batch."""
-    T, B, Gs = G.shape
-    H = Gs // 4
+def _backward_step(dH_out, G, Cs, C0, lengths, reverse, clip, dG, i, first, last, dh, dcn, n):
+    """Step i (backwards) of sequences first..first+n-1 from dh[q] = (the later step's dG) Ws."""
+    H = dh.shape[1]
     one = G.dtype.type(1.0)
-    last = np.zeros((B, Gs), dtype=G.dtype)  # dG of the later step
-    rec = np.zeros((B, H), dtype=G.dtype)  # last Ws, then dL/dh_t
-    dcn = np.zeros((B, H), dtype=G.dtype)  # dL/dc_t through c_{t+1}
-    for i in range(T - 1, -1, -1):
-        if truncate > 0 and (i + 1) % truncate == 0:
-            rec[:] = 0
-            dcn[:] = 0
-        else:
-            np.dot(last, Ws, rec)
-        for b in range(B):
-            L = lengths[b]
-            if i < L:
-                t = position(i, L, reverse)
-                dh = rec[b]
-                for j in range(H):
-                    dh[j] += dH_out[t, b, j]
-                _cell_backward(G, Cs, C0, t, position(i - 1, L, reverse), i == 0, b, dh, dcn[b],
-                               _clip_scale(dh, dcn[b], clip, one), dG, last[b])
-            else:
-                dG[i, b] = 0
-                last[b] = 0
-                dcn[b] = 0
-    np.dot(last, Ws, dH0)
-    dC0[:] = dcn
+    for q in range(n):
+        b = first + q
+        L = lengths[b]
+        if i >= L:
+            dG[i, b] = 0
+            last[q] = 0
+            dcn[q] = 0
+            continue
+        t = position(i, L, reverse)
+        for j in range(H):
+            dh[q, j] += dH_out[t, b, j]
+        _cell_backward(G, Cs, C0, t, position(i - 1, L, reverse), i == 0, b, dh[q], dcn[q],
+                       _clip_scale(dh[q], dcn[q], clip, one), dG, last[q])
+
+
+_forward_kernels = {"loops": cpu_variants.compile_both(_forward_loops),
+                    "blas": cpu_variants.compile_both(_forward_blas)}
+_backward_kernels = {"loops": cpu_variants.compile_both(_backward_loops),
+                     "blas": cpu_variants.compile_both(_backward_blas)}
 
 
 def forward_recurrence(U, WsT, H0, C0, lengths, reverse, Hs, Cs):
@@ -191,11 +192,13 @@ def forward_recurrence(U, WsT, H0, C0, lengths, reverse, Hs, Cs):
     lengths [B], reverse: as elman_cpu
     Hs, Cs [T,B,H]  out: hidden and cell states
     """
-    B = U.shape[1]
-    if cpu_variants.choose(B, Hs.shape[2]) == "loops":
-        _forward_loops(U, np.ascontiguousarray(WsT.T), H0, C0, lengths, reverse, Hs, Cs, min(B, get_num_threads()))
+    variant, tile, shares = cpu_variants.plan(U.shape[1], Hs.shape[2])
+    kernel = cpu_variants.pick(_forward_kernels[variant], shares)
+    if variant == "loops":
+        kernel(U, np.ascontiguousarray(WsT.T), H0, C0, lengths, reverse, Hs, Cs, tile, shares)
     else:
-        _forward_blas(U, WsT, H0, C0, lengths, reverse, Hs, Cs)
+        with cpu_variants.single_threaded_blas():
+            kernel(U, WsT, H0, C0, lengths, reverse, Hs, Cs, shares)
 
 
 def backward_recurrence(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0):
@@ -207,9 +210,11 @@ def backward_recurrence(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, c
     dG      [T,B,4H] out: gradients of the gate pre-activations; may be the same array as G
     dH0, dC0 [B,H]   out: dL/dh0, dL/dc0
     """
-    B = G.shape[1]
-    if cpu_variants.choose(B, Hs.shape[2]) == "loops":
-        _backward_loops(dH_out, np.ascontiguousarray(Ws.T), G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG,
-                        dH0, dC0, min(B, get_num_threads()))
+    variant, tile, shares = cpu_variants.plan(G.shape[1], Hs.shape[2])
+    kernel = cpu_variants.pick(_backward_kernels[variant], shares)
+    if variant == "loops":
+        kernel(dH_out, np.ascontiguousarray(Ws.T), G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0,
+               tile, shares)
     else:
-        _backward_blas(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0)
+        with cpu_variants.single_threaded_blas():
+            kernel(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0, shares)

@@ -113,10 +113,10 @@ def test_variant_choice_and_override(monkeypatch):
     from gpubptt.kernels import cpu_variants
 
     monkeypatch.delenv("GPUBPTT_CPU_VARIANT", raising=False)
-    assert cpu_variants.choose(64, 64) == "loops" and cpu_variants.choose(1, 1024) == "loops"
-    assert cpu_variants.choose(64, 512) == "blas"
-    monkeypatch.setenv("GPUBPTT_CPU_VARIANT", "blas")
-    assert cpu_variants.choose(64, 64) == "blas"
+    assert cpu_variants.choose(64, 16) == "loops" and cpu_variants.choose(1, 1024) == "loops"
+    assert cpu_variants.choose(64, 64) == "blas" and cpu_variants.choose(64, 512) == "blas"
+    monkeypatch.setenv("GPUBPTT_CPU_VARIANT", "loops")
+    assert cpu_variants.choose(64, 512) == "loops"
     monkeypatch.setenv("GPUBPTT_CPU_VARIANT", "fast")
     with pytest.raises(ValueError, match="GPUBPTT_CPU_VARIANT: expected one of auto, loops, blas, got 'fast'"):
         cpu_variants.choose(64, 64)

@@ -198,7 +198,8 @@ def backward(params, x, states0, lengths, structure, saved, top, dZ, truncate, c
                     col += width
             if st.bias:
                 grads["bx" + sfx] = dbx
-                grads["bs" + sfx] = _rows(dRec).sum(axis=0)
+                # with bs folded into U (Elman, LSTM) its gradient is bx's; GRU's differs in the n block
+                grads["bs" + sfx] = dbx.copy() if ops.fuse_bs else _rows(dRec).sum(axis=0)
         dparts = dinputs
     grads["x"] = dparts[0]
     return (grads, ds0, deltas) if return_deltas else (grads, ds0)

@@ -104,12 +104,12 @@ def _rows(a):
     return a.reshape(-1, a.shape[-1])
 
 
-def _product_with_parts(parts, W, xp):
+def _product_with_parts(parts, W, mm):
     """Σ_q parts[q] W[:, cols_q]ᵀ over [T·B, ·] rows: the product with the concatenated parts."""
     out, col = None, 0
     for part in parts:
         width = part.shape[-1]
-        term = _rows(part) @ W[:, col:col + width].T
+        term = mm(_rows(part), W[:, col:col + width], trans_b=True)
         out = term if out is None else out + term
         col += width
     return out
@@ -122,12 +122,12 @@ def forward(params, x, states0, lengths, structure, output_activation, be):
     T, B, _ = x.shape
     H, G = st.hidden_size, gates(st.cell)
     ops = _ops(st.cell)
-    k = be.kernels(ops.family)
+    k, mm = be.kernels(ops.family), be.kernels("linalg").matmul
     parts, saved = [x], []
     for layer in range(st.num_layers):
         layer_saved = []
         for _, direction, sfx in layer_suffixes(st.num_layers, st.bidirectional)[layer * st.dirs:(layer + 1) * st.dirs]:
-            U = _product_with_parts(parts, p["Wx" + sfx], xp)  # [T·B, G·H]: every step's input product at once
+            U = _product_with_parts(parts, p["Wx" + sfx], mm)  # [T·B, G·H]: every step's input product at once
             if st.bias:
                 U += p["bx" + sfx] + p["bs" + sfx] if ops.fuse_bs else p["bx" + sfx]
             U = U.reshape(T, B, G * H)
@@ -135,7 +135,7 @@ def forward(params, x, states0, lengths, structure, output_activation, be):
             layer_saved.append(ops.forward(k, U, p, sfx, s0, lengths, direction, st.cell, xp))
         saved.append(layer_saved)
         parts = [s["h"] for s in layer_saved]
-    Z = (_product_with_parts(parts, p["Wy"], xp) + p["by"]).reshape(T, B, -1)
+    Z = (_product_with_parts(parts, p["Wy"], mm) + p["by"]).reshape(T, B, -1)
     return losses.output_activation(Z, output_activation, xp), Z, parts, saved
 
 
@@ -162,13 +162,13 @@ def backward(params, x, states0, lengths, structure, saved, top, dZ, truncate, c
     T, B, D = x.shape
     H = st.hidden_size
     ops = _ops(st.cell)
-    k = be.kernels(ops.family)
+    k, mm = be.kernels(ops.family), be.kernels("linalg").matmul
     dZ2 = _rows(dZ)
     grads = {"Wy": xp.empty_like(p["Wy"]), "by": dZ2.sum(axis=0)}
     dparts = []  # dL/d(output of each direction of the layer above's input)
     for direction, S in enumerate(top):
-        grads["Wy"][:, direction * H:(direction + 1) * H] = dZ2.T @ _rows(S)
-        dparts.append((dZ2 @ p["Wy"][:, direction * H:(direction + 1) * H]).reshape(T, B, H))
+        grads["Wy"][:, direction * H:(direction + 1) * H] = mm(dZ2, _rows(S), trans_a=True)
+        dparts.append(mm(dZ2, p["Wy"][:, direction * H:(direction + 1) * H]).reshape(T, B, H))
     ds0 = [None] * (st.num_layers * st.dirs)
     deltas = [None] * (st.num_layers * st.dirs)
     suffixes = layer_suffixes(st.num_layers, st.bidirectional)
@@ -182,7 +182,7 @@ def backward(params, x, states0, lengths, structure, saved, top, dZ, truncate, c
                                                      st.cell, truncate, clip, xp)
             deltas[idx] = (dRec, dU_blocks)
             grads["Ws" + sfx] = _recurrent_weight_grad(dRec, s["h"], s0[0] if isinstance(s0, tuple) else s0,
-                                                       direction)
+                                                       direction, mm)
             Wx = p["Wx" + sfx]
             grads["Wx" + sfx] = dWx = xp.empty_like(Wx)
             dbx = xp.empty_like(Wx[:, 0])
@@ -192,8 +192,8 @@ def backward(params, x, states0, lengths, structure, saved, top, dZ, truncate, c
                 col = 0
                 for q, part in enumerate(parts):
                     width = part.shape[-1]
-                    dWx[rows, col:col + width] = dU.T @ _rows(part)
-                    term = (dU @ Wx[rows, col:col + width]).reshape(part.shape)
+                    dWx[rows, col:col + width] = mm(dU, _rows(part), trans_a=True)
+                    term = mm(dU, Wx[rows, col:col + width]).reshape(part.shape)
                     dinputs[q] = term if dinputs[q] is None else dinputs[q] + term
                     col += width
             if st.bias:
@@ -205,14 +205,14 @@ def backward(params, x, states0, lengths, structure, saved, top, dZ, truncate, c
     return (grads, ds0, deltas) if return_deltas else (grads, ds0)
 
 
-def _recurrent_weight_grad(dRec, S, s0, reverse):
+def _recurrent_weight_grad(dRec, S, s0, reverse, mm):
     """Σ_t dRec_tᵀ S_prev(t): the state before step t is S_{t-1} forward (S0 at t = 0) and S_{t+1} in
     reverse (S0 at t = T-1; past a sequence's end the reverse direction's states hold S0, so the
     shift is right for every length)."""
     T = dRec.shape[0]
     later, earlier = slice(1, T), slice(0, T - 1)
     steps, states = (earlier, later) if reverse else (later, earlier)
-    dWs = dRec[T - 1 if reverse else 0].T @ s0
+    dWs = mm(dRec[T - 1 if reverse else 0], s0, trans_a=True)
     if T > 1:
-        dWs += _rows(dRec[steps]).T @ _rows(S[states])
+        dWs += mm(_rows(dRec[steps]), _rows(S[states]), trans_a=True)
     return dWs

@@ -1,20 +1,20 @@
 """How the ``*_cpu.py`` kernels split their work, chosen per call from the shape.
 
-The sequences of a batch are independent, so both variants give each thread a share of them and
-let it run the whole time loop over its share: one parallel region per call, no synchronisation per
-step. They differ in how a share computes its recurrent products at each step:
+``loops``: the sequences of a batch are independent, so each thread takes a share of them (tiles of
+a few sequences) and runs the whole time loop over it, its recurrent products written as plain dot
+products the compiler vectorises: one parallel region per call, no synchronisation per step. It is
+the variant that uses several cores.
+``blas``: one time loop; at each step one BLAS product for the whole batch (SciPy's BLAS through
+Numba's ``np.dot``), then the pointwise work; one thread, but BLAS's efficiency for large H and batch.
 
-``loops``: a few sequences at a time (a tile) with plain dot products the compiler vectorises;
-best for small H or a small batch, where a BLAS call per step costs more than the product.
-``blas``: one BLAS product per step for the whole share (``np.dot`` in Numba calls SciPy's BLAS,
-limited to one thread while the kernel runs, so the threads do not fight BLAS's own); best for
-large H and batch.
+BLAS runs on the calling thread (``_numba_blas_on_one_thread``): SciPy's OpenBLAS serialises
+concurrent calls from several threads (measured: two Numba threads calling it take as long as one),
+and a BLAS pool of its own would spin between calls and starve the kernels' threads.
 
 ``GPUBPTT_CPU_VARIANT=loops|blas`` (read at each call) overrides the choice; ``auto`` or unset chooses.
 The thread count is Numba's (``numba.set_num_threads``, ``NUMBA_NUM_THREADS``); with one share
 (one thread, or a single sequence) the kernels run without a parallel region.
 """
-import contextlib
 import os
 
 from numba import get_num_threads, njit
@@ -27,29 +27,36 @@ from numba import get_num_threads, njit
 JIT_OPTIONS = dict(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
 
 VARIANTS = ("auto", "loops", "blas")
-LOOPS_MAX_HIDDEN = 32  # above this, and with more than LOOPS_MAX_BATCH sequences, BLAS is faster
+# On one thread BLAS's products beat the vectorised loops once H and the batch are not small
+# (measured on 2 cores: (B,T,H) = (64,100,256) 29 ms against 45); with several threads the loops,
+# which scale with them, match or beat it on every shape measured.
+LOOPS_MAX_HIDDEN = 32
 LOOPS_MAX_BATCH = 4
 TILE = 4  # sequences a thread advances together in the loops variant
 
 
-def choose(batch, hidden):
-    """'loops' or 'blas' for a recurrence over ``batch`` sequences of ``hidden`` units."""
+def choose(batch, hidden, threads=None):
+    """'loops' or 'blas' for a recurrence over ``batch`` sequences of ``hidden`` units on ``threads``
+    threads (Numba's count by default)."""
     forced = os.environ.get("GPUBPTT_CPU_VARIANT", "auto")
     if forced not in VARIANTS:
         raise ValueError(f"GPUBPTT_CPU_VARIANT: expected one of {', '.join(VARIANTS)}, got {forced!r}")
     if forced != "auto":
         return forced
-    return "loops" if hidden <= LOOPS_MAX_HIDDEN or batch <= LOOPS_MAX_BATCH else "blas"
+    threads = get_num_threads() if threads is None else threads
+    if threads > 1 or hidden <= LOOPS_MAX_HIDDEN or batch <= LOOPS_MAX_BATCH:
+        return "loops"
+    return "blas"
 
 
 def plan(batch, hidden):
     """(variant, tile, shares): the variant, the sequences per tile (loops) and the threads used."""
-    variant = choose(batch, hidden)
     threads = get_num_threads()
+    variant = choose(batch, hidden, threads)
     if variant == "loops":
         tile = max(1, min(TILE, -(-batch // threads)))
         return variant, tile, min(-(-batch // tile), threads)
-    return variant, batch, min(batch, threads)
+    return variant, batch, 1
 
 
 def compile_both(fn):
@@ -62,20 +69,28 @@ def pick(kernels, shares):
     return kernels[0] if shares > 1 else kernels[1]
 
 
-_controller = None
+def _numba_blas_on_one_thread():
+    """Run the BLAS that Numba's ``np.dot`` calls (SciPy's) on the calling thread, once for the process.
+
+    The kernels' own threads are the parallelism, and a BLAS pool of its own would spin between
+    calls and take the cores from them: measured on a 2-core machine, a serial kernel ran 40 times
+    slower (8 ms instead of 0.2 ms) for ~50 ms after a two-thread OpenBLAS product. NumPy's BLAS is
+    left alone when it is a library of its own (pip wheels: numpy.libs/); the engine calls only
+    SciPy's (kernels/linalg_cpu.py). Needs threadpoolctl (a dependency); without it nothing is set.
+    """
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401 - loads the library Numba binds np.dot to
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover
+        return
+    controller = ThreadpoolController()
+    ours = [lib.filepath for lib in controller.lib_controllers
+            if lib.user_api == "blas" and "numpy" not in os.path.basename(os.path.dirname(lib.filepath))]
+    if ours:
+        controller.select(filepath=ours).limit(limits=1)
 
 
-def single_threaded_blas():
-    """A context in which every loaded BLAS runs on the calling thread only (threadpoolctl); the
-    kernel's own threads are the parallelism. A no-op context when threadpoolctl is missing."""
-    global _controller
-    if _controller is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:  # pragma: no cover - threadpoolctl is a dependency
-            return contextlib.nullcontext()
-        _controller = ThreadpoolController()
-    return _controller.limit(limits=1, user_api="blas")
+_numba_blas_on_one_thread()
 
 
 @njit(**JIT_OPTIONS)

@@ -190,8 +190,7 @@ def forward_recurrence(U, WsT, S0, lengths, reverse, act, S):
     if variant == "loops":
         kernel(U, np.ascontiguousarray(WsT.T), S0, lengths, reverse, act, S, tile, shares)
     else:
-        with cpu_variants.single_threaded_blas():
-            kernel(U, WsT, S0, lengths, reverse, act, S, shares)
+        kernel(U, WsT, S0, lengths, reverse, act, S, shares)
 
 
 def backward_recurrence(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta, dS0):
@@ -212,5 +211,4 @@ def backward_recurrence(dS_out, Ws, S, lengths, reverse, act, truncate, clip, de
     if variant == "loops":
         kernel(dS_out, np.ascontiguousarray(Ws.T), S, lengths, reverse, act, truncate, clip, delta, dS0, tile, shares)
     else:
-        with cpu_variants.single_threaded_blas():
-            kernel(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta, dS0, shares)
+        kernel(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta, dS0, shares)

@@ -194,8 +194,7 @@ def forward_recurrence(U, WsT, bs, H0, lengths, reverse, Hs, Gn):
     if variant == "loops":
         kernel(U, np.ascontiguousarray(WsT.T), bs, H0, lengths, reverse, Hs, Gn, tile, shares)
     else:
-        with cpu_variants.single_threaded_blas():
-            kernel(U, WsT, bs, H0, lengths, reverse, Hs, Gn, shares)
+        kernel(U, WsT, bs, H0, lengths, reverse, Hs, Gn, shares)
 
 
 def backward_recurrence(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0):
@@ -216,5 +215,4 @@ def backward_recurrence(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, c
         kernel(dH_out, np.ascontiguousarray(Ws.T), G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0,
                tile, shares)
     else:
-        with cpu_variants.single_threaded_blas():
-            kernel(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0, shares)
+        kernel(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0, shares)

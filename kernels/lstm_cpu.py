@@ -197,8 +197,7 @@ def forward_recurrence(U, WsT, H0, C0, lengths, reverse, Hs, Cs):
     if variant == "loops":
         kernel(U, np.ascontiguousarray(WsT.T), H0, C0, lengths, reverse, Hs, Cs, tile, shares)
     else:
-        with cpu_variants.single_threaded_blas():
-            kernel(U, WsT, H0, C0, lengths, reverse, Hs, Cs, shares)
+        kernel(U, WsT, H0, C0, lengths, reverse, Hs, Cs, shares)
 
 
 def backward_recurrence(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0):
@@ -216,5 +215,4 @@ def backward_recurrence(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, c
         kernel(dH_out, np.ascontiguousarray(Ws.T), G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0,
                tile, shares)
     else:
-        with cpu_variants.single_threaded_blas():
-            kernel(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0, shares)
+        kernel(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0, shares)

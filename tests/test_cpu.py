@@ -113,8 +113,9 @@ def test_variant_choice_and_override(monkeypatch):
     from gpubptt.kernels import cpu_variants
 
     monkeypatch.delenv("GPUBPTT_CPU_VARIANT", raising=False)
-    assert cpu_variants.choose(64, 16) == "loops" and cpu_variants.choose(1, 1024) == "loops"
-    assert cpu_variants.choose(64, 64) == "blas" and cpu_variants.choose(64, 512) == "blas"
+    assert cpu_variants.choose(64, 16, 1) == "loops" and cpu_variants.choose(1, 1024, 1) == "loops"
+    assert cpu_variants.choose(64, 64, 1) == "blas" and cpu_variants.choose(64, 512, 1) == "blas"
+    assert cpu_variants.choose(64, 512, 2) == "loops"
     monkeypatch.setenv("GPUBPTT_CPU_VARIANT", "loops")
     assert cpu_variants.choose(64, 512) == "loops"
     monkeypatch.setenv("GPUBPTT_CPU_VARIANT", "fast")

@@ -18,7 +18,7 @@ Peers, each given the same weights, inputs and targets, side by side in this pro
     reference   gpubptt's plain-NumPy spec (slow: its cost is projected from a run on a slice of the
                 batch and time first; an entry whose projected run exceeds ``reference_budget_s`` is
                 marked skipped, otherwise it gets as many timed runs as fit the budget, at least one)
-    cpu         gpubptt's ``@njit`` kernels + NumPy's BLAS
+    cpu         gpubptt's ``@njit`` kernels + SciPy's BLAS on one thread
     cuda        gpubptt's ``@cuda.jit`` kernels + cuBLAS, CuPy arrays already on the GPU (a real GPU
                 only: the CUDA simulator is never benchmarked)
     torch-cpu   ``torch.nn.RNN`` (``nonlinearity=cell``) / ``nn.LSTM`` / ``nn.GRU`` + ``nn.Linear``,
@@ -80,12 +80,10 @@ run, is kept beside it: on a shared machine the gap between the two shows the in
 Ratios: ``ratios[q]`` of an entry is the median time of peer q over this entry's, on the same shape
 and mode: how many times faster this entry is than q (below 1: slower).
 
-Threads: ``threads`` sets Numba's (``numba.set_num_threads``), every loaded BLAS's (threadpoolctl
-when installed, else the ``openblas_set_num_threads`` family of the OpenBLAS libraries NumPy and
-SciPy loaded, found through ``/proc/self/maps``) and PyTorch's (``torch.set_num_threads``); they are
-restored afterwards. Where no BLAS can be set at run time, the BLAS count is recorded as
-uncontrolled, and the command line starts itself again with ``OPENBLAS_NUM_THREADS``,
-``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS`` set (they act only when set before NumPy loads).
+Threads: ``threads`` sets Numba's (``numba.set_num_threads``) and PyTorch's (``torch.set_num_threads``),
+restored afterwards. The BLAS libraries' counts are recorded, not set: gpubptt's CPU backend runs
+the BLAS it calls (SciPy's) on one thread on purpose (kernels/cpu_variants.py) and never calls
+NumPy's; PyTorch brings its own.
 """
 import argparse
 import contextlib
@@ -143,8 +141,6 @@ DTYPES = ("float32", "float64")
 # and through products of up to 512 terms; measured at most 6e-6 on the default grid (tanh, every
 # peer, benchmarks/cpu-2core-2026-11-24.json); 1e-3 still fails any real bug, which is off by O(1).
 TOLERANCE = {"float32": 1e-3, "float64": 1e-8}
-BLAS_ENV_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-REEXEC_MARK = "GPUBPTT_BENCH_REEXEC"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,39 +246,12 @@ def numba_max_threads():
     return int(numba.config.NUMBA_NUM_THREADS)
 
 
-def _openblas_handles():
-    """[(path, set_fn, get_fn)] of the OpenBLAS libraries loaded in this process (Linux)."""
-    try:
-        with open("/proc/self/maps") as f:
-            paths = sorted({line.split()[-1] for line in f if "openblas" in line.rsplit("/", 1)[-1].lower()})
-    except OSError:
-        return []
-    handles = []
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for prefix in ("", "scipy_"):
-            for suffix in ("", "64_"):
-                setter = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
-                getter = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
-                if setter is not None and getter is not None:
-                    setter.argtypes, setter.restype, getter.restype = [ctypes.c_int], None, ctypes.c_int
-                    handles.append((path, setter, getter))
-                    break
-            else:
-                continue
-            break
-    return handles
-
-
 @contextlib.contextmanager
 def thread_limits(threads, use_torch=True):
-    """Set Numba's, the BLAS libraries' and PyTorch's thread counts to ``threads`` (None: leave them),
-    yield a dict of what is in force, restore them on exit."""
+    """Set Numba's and PyTorch's thread counts to ``threads`` (None: leave them), yield a dict of what
+    is in force (the BLAS libraries' counts too), restore them on exit."""
     import numba
-    import scipy.linalg.cython_blas  # noqa: F401  the BLAS Numba's np.dot calls: loaded now, so it is set too
+    import scipy.linalg.cython_blas  # noqa: F401  the BLAS Numba's np.dot calls: loaded now, so it is recorded too
 
     info = {"requested": threads}
     undo = []
@@ -300,7 +269,9 @@ def thread_limits(threads, use_torch=True):
             numba.set_num_threads(threads)
             undo.append(lambda: numba.set_num_threads(old))
         info["numba"] = numba.get_num_threads()
-        info["blas"], info["blas_method"] = _set_blas_threads(threads, undo)
+        # BLAS is left as it is: gpubptt's CPU backend runs the BLAS it calls (SciPy's) on one thread
+        # on purpose (kernels/cpu_variants.py) and never calls NumPy's; PyTorch has its own
+        info["blas"] = _blas_info()
         info["openmp"] = _loaded_libraries("gomp", "iomp", "libomp")
         if torch is not None:
             if threads is not None:
@@ -324,45 +295,12 @@ def _loaded_libraries(*names):
     return sorted(p for p in paths if any(n in p.rsplit("/", 1)[-1] for n in names))
 
 
-def _set_blas_threads(threads, undo):
-    try:
-        import threadpoolctl
-    except ImportError:
-        threadpoolctl = None
-    if threadpoolctl is not None:
-        if threads is not None:
-            limiter = threadpoolctl.threadpool_limits(limits=threads, user_api="blas")
-            undo.append(limiter.restore_original_limits)
-        found = [{"library": i["filepath"], "api": i["internal_api"], "threads": i["num_threads"]}
-                 for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
-        if found:
-            return found, "threadpoolctl"
-    handles = _openblas_handles()
-    if handles:
-        for path, setter, getter in handles:
-            if threads is not None:
-                old = getter()
-                setter(threads)
-                undo.append(lambda s=setter, o=old: s(o))
-        return [{"library": p, "api": "openblas", "threads": g()} for p, _, g in handles], "openblas_set_num_threads"
-    env = {v: os.environ.get(v) for v in BLAS_ENV_VARS}
-    return [{"library": "unknown", "api": "unknown", "threads": None, "environment": env}], "uncontrolled"
+def _blas_info():
+    """The BLAS libraries loaded in this process and their thread counts (threadpoolctl)."""
+    import threadpoolctl
 
-
-def blas_controllable():
-    """True when the BLAS thread count can be set at run time in this process."""
-    try:
-        import threadpoolctl
-
-        if any(i["user_api"] == "blas" for i in threadpoolctl.threadpool_info()):
-            return True
-    except ImportError:
-        pass
-    return bool(_openblas_handles())
-
-
-# ---------------------------------------------------------------------------------------------
-# optional modules
+    return [{"library": i["filepath"], "api": i["internal_api"], "threads": i["num_threads"]}
+            for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
 
 
 def _torch():
@@ -1170,7 +1108,7 @@ def to_markdown(result):
         f"- date: {meta['date']}; gpubptt {meta['gpubptt']} at {meta['git_commit']}",
         f"- CPU: {meta['cpu']} ({meta['cpu_count']} CPUs); {meta['platform']}; load average (1, 5, 15 min) "
         f"{meta.get('load_average', {}).get('before')} before, {meta.get('load_average', {}).get('after')} after",
-        f"- threads: requested {th.get('requested')}; Numba {th.get('numba')}; BLAS ({th.get('blas_method')}) {blas}; "
+        f"- threads: requested {th.get('requested')}; Numba {th.get('numba')}; BLAS (as found) {blas}; "
         f"torch {th.get('torch', 'not loaded')}",
         "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val is not None),
         "- peers: " + "; ".join(
@@ -1317,18 +1255,7 @@ def add_arguments(p):
 
 
 def main(args):
-    """Run ``gpubptt bench`` from parsed arguments; 0 if every checked peer agrees with the oracle.
-
-    When this process is the ``gpubptt bench`` command itself (not a caller of ``main``) and no BLAS
-    thread count can be set at run time, it starts itself again with the BLAS environment variables
-    set to ``--threads``: they act only when set before NumPy loads.
-    """
-    if (args.threads is not None and sys.argv[1:2] == ["bench"] and not os.environ.get(REEXEC_MARK)
-            and not blas_controllable()):
-        env = dict(os.environ, **{v: str(args.threads) for v in BLAS_ENV_VARS}, **{REEXEC_MARK: "1"})
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.execve(sys.executable, [sys.executable, "-m", "gpubptt"] + sys.argv[1:], env)
+    """Run ``gpubptt bench`` from parsed arguments; 0 if every checked peer agrees with the oracle."""
     result = run(cell=args.cell, shapes=args.shapes, dtype=args.dtype, threads=args.threads, repeat=args.repeat,
                  backend=args.backend, quick=args.quick, output_size=args.output_size, mode=args.mode,
                  warmup=args.warmup, reference_budget_s=args.reference_budget, settle_s=args.settle,

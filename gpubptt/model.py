@@ -11,7 +11,7 @@ from . import engine, reference
 from .arrays import check_choice, check_float_array, check_int_array, check_type, to_device, to_host, xp_of
 from .backend import BACKENDS, resolve
 from .losses import LOSS_STEPS, LOSSES, OUTPUT_ACTIVATIONS, loss_and_output_grad, loss_mask
-from .params import CELLS, check_params, check_structure, init_params
+from .params import check_params, check_structure, init_params
 
 
 def forward(params, x, s0=None, cell="tanh", output_activation="identity", backend="auto", *, num_layers=1,

@@ -24,11 +24,10 @@ On the ``cuda`` backend with a GPU the model's parameters are moved to the GPU (
 and each batch is moved there once when it is drawn; the test set once per run. Losses and norms
 stay on the GPU until they are logged (every ``log_every`` steps).
 """
-import math
 import os
 import signal
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np

@@ -160,7 +160,8 @@ def test_thread_limits_set_and_restore_every_library():
     before = numba.get_num_threads(), torch.get_num_threads() if torch is not None else None
     with bench.thread_limits(1) as info:
         assert info["numba"] == numba.get_num_threads() == 1
-        assert info["blas"] and all(b["threads"] == 1 for b in info["blas"]), info
+        # recorded, not set: the BLAS gpubptt calls (SciPy's) stays on one thread whatever --threads says
+        assert info["blas"] and any("scipy.libs" in b["library"] and b["threads"] == 1 for b in info["blas"]), info
         assert isinstance(info["openmp"], list)  # the OpenMP runtimes loaded, recorded for the record
         if torch is not None:
             assert info["torch"] == torch.get_num_threads() == 1

@@ -1,5 +1,4 @@
 """The ``cpu`` backend (``@njit`` kernels + NumPy BLAS) against the reference."""
-import itertools
 
 import numpy as np
 import pytest

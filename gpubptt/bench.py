@@ -251,7 +251,7 @@ def thread_limits(threads, use_torch=True):
     """Set Numba's and PyTorch's thread counts to ``threads`` (None: leave them), yield a dict of what
     is in force (the BLAS libraries' counts too), restore them on exit."""
     import numba
-    import scipy.linalg.cython_blas  # noqa: F401  the BLAS Numba's np.dot calls: loaded now, so it is recorded too
+    from .kernels import cpu_variants  # noqa: F401  sets the BLAS Numba's np.dot calls to one thread: recorded as in force
 
     info = {"requested": threads}
     undo = []

@@ -99,6 +99,16 @@ def block_sums(buf, start, rows):
 
 
 @cuda.jit(device=True, inline="always")
+def split_sum(sm, part, b, unit, units, splits):
+    """The sum of the ``splits`` partial dot products a cooperative block left in shared memory for
+    sequence b and its unit ``unit``: Σ_ks sm[part + (b·splits + ks)·units + unit]."""
+    acc = sm[part + b * splits * units + unit]
+    for ks in range(1, splits):
+        acc += sm[part + (b * splits + ks) * units + unit]
+    return acc
+
+
+@cuda.jit(device=True, inline="always")
 def passes(i, truncate):
     """Whether the gradient of processing step i flows on to step i-1 under truncation ``truncate``
     (0: always); at step 0 it always does (to the initial state). The tiled kernels store a step's

@@ -19,7 +19,7 @@ weight-gradient sums are cuBLAS products done by the caller. The Python function
 stream of their arrays (CuPy's current one) and never wait for the GPU.
 """
 from . import activations
-from .cuda_blocks import MAX_THREADS, TILES, Footprint, block_sum, block_sums, device_empty, passes, run
+from .cuda_blocks import MAX_THREADS, TILES, Footprint, block_sum, block_sums, device_empty, passes, run, split_sum
 from .cuda_compat import cuda, device_jit, kernel_jit
 from .scalar import compile_scalar_functions
 
@@ -272,9 +272,7 @@ def _coop_forward_kernel(U, WsT, S0, lengths, reverse, act, units, splits, S):
                 L = lengths[b]
                 if i < L:
                     t = position(i, L, reverse)
-                    acc = U[t, b, j]
-                    for ks in range(splits):
-                        acc += sm[part + (b * splits + ks) * units + jj]
+                    acc = U[t, b, j] + split_sum(sm, part, b, jj, units, splits)
                     S[t, b, j] = activate(act, acc, one)
                 else:
                     S[i, b, j] = S0[b, j] if reverse else S[L - 1, b, j]
@@ -327,9 +325,7 @@ def _coop_backward_kernel(dS_out, Ws, S, lengths, reverse, act, truncate, clip, 
                 L = lengths[b]
                 if i < L:
                     t = position(i, L, reverse)
-                    g = dS_out[t, b, k]
-                    for ks in range(splits):
-                        g += sm[part + (b * splits + ks) * units + kk]
+                    g = dS_out[t, b, k] + split_sum(sm, part, b, kk, units, splits)
                     if clip > 0:
                         delta[t, b, k] = g  # kept until the norm over the grid is known
                     else:
@@ -376,9 +372,7 @@ def _coop_backward_kernel(dS_out, Ws, S, lengths, reverse, act, truncate, clip, 
         kk = o % units
         b = o // units
         if k0 + kk < H:
-            acc = zero
-            for ks in range(splits):
-                acc += sm[part + (b * splits + ks) * units + kk]
+            acc = split_sum(sm, part, b, kk, units, splits)
             dS0[b, k0 + kk] = acc
 
 

@@ -10,7 +10,7 @@ of a cooperative grid, each keeping its columns of Wsᵀ/Ws in shared memory; on
 per step, two with clipping). They differ only in the order of the floating-point sums.
 """
 from . import activations
-from .cuda_blocks import MAX_THREADS, TILES, Footprint, block_sum, block_sums, device_empty, passes, run
+from .cuda_blocks import MAX_THREADS, TILES, Footprint, block_sum, block_sums, device_empty, passes, run, split_sum
 from .cuda_compat import cuda, device_jit, kernel_jit
 from .scalar import compile_scalar_functions
 
@@ -393,8 +393,7 @@ def _coop_backward_kernel(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate,
                     dh = dH_out[t, b, j]
                     if i + 1 < L and passes(i + 1, truncate):
                         dh += dH0[b, j]
-                        for ks in range(splits):
-                            dh += sm[part + (b * splits + ks) * units + kk]
+                        dh += split_sum(sm, part, b, kk, units, splits)
                     dH_out[t, b, j] = dh
                     sq = dh * dh
                 else:
@@ -451,9 +450,7 @@ def _coop_backward_kernel(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate,
         b = o // units
         k = k0 + kk
         if k < H:
-            acc = dH0[b, k]
-            for ks in range(splits):
-                acc += sm[part + (b * splits + ks) * units + kk]
+            acc = dH0[b, k] + split_sum(sm, part, b, kk, units, splits)
             dH0[b, k] = acc
 
 

@@ -11,7 +11,7 @@ of a cooperative grid, each keeping its columns of Wsᵀ/Ws in shared memory; on
 per step, two with clipping). They differ only in the order of the floating-point sums.
 """
 from . import activations
-from .cuda_blocks import MAX_THREADS, TILES, Footprint, block_sum, block_sums, device_empty, passes, run
+from .cuda_blocks import MAX_THREADS, TILES, Footprint, block_sum, block_sums, device_empty, passes, run, split_sum
 from .cuda_compat import cuda, device_jit, kernel_jit
 from .scalar import compile_scalar_functions
 
@@ -414,8 +414,7 @@ def _coop_backward_kernel(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate,
                     t = position(i, L, reverse)
                     dh = dH_out[t, b, j]
                     if i + 1 < L and passes(i + 1, truncate):
-                        for ks in range(splits):
-                            dh += sm[part + (b * splits + ks) * units + kk]
+                        dh += split_sum(sm, part, b, kk, units, splits)
                     else:
                         dC0[b, j] = zero
                     dH_out[t, b, j] = dh
@@ -472,9 +471,7 @@ def _coop_backward_kernel(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate,
         kk = o % units
         b = o // units
         if k0 + kk < H:
-            acc = zero
-            for ks in range(splits):
-                acc += sm[part + (b * splits + ks) * units + kk]
+            acc = split_sum(sm, part, b, kk, units, splits)
             dH0[b, k0 + kk] = acc
 
 

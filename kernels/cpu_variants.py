@@ -27,11 +27,12 @@ from numba import get_num_threads, njit
 JIT_OPTIONS = dict(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
 
 VARIANTS = ("auto", "loops", "blas")
-# On one thread BLAS's products beat the vectorised loops once H and the batch are not small
-# (measured on 2 cores: (B,T,H) = (64,100,256) 29 ms against 45); with several threads the loops,
-# which scale with them, match or beat it on every shape measured.
-LOOPS_MAX_HIDDEN = 32
-LOOPS_MAX_BATCH = 4
+# ``blas`` once each thread's slice of the batch has BLAS_MIN_SHARE sequences: BLAS's products are then
+# real matrix products and beat the vectorised loops (measured on 2 cores, forward + backward
+# recurrence, (B,T,H) = (256,100,64) 4.1 ms against 8.6, (128,50,512) 37 against 47, (64,100,256) 12.8
+# against 13.3); below it, thin products cost BLAS more than they save ((32,100,256) on 2 threads
+# 8.2 against 6.7, (4,1000,256) 53 against 9).
+BLAS_MIN_SHARE = 24
 TILE = 4  # sequences a thread advances together in the loops variant
 
 
@@ -44,9 +45,7 @@ def choose(batch, hidden, threads=None):
     if forced != "auto":
         return forced
     threads = get_num_threads() if threads is None else threads
-    if threads > 1 or hidden <= LOOPS_MAX_HIDDEN or batch <= LOOPS_MAX_BATCH:
-        return "loops"
-    return "blas"
+    return "blas" if -(-batch // threads) >= BLAS_MIN_SHARE else "loops"
 
 
 def plan(batch, hidden):
@@ -56,7 +55,7 @@ def plan(batch, hidden):
     if variant == "loops":
         tile = max(1, min(TILE, -(-batch // threads)))
         return variant, tile, min(-(-batch // tile), threads)
-    return variant, batch, 1
+    return variant, batch, min(batch, threads)
 
 
 def compile_both(fn):
@@ -91,6 +90,38 @@ def _numba_blas_on_one_thread():
 
 
 _numba_blas_on_one_thread()
+
+
+# glibc's malloc thresholds while the CPU kernels are loaded: arrays up to MMAP_THRESHOLD come from the
+# heap, and up to TRIM_THRESHOLD of freed heap stays with the process. By default glibc maps a large
+# array afresh (or trims the freed heap) and every page is faulted in again on first write: measured
+# on a 2-core VM, ~1500 page faults in one forward + BPTT at (B,T,D,H) = (256,100,16,64) took 7 of
+# its 17 ms; keeping freed memory, 10 ms. Every allocation of the process is affected (PyTorch's in
+# the same process too); ``GPUBPTT_KEEP_FREED_MEMORY=0`` leaves glibc's defaults.
+MMAP_THRESHOLD = 256 << 20
+TRIM_THRESHOLD = 512 << 20
+
+
+def _keep_freed_memory():
+    """Set glibc's M_MMAP_THRESHOLD and M_TRIM_THRESHOLD (mallopt(3)); True when both were set."""
+    if os.environ.get("GPUBPTT_KEEP_FREED_MEMORY", "1") == "0":
+        return False
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:  # pragma: no cover
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # malloc.h
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD,
+                                                                                       TRIM_THRESHOLD))
+
+
+KEEPS_FREED_MEMORY = _keep_freed_memory()
 
 
 @njit(**JIT_OPTIONS)

@@ -1,14 +1,26 @@
 """The large matrix products of the fast path, on the CPU: SciPy's BLAS through Numba's ``np.dot``,
-which runs on the calling thread (cpu_variants). The engine calls ``matmul`` for every product that
-does not depend on the previous step (input products, output layer, weight gradients); NumPy's own
-BLAS, whose pool of threads would spin between calls and starve the kernels' threads (measured: a
-serial kernel 40 times slower for ~50 ms after a two-thread NumPy product on a 2-core machine), is
-not used. Twin: ``linalg_cuda.py`` (cuBLAS through CuPy).
+called from each of Numba's threads on its own share of the product. The engine calls ``matmul`` for
+every product that does not depend on the previous step (input products, output layer, weight
+gradients). BLAS runs on the calling thread (cpu_variants), so the kernels' threads are the only
+ones: concurrent calls from them scale (measured on 2 cores: [6400,256]x[256,256] 6.6 ms on one
+thread, 3.4 ms on two). NumPy's own BLAS, whose pool of threads would spin between calls and starve
+the kernels' threads (a serial kernel 40 times slower for ~50 ms after a two-thread NumPy product on
+a 2-core machine), is not used. Twin: ``linalg_cuda.py`` (cuBLAS through CuPy).
+
+How a product is shared among threads:
+- rows: op(a) C-contiguous [M,K]: each thread takes a slice of its rows and writes its rows of the
+  result (input products, dL/d input, the output layer);
+- inner: op(a) = aᵀ with a C-contiguous [K,M], op(b) C-contiguous [K,N]: each thread takes a slice of
+  the K rows (time steps x sequences) and forms a partial [M,N], summed in a fixed order (the
+  weight gradients Σ_t dU_tᵀ input_t, whose K is T·B);
+- one call otherwise, or when the product is too small for a second thread to pay (``MIN_SHARE_FLOPS``).
 """
 import numpy as np
-from numba import njit
+from numba import get_num_threads, njit, prange
 
 from . import cpu_variants
+
+MIN_SHARE_FLOPS = 2_000_000  # a thread's share below this (~20 µs of BLAS) is not worth a parallel region
 
 
 @njit(**cpu_variants.JIT_OPTIONS)
@@ -16,8 +28,34 @@ def _dot(A, B, out):
     np.dot(A, B, out)
 
 
+@njit(parallel=True, **cpu_variants.JIT_OPTIONS)
+def _dot_rows(A, B, out, shares):
+    M = A.shape[0]
+    for s in prange(shares):
+        lo, hi = s * M // shares, (s + 1) * M // shares
+        np.dot(A[lo:hi], B, out[lo:hi])
+
+
+@njit(parallel=True, **cpu_variants.JIT_OPTIONS)
+def _dot_inner(a, B, out, partial, shares):
+    """out = aᵀ B with the K rows of a and B shared; partial [shares-1, M, N] for all but the first."""
+    K = a.shape[0]
+    for s in prange(shares):
+        lo, hi = s * K // shares, (s + 1) * K // shares
+        if s == 0:
+            np.dot(a[lo:hi].T, B[lo:hi], out)
+        else:
+            np.dot(a[lo:hi].T, B[lo:hi], partial[s - 1])
+    for s in range(shares - 1):
+        out += partial[s]
+
+
 def _blas_layout(a):
     return a if a.flags.c_contiguous or a.flags.f_contiguous else np.ascontiguousarray(a)
+
+
+def _shares(M, K, N, split):
+    return max(1, min(get_num_threads(), split, (2 * M * K * N) // MIN_SHARE_FLOPS))
 
 
 def matmul(a, b, trans_a=False, trans_b=False):
@@ -25,6 +63,12 @@ def matmul(a, b, trans_a=False, trans_b=False):
     cannot take (a column slice) is copied first: those are weights or GRU gate blocks."""
     A = _blas_layout(a.T if trans_a else a)
     B = _blas_layout(b.T if trans_b else b)
-    out = np.empty((A.shape[0], B.shape[1]), dtype=np.result_type(A, B))
-    _dot(A, B, out)
+    (M, K), N = A.shape, B.shape[1]
+    out = np.empty((M, N), dtype=np.result_type(A, B))
+    if A.flags.c_contiguous and (shares := _shares(M, K, N, M)) > 1:
+        _dot_rows(A, B, out, shares)
+    elif trans_a and A.T.flags.c_contiguous and B.flags.c_contiguous and (shares := _shares(M, K, N, K)) > 1:
+        _dot_inner(A.T, B, out, np.empty((shares - 1, M, N), dtype=out.dtype), shares)
+    else:
+        _dot(A, B, out)
     return out

@@ -112,11 +112,45 @@ def test_variant_choice_and_override(monkeypatch):
     from gpubptt.kernels import cpu_variants
 
     monkeypatch.delenv("GPUBPTT_CPU_VARIANT", raising=False)
-    assert cpu_variants.choose(64, 16, 1) == "loops" and cpu_variants.choose(1, 1024, 1) == "loops"
-    assert cpu_variants.choose(64, 64, 1) == "blas" and cpu_variants.choose(64, 512, 1) == "blas"
-    assert cpu_variants.choose(64, 512, 2) == "loops"
+    share = cpu_variants.BLAS_MIN_SHARE  # sequences per thread from which BLAS's products pay
+    assert cpu_variants.choose(share, 16, 1) == "blas" and cpu_variants.choose(share - 1, 512, 1) == "loops"
+    assert cpu_variants.choose(2 * share, 512, 2) == "blas" and cpu_variants.choose(2 * share - 2, 64, 2) == "loops"
+    assert cpu_variants.choose(1, 1024, 1) == "loops"
     monkeypatch.setenv("GPUBPTT_CPU_VARIANT", "loops")
-    assert cpu_variants.choose(64, 512) == "loops"
+    assert cpu_variants.choose(1024, 512) == "loops"
     monkeypatch.setenv("GPUBPTT_CPU_VARIANT", "fast")
     with pytest.raises(ValueError, match="GPUBPTT_CPU_VARIANT: expected one of auto, loops, blas, got 'fast'"):
         cpu_variants.choose(64, 64)
+
+
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("M,K,N", [(37, 50, 3), (1, 9, 4), (6, 1, 5)])
+def test_matmul_shared_among_threads(M, K, N, trans_a, trans_b, monkeypatch):
+    """Every way linalg_cpu.matmul shares a product among threads (rows, inner, one call) gives the
+    product, whatever the operands' layouts; forced on small products by lowering the threshold."""
+    from numba import get_num_threads
+
+    from gpubptt.kernels import linalg_cpu
+
+    monkeypatch.setattr(linalg_cpu, "MIN_SHARE_FLOPS", 1)
+    rng = np.random.default_rng(M * K * N)
+    a = rng.standard_normal((K, M) if trans_a else (M, K)).astype(np.float32)
+    b = rng.standard_normal((N, K) if trans_b else (K, N)).astype(np.float32)
+    a_before, b_before = a.copy(), b.copy()
+    expected = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b).astype(np.float64)
+    shares = linalg_cpu._shares(M, K, N, K if trans_a else M)
+    assert shares == min(get_num_threads(), K if trans_a else M)
+    out = linalg_cpu.matmul(a, b, trans_a=trans_a, trans_b=trans_b)
+    assert out.shape == (M, N) and out.dtype == np.float32
+    assert_close(out, expected, 1e-5, "matmul")
+    assert np.array_equal(a, a_before) and np.array_equal(b, b_before)
+
+
+def test_bptt_with_products_shared_among_threads(monkeypatch):
+    """The engine's products split among threads (every product, however small) give the reference's
+    gradients, bidirectional and stacked so that every product of the engine is split."""
+    from gpubptt.kernels import linalg_cpu
+
+    monkeypatch.setattr(linalg_cpu, "MIN_SHARE_FLOPS", 1)
+    compare("tanh", "identity", "squared", "all", (7, 5, 3, 6, 2), np.float64, num_layers=2, bidirectional=True)

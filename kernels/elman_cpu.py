@@ -62,20 +62,20 @@ def scale_by_derivative(act, g, s, scale, out):
 
 
 def _forward_loops(U, Ws, S0, lengths, reverse, act, S, tile, shares):
-    """Each of ``shares`` threads runs whole tiles of ``tile`` sequences; Ws [H,H] untransposed."""
+    """Each of ``shares`` threads runs a contiguous run of tiles of ``tile`` sequences, all of them
+    one step at a time (``cpu_variants.share_of``); Ws [H,H] untransposed."""
     T, B, H = U.shape
     one = U.dtype.type(1.0)
-    tiles = -(-B // tile)
     for share in prange(shares):
-        prev = np.empty((tile, H), dtype=U.dtype)  # each sequence's state after its last processed step
-        rec = np.empty((tile, H), dtype=U.dtype)  # prev Wsᵀ
-        for first in range(share * tile, tiles * tile, shares * tile):
-            n = min(tile, B - first)
-            for q in range(n):
-                prev[q] = S0[first + q]
-            for i in range(T):
-                cpu_variants.tile_products(Ws, prev, n, rec)
-                _forward_step(U, S0, lengths, reverse, act, S, i, first, prev, rec, n, one)
+        lo, hi = cpu_variants.share_of(share, shares, B, tile)
+        prev = S0[lo:hi].copy()  # each sequence's state after its last processed step
+        rec = np.empty((tile, H), dtype=U.dtype)  # a tile's prev Wsᵀ
+        for i in range(T):
+            for first in range(lo, hi, tile):
+                n = min(tile, hi - first)
+                p = prev[first - lo:first - lo + n]
+                cpu_variants.tile_products(Ws, p, n, rec)
+                _forward_step(U, S0, lengths, reverse, act, S, i, first, p, rec, n, one)
 
 
 def _forward_blas(U, WsT, S0, lengths, reverse, act, S, shares):
@@ -110,22 +110,24 @@ def _forward_step(U, S0, lengths, reverse, act, S, i, first, prev, rec, n, one):
 
 
 def _backward_loops(dS_out, WsT, S, lengths, reverse, act, truncate, clip, delta, dS0, tile, shares):
-    """Each of ``shares`` threads runs whole tiles of ``tile`` sequences; WsT [H,H] = Wsᵀ."""
+    """As ``_forward_loops``, backwards in time; WsT [H,H] = Wsᵀ."""
     T, B, H = S.shape
-    tiles = -(-B // tile)
     for share in prange(shares):
-        last = np.zeros((tile, H), dtype=S.dtype)  # delta of the step processed before (the later step)
-        g = np.empty((tile, H), dtype=S.dtype)  # last Ws, then dL/dS_t
-        for first in range(share * tile, tiles * tile, shares * tile):
-            n = min(tile, B - first)
-            last[:] = 0
-            for i in range(T - 1, -1, -1):
+        lo, hi = cpu_variants.share_of(share, shares, B, tile)
+        last = np.zeros((hi - lo, H), dtype=S.dtype)  # delta of the step processed before (the later step)
+        g = np.empty((tile, H), dtype=S.dtype)  # a tile's last Ws, then dL/dS_t
+        for i in range(T - 1, -1, -1):
+            for first in range(lo, hi, tile):
+                n = min(tile, hi - first)
+                la = last[first - lo:first - lo + n]
                 if truncate > 0 and (i + 1) % truncate == 0:
                     g[:] = 0  # step i+1 starts a chunk: no gradient flows back across it
                 else:
-                    cpu_variants.tile_products(WsT, last, n, g)
-                _backward_step(dS_out, S, lengths, reverse, act, clip, delta, i, first, last, g, n)
-            cpu_variants.tile_products(WsT, last, n, g)
+                    cpu_variants.tile_products(WsT, la, n, g)
+                _backward_step(dS_out, S, lengths, reverse, act, clip, delta, i, first, la, g, n)
+        for first in range(lo, hi, tile):
+            n = min(tile, hi - first)
+            cpu_variants.tile_products(WsT, last[first - lo:first - lo + n], n, g)
             dS0[first:first + n] = g[:n]
 
 

@@ -66,20 +66,20 @@ def _clip_scale(dh, clip, one):
 
 
 def _forward_loops(U, Ws, bs, H0, lengths, reverse, Hs, Gn, tile, shares):
-    """Each of ``shares`` threads runs whole tiles of ``tile`` sequences; Ws [3H,H] untransposed."""
+    """Each of ``shares`` threads runs a contiguous run of tiles of ``tile`` sequences, all of them
+    one step at a time (``cpu_variants.share_of``); Ws [3H,H] untransposed."""
     T, B, G = U.shape
-    H = G // 3
     one = U.dtype.type(1.0)
-    tiles = -(-B // tile)
     for share in prange(shares):
-        h = np.empty((tile, H), dtype=U.dtype)
+        lo, hi = cpu_variants.share_of(share, shares, B, tile)
+        h = H0[lo:hi].copy()
         rec = np.empty((tile, G), dtype=U.dtype)
-        for first in range(share * tile, tiles * tile, shares * tile):
-            n = min(tile, B - first)
-            h[:n] = H0[first:first + n]
-            for i in range(T):
-                cpu_variants.tile_products(Ws, h, n, rec)
-                _forward_step(U, bs, H0, lengths, reverse, Hs, Gn, i, first, rec, h, n, one)
+        for i in range(T):
+            for first in range(lo, hi, tile):
+                n = min(tile, hi - first)
+                a, z = first - lo, first - lo + n
+                cpu_variants.tile_products(Ws, h[a:z], n, rec)
+                _forward_step(U, bs, H0, lengths, reverse, Hs, Gn, i, first, rec, h[a:z], n, one)
 
 
 def _forward_blas(U, WsT, bs, H0, lengths, reverse, Hs, Gn, shares):
@@ -108,28 +108,30 @@ def _forward_step(U, bs, H0, lengths, reverse, Hs, Gn, i, first, rec, h, n, one)
 
 
 def _backward_loops(dH_out, WsT, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0, tile, shares):
-    """Each of ``shares`` threads runs whole tiles of ``tile`` sequences; WsT [H,3H]."""
+    """As ``_forward_loops``, backwards in time; WsT [H,3H]."""
     T, B, Gs = G.shape
     H = Gs // 3
-    tiles = -(-B // tile)
     for share in prange(shares):
-        last = np.zeros((tile, Gs), dtype=G.dtype)  # dRec of the later step
-        dh = np.empty((tile, H), dtype=G.dtype)  # last Ws, then dL/dh_t
-        direct = np.zeros((tile, H), dtype=G.dtype)  # dh_{t+1} z_{t+1}: the path around the gates
-        for first in range(share * tile, tiles * tile, shares * tile):
-            n = min(tile, B - first)
-            last[:] = 0
-            direct[:] = 0
-            for i in range(T - 1, -1, -1):
+        lo, hi = cpu_variants.share_of(share, shares, B, tile)
+        last = np.zeros((hi - lo, Gs), dtype=G.dtype)  # dRec of the later step
+        dh = np.empty((tile, H), dtype=G.dtype)  # a tile's last Ws, then dL/dh_t
+        direct = np.zeros((hi - lo, H), dtype=G.dtype)  # dh_{t+1} z_{t+1}: the path around the gates
+        for i in range(T - 1, -1, -1):
+            for first in range(lo, hi, tile):
+                n = min(tile, hi - first)
+                a, z = first - lo, first - lo + n
                 if truncate > 0 and (i + 1) % truncate == 0:  # step i+1 starts a chunk: nothing flows back
                     dh[:] = 0
-                    direct[:] = 0
+                    direct[a:z] = 0
                 else:
-                    cpu_variants.tile_products(WsT, last, n, dh)
-                _backward_step(dH_out, G, Gn, Hs, H0, lengths, reverse, clip, dRec, dNx, i, first, last, dh,
-                               direct, n)
-            cpu_variants.tile_products(WsT, last, n, dh)
-            dH0[first:first + n] = dh[:n] + direct[:n]
+                    cpu_variants.tile_products(WsT, last[a:z], n, dh)
+                _backward_step(dH_out, G, Gn, Hs, H0, lengths, reverse, clip, dRec, dNx, i, first, last[a:z], dh,
+                               direct[a:z], n)
+        for first in range(lo, hi, tile):
+            n = min(tile, hi - first)
+            a, z = first - lo, first - lo + n
+            cpu_variants.tile_products(WsT, last[a:z], n, dh)
+            dH0[first:first + n] = dh[:n] + direct[a:z]
 
 
 def _backward_blas(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0, shares):

@@ -69,22 +69,21 @@ def _clip_scale(dh, dcn, clip, one):
 
 
 def _forward_loops(U, Ws, H0, C0, lengths, reverse, Hs, Cs, tile, shares):
-    """Each of ``shares`` threads runs whole tiles of ``tile`` sequences; Ws [4H,H] untransposed."""
+    """Each of ``shares`` threads runs a contiguous run of tiles of ``tile`` sequences, all of them
+    one step at a time (``cpu_variants.share_of``); Ws [4H,H] untransposed."""
     T, B, G = U.shape
-    H = G // 4
     one = U.dtype.type(1.0)
-    tiles = -(-B // tile)
     for share in prange(shares):
-        h = np.empty((tile, H), dtype=U.dtype)
-        c = np.empty((tile, H), dtype=U.dtype)
+        lo, hi = cpu_variants.share_of(share, shares, B, tile)
+        h = H0[lo:hi].copy()
+        c = C0[lo:hi].copy()
         rec = np.empty((tile, G), dtype=U.dtype)
-        for first in range(share * tile, tiles * tile, shares * tile):
-            n = min(tile, B - first)
-            h[:n] = H0[first:first + n]
-            c[:n] = C0[first:first + n]
-            for i in range(T):
-                cpu_variants.tile_products(Ws, h, n, rec)
-                _forward_step(U, H0, C0, lengths, reverse, Hs, Cs, i, first, rec, c, h, n, one)
+        for i in range(T):
+            for first in range(lo, hi, tile):
+                n = min(tile, hi - first)
+                a, z = first - lo, first - lo + n
+                cpu_variants.tile_products(Ws, h[a:z], n, rec)
+                _forward_step(U, H0, C0, lengths, reverse, Hs, Cs, i, first, rec, c[a:z], h[a:z], n, one)
 
 
 def _forward_blas(U, WsT, H0, C0, lengths, reverse, Hs, Cs, shares):
@@ -115,28 +114,30 @@ def _forward_step(U, H0, C0, lengths, reverse, Hs, Cs, i, first, rec, c, h, n, o
 
 
 def _backward_loops(dH_out, WsT, G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0, tile, shares):
-    """Each of ``shares`` threads runs whole tiles of ``tile`` sequences; WsT [H,4H]."""
+    """As ``_forward_loops``, backwards in time; WsT [H,4H]."""
     T, B, Gs = G.shape
     H = Gs // 4
-    tiles = -(-B // tile)
     for share in prange(shares):
-        last = np.zeros((tile, Gs), dtype=G.dtype)  # dG of the later step
-        dh = np.empty((tile, H), dtype=G.dtype)  # last Ws, then dL/dh_t
-        dcn = np.zeros((tile, H), dtype=G.dtype)  # dL/dc_t through c_{t+1}
-        for first in range(share * tile, tiles * tile, shares * tile):
-            n = min(tile, B - first)
-            last[:] = 0
-            dcn[:] = 0
-            for i in range(T - 1, -1, -1):
+        lo, hi = cpu_variants.share_of(share, shares, B, tile)
+        last = np.zeros((hi - lo, Gs), dtype=G.dtype)  # dG of the later step
+        dh = np.empty((tile, H), dtype=G.dtype)  # a tile's last Ws, then dL/dh_t
+        dcn = np.zeros((hi - lo, H), dtype=G.dtype)  # dL/dc_t through c_{t+1}
+        for i in range(T - 1, -1, -1):
+            for first in range(lo, hi, tile):
+                n = min(tile, hi - first)
+                a, z = first - lo, first - lo + n
                 if truncate > 0 and (i + 1) % truncate == 0:  # step i+1 starts a chunk: nothing flows back
                     dh[:] = 0
-                    dcn[:] = 0
+                    dcn[a:z] = 0
                 else:
-                    cpu_variants.tile_products(WsT, last, n, dh)
-                _backward_step(dH_out, G, Cs, C0, lengths, reverse, clip, dG, i, first, last, dh, dcn, n)
-            cpu_variants.tile_products(WsT, last, n, dh)
+                    cpu_variants.tile_products(WsT, last[a:z], n, dh)
+                _backward_step(dH_out, G, Cs, C0, lengths, reverse, clip, dG, i, first, last[a:z], dh, dcn[a:z], n)
+        for first in range(lo, hi, tile):
+            n = min(tile, hi - first)
+            a, z = first - lo, first - lo + n
+            cpu_variants.tile_products(WsT, last[a:z], n, dh)
             dH0[first:first + n] = dh[:n]
-            dC0[first:first + n] = dcn[:n]
+            dC0[first:first + n] = dcn[a:z]
 
 
 def _backward_blas(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0, shares):

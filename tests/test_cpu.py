@@ -112,9 +112,10 @@ def test_variant_choice_and_override(monkeypatch):
     from gpubptt.kernels import cpu_variants
 
     monkeypatch.delenv("GPUBPTT_CPU_VARIANT", raising=False)
-    share = cpu_variants.BLAS_MIN_SHARE  # sequences per thread from which BLAS's products pay
-    assert cpu_variants.choose(share, 16, 1) == "blas" and cpu_variants.choose(share - 1, 512, 1) == "loops"
-    assert cpu_variants.choose(2 * share, 512, 2) == "blas" and cpu_variants.choose(2 * share - 2, 64, 2) == "loops"
+    per_unit = cpu_variants.BLAS_MIN_SHARE_PER_UNIT  # sequences per thread and hidden unit from which BLAS pays
+    assert cpu_variants.choose(per_unit * 16, 16, 1) == "blas" and cpu_variants.choose(per_unit * 16 - 1, 16, 1) == "loops"
+    assert cpu_variants.choose(2 * per_unit * 64, 64, 2) == "blas"
+    assert cpu_variants.choose(2 * per_unit * 64 - 2, 64, 2) == "loops" and cpu_variants.choose(64, 512, 2) == "loops"
     assert cpu_variants.choose(1, 1024, 1) == "loops"
     monkeypatch.setenv("GPUBPTT_CPU_VARIANT", "loops")
     assert cpu_variants.choose(1024, 512) == "loops"

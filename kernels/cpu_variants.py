@@ -18,6 +18,7 @@ The thread count is Numba's (``numba.set_num_threads``, ``NUMBA_NUM_THREADS``); 
 (one thread, or a single sequence) the kernels run without a parallel region.
 """
 import os
+import types
 
 from numba import get_num_threads, njit
 
@@ -74,8 +75,18 @@ def share_of(share, shares, batch, tile):
 
 def compile_both(fn):
     """(parallel, serial) compilations of one kernel: ``prange`` runs in parallel in the first and as
-    a plain loop in the second, which spares a single share the parallel region's start-up."""
-    return njit(parallel=True, **JIT_OPTIONS)(fn), njit(**JIT_OPTIONS)(fn)
+    a plain loop in the second, which spares a single share the parallel region's start-up.
+
+    The serial one compiles a copy of the function named ``<name>_serial``: Numba's on-disk cache
+    names its files after the function and keys its entries by signature, not by the ``parallel``
+    flag, so two compilations of one function would share entries and whichever was compiled first
+    would be loaded for both (seen: the parallel kernels running on one thread after the serial ones
+    had been cached first)."""
+    serial = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__,
+                                fn.__closure__)
+    serial.__qualname__ = fn.__qualname__ + "_serial"
+    serial.__doc__ = fn.__doc__
+    return njit(parallel=True, **JIT_OPTIONS)(fn), njit(**JIT_OPTIONS)(serial)
 
 
 def pick(kernels, shares):

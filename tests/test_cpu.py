@@ -155,3 +155,17 @@ def test_bptt_with_products_shared_among_threads(monkeypatch):
 
     monkeypatch.setattr(linalg_cpu, "MIN_SHARE_FLOPS", 1)
     compare("tanh", "identity", "squared", "all", (7, 5, 3, 6, 2), np.float64, num_layers=2, bidirectional=True)
+
+
+@pytest.mark.parametrize("module", ["elman_cpu", "lstm_cpu", "gru_cpu"])
+def test_parallel_and_serial_kernels_cached_apart(module):
+    """compile_both's two compilations of a kernel keep separate entries in Numba's on-disk cache:
+    sharing them, the serial code was loaded for the parallel kernel and ran on one thread."""
+    import importlib
+
+    kernels = importlib.import_module(f"gpubptt.kernels.{module}")
+    for table in (kernels._forward_kernels, kernels._backward_kernels):
+        for parallel, serial in table.values():
+            assert parallel.targetoptions.get("parallel") and not serial.targetoptions.get("parallel")
+            assert parallel._cache._cache_file._index_name != serial._cache._cache_file._index_name
+            assert serial.py_func.__code__ is parallel.py_func.__code__  # the same kernel, compiled twice

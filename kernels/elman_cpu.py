@@ -104,7 +104,8 @@ def _forward_step(U, S0, lengths, reverse, act, S, i, first, prev, rec, n, one):
             for j in range(H):
                 out[j] = U[t, b, j] + rec[q, j]
             activate_vector(act, out, one)
-            prev[q] = out
+            for j in range(H):
+                prev[q, j] = out[j]
         else:
             S[i, b] = S0[b] if reverse else prev[q]
 
@@ -167,7 +168,8 @@ def _backward_step(dS_out, S, lengths, reverse, act, clip, delta, i, first, last
             gq[k] += dS_out[t, b, k]
             sumsq += gq[k] * gq[k]
         scale_by_derivative(act, gq, S[t, b], clip_scale(sumsq, clip, one), last[q])
-        delta[t, b] = last[q]
+        for k in range(H):
+            delta[t, b, k] = last[q, k]
 
 
 _forward_kernels = {"loops": cpu_variants.compile_both(_forward_loops),

@@ -299,10 +299,12 @@ def _loaded_libraries(*names):
 
 
 def _blas_info():
-    """The BLAS libraries loaded in this process and their thread counts (threadpoolctl)."""
+    """The BLAS libraries loaded in this process, their thread counts and the kernels they run
+    (``architecture``: OpenBLAS's core type, kernels/cpu_variants.py) (threadpoolctl)."""
     import threadpoolctl
 
-    return [{"library": i["filepath"], "api": i["internal_api"], "threads": i["num_threads"]}
+    return [{"library": i["filepath"], "api": i["internal_api"], "threads": i["num_threads"],
+             "architecture": i.get("architecture")}
             for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
 
 
@@ -1101,7 +1103,8 @@ def to_markdown(result):
     meta, peers = result["meta"], result["peers"]
     names = [p for p in PEERS if p in peers and peers[p]["available"]]
     th = meta["threads"]
-    blas = ", ".join(f"{os.path.basename(str(b['library']))}={b['threads']}" for b in th.get("blas", []))
+    blas = ", ".join(f"{os.path.basename(str(b['library']))}={b['threads']}"
+                     + (f" ({b['architecture']})" if b.get("architecture") else "") for b in th.get("blas", []))
     v = meta["versions"]
     lines = [
         f"# gpubptt bench: cell {meta['cell']}, {meta['dtype']}, O = {meta['output_size']}",

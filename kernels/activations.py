@@ -95,8 +95,14 @@ def lstm_pointwise(i_pre, f_pre, g_pre, o_pre, c_prev, one):
     f = sigmoid(f_pre, one)
     g = tanh(g_pre, one)
     o = sigmoid(o_pre, one)
+    c, h = lstm_state(i, f, g, o, c_prev, one)
+    return i, f, g, o, c, h
+
+
+def lstm_state(i, f, g, o, c_prev, one):
+    """The LSTM state from its gates: c = f c_prev + i g, h = o tanh(c). Returns (c, h)."""
     c = f * c_prev + i * g
-    return i, f, g, o, c, o * tanh(c, one)
+    return c, o * tanh(c, one)
 
 
 def lstm_pointwise_backward(dh, dc_next, i, f, g, o, c, c_prev, one):
@@ -118,8 +124,14 @@ def gru_pointwise(r_pre, z_pre, n_x, hn, h_prev, one):
     h = (1 - z) n + z h_prev. Returns (r, z, n, h)."""
     r = sigmoid(r_pre, one)
     z = sigmoid(z_pre, one)
+    n, h = gru_state(r, z, n_x, hn, h_prev, one)
+    return r, z, n, h
+
+
+def gru_state(r, z, n_x, hn, h_prev, one):
+    """The GRU state from its gates r, z: n = tanh(n_x + r hn), h = (1 - z) n + z h_prev. Returns (n, h)."""
     n = tanh(n_x + r * hn, one)
-    return r, z, n, (one - z) * n + z * h_prev
+    return n, (one - z) * n + z * h_prev
 
 
 def gru_pointwise_backward(dh, r, z, n, hn, h_prev, one):

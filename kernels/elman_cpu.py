@@ -30,23 +30,26 @@ clip_scale = _scalar.clip_scale
 
 @njit(**cpu_variants.JIT_OPTIONS)
 def _activate_row(act, U, t, b, rec, q, S, prev, one):
-    """S[t, b] = prev[q] = g1(U[t, b] + rec[q]) in one pass, one loop per activation: with the code a
-    constant inside each loop the compiler vectorises it (a code read per element would keep it
-    scalar). Measured at B = 1, H = 64: 120 ns a step against 190 with the sum, g1 and the copy in
-    three passes over views."""
+    """S[t, b] = prev[q] = g1(U[t, b] + rec[q]), one loop per activation: with the code a constant
+    inside each loop the compiler vectorises it (a code read per element would keep it scalar). U
+    is added into rec first, in a loop of its own: the engine passes S = U, and a loop reading U
+    and writing S fails the compiler's overlap check and runs scalar (measured: forward at (B,T,H)
+    = (256,100,64) on one thread, 4.7 ms with S = U against 2.4 ms with S apart)."""
     H = U.shape[2]
+    for j in range(H):
+        rec[q, j] += U[t, b, j]
     if act == activations.TANH:
         for j in range(H):
-            S[t, b, j] = prev[q, j] = activate(activations.TANH, U[t, b, j] + rec[q, j], one)
+            S[t, b, j] = prev[q, j] = activate(activations.TANH, rec[q, j], one)
     elif act == activations.RELU:
         for j in range(H):
-            S[t, b, j] = prev[q, j] = activate(activations.RELU, U[t, b, j] + rec[q, j], one)
+            S[t, b, j] = prev[q, j] = activate(activations.RELU, rec[q, j], one)
     elif act == activations.SIGMOID:
         for j in range(H):
-            S[t, b, j] = prev[q, j] = activate(activations.SIGMOID, U[t, b, j] + rec[q, j], one)
+            S[t, b, j] = prev[q, j] = activate(activations.SIGMOID, rec[q, j], one)
     else:
         for j in range(H):
-            S[t, b, j] = prev[q, j] = U[t, b, j] + rec[q, j]
+            S[t, b, j] = prev[q, j] = rec[q, j]
 
 
 @njit(**cpu_variants.JIT_OPTIONS)

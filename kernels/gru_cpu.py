@@ -12,7 +12,8 @@ from . import activations, cpu_variants
 from .scalar import compile_scalar_functions
 
 _scalar = compile_scalar_functions(activations, njit(**cpu_variants.JIT_OPTIONS))
-gru_pointwise = _scalar.gru_pointwise
+gru_state = _scalar.gru_state
+sigmoid = _scalar.sigmoid
 gru_pointwise_backward = _scalar.gru_pointwise_backward
 position = _scalar.position
 clip_scale = _scalar.clip_scale
@@ -21,18 +22,23 @@ clip_scale = _scalar.clip_scale
 @njit(**cpu_variants.JIT_OPTIONS)
 def _cell(U, t, b, rec, bs, h, Hs, Gn, one):
     """Gates of step t of sequence b from U[t,b] and rec = h Wsᵀ; writes the gates over U[t,b],
-    Ws_n h + bs_n into Gn, the state into Hs and the running state h."""
+    Ws_n h + bs_n into Gn, the state into Hs and the running state h. The formulas of
+    ``gru_pointwise`` in loops the compiler vectorises, as in lstm_cpu._cell: r, z, then Ws_n h + bs_n
+    (kept apart: the reset gate scales it) in rec, then n and h, then the stores. Measured per unit,
+    H = 256: ~0.8 ns; with r, z and bs_n in one loop (eight arrays or offsets), ~8 ns, scalar."""
     H = h.size
+    for j in range(2 * H):
+        rec[j] = sigmoid(rec[j] + U[t, b, j] + bs[j], one)
     for j in range(H):
-        hn = rec[2 * H + j] + bs[2 * H + j]
-        r, z, n, hj = gru_pointwise(U[t, b, j] + rec[j] + bs[j], U[t, b, H + j] + rec[H + j] + bs[H + j],
-                                    U[t, b, 2 * H + j], hn, h[j], one)
-        U[t, b, j] = r
-        U[t, b, H + j] = z
-        U[t, b, 2 * H + j] = n
-        Gn[t, b, j] = hn
-        Hs[t, b, j] = hj
-        h[j] = hj
+        rec[2 * H + j] += bs[2 * H + j]
+    for j in range(H):
+        Gn[t, b, j] = rec[2 * H + j]
+    for j in range(H):
+        rec[2 * H + j], h[j] = gru_state(rec[j], rec[H + j], U[t, b, 2 * H + j], rec[2 * H + j], h[j], one)
+    for j in range(3 * H):
+        U[t, b, j] = rec[j]
+    for j in range(H):
+        Hs[t, b, j] = h[j]
 
 
 @njit(**cpu_variants.JIT_OPTIONS)

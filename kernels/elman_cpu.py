@@ -19,9 +19,8 @@ import numpy as np
 from numba import njit, prange
 
 from . import activations, cpu_variants
-from .scalar import compile_scalar_functions
 
-_scalar = compile_scalar_functions(activations, njit(**cpu_variants.JIT_OPTIONS))
+_scalar = cpu_variants.compile_scalar(activations)
 activate = _scalar.activate
 derivative_from_output = _scalar.derivative_from_output
 position = _scalar.position

@@ -9,9 +9,8 @@ import numpy as np
 from numba import njit, prange
 
 from . import activations, cpu_variants
-from .scalar import compile_scalar_functions
 
-_scalar = compile_scalar_functions(activations, njit(**cpu_variants.JIT_OPTIONS))
+_scalar = cpu_variants.compile_scalar(activations)
 gru_state = _scalar.gru_state
 sigmoid = _scalar.sigmoid
 gru_pointwise_backward = _scalar.gru_pointwise_backward

@@ -7,12 +7,17 @@ the functions whose globals point at that target's compiled versions: one source
 import types
 
 
-def compile_scalar_functions(module, jit):
-    """Return a namespace with every public function of ``module`` compiled by ``jit``."""
+def compile_scalar_functions(module, jit, overrides=None):
+    """Return a namespace with every public function of ``module`` compiled by ``jit``; a name in
+    ``overrides`` is taken from there instead (already a compiled function of the target), and the
+    copies call it."""
+    overrides = overrides or {}
     namespace = dict(vars(module))
     compiled = {}
     for name, fn in vars(module).items():
-        if isinstance(fn, types.FunctionType) and not name.startswith("_") and fn.__module__ == module.__name__:
+        if name in overrides:
+            compiled[name] = overrides[name]
+        elif isinstance(fn, types.FunctionType) and not name.startswith("_") and fn.__module__ == module.__name__:
             copy = types.FunctionType(fn.__code__, namespace, name, fn.__defaults__, fn.__closure__)
             copy.__qualname__ = fn.__qualname__
             copy.__module__ = fn.__module__

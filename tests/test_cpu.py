@@ -169,3 +169,20 @@ def test_parallel_and_serial_kernels_cached_apart(module):
             assert parallel.targetoptions.get("parallel") and not serial.targetoptions.get("parallel")
             assert parallel._cache._cache_file._index_name != serial._cache._cache_file._index_name
             assert serial.py_func.__code__ is parallel.py_func.__code__  # the same kernel, compiled twice
+
+
+def test_float32_tanh_branch_decided_by_type():
+    """The CPU kernels' float32 tanh is the rational one whatever the caller: compiled alone, with
+    ``one`` an argument (as a step function compiled apart, or loaded from Numba's cache, sees it),
+    its code has no call to libm's tanhf, the float64 branch (which kept such loops scalar)."""
+    import math
+
+    from numba import njit
+
+    from gpubptt.kernels import cpu_variants, elman_cpu
+
+    tanh = elman_cpu._scalar.tanh
+    fresh = njit(**{k: v for k, v in cpu_variants.JIT_OPTIONS.items() if k != "cache"})(tanh.py_func)
+    assert abs(fresh(np.float32(0.5), np.float32(1.0)) - math.tanh(0.5)) < 1e-6
+    assert "tanhf" not in fresh.inspect_llvm(fresh.signatures[0])
+    assert fresh(0.5, 1.0) == math.tanh(0.5)  # float64 keeps math.tanh

@@ -27,7 +27,7 @@ position = _scalar.position
 clip_scale = _scalar.clip_scale
 
 
-@njit(**cpu_variants.JIT_OPTIONS)
+@njit(inline="always", **cpu_variants.JIT_OPTIONS)
 def _activate_row(act, U, t, b, rec, q, S, prev, one):
     """S[t, b] = prev[q] = g1(U[t, b] + rec[q]), one loop per activation: with the code a constant
     inside each loop the compiler vectorises it (a code read per element would keep it scalar). U
@@ -51,7 +51,7 @@ def _activate_row(act, U, t, b, rec, q, S, prev, one):
             S[t, b, j] = prev[q, j] = rec[q, j]
 
 
-@njit(**cpu_variants.JIT_OPTIONS)
+@njit(inline="always", **cpu_variants.JIT_OPTIONS)
 def _scale_row(act, g, q, S, t, b, scale, last, delta):
     """delta[t, b] = last[q] = g[q] ⊙ g1'(a) · scale, g1'(a) written through S[t, b] = g1(a); one
     pass, one loop per activation."""
@@ -70,6 +70,12 @@ def _scale_row(act, g, q, S, t, b, scale, last, delta):
     else:
         for k in range(H):
             delta[t, b, k] = last[q, k] = g[q, k] * scale
+
+
+# The step and row functions are inlined into the kernels in Numba's IR (inline="always"): called as
+# functions, each call with its dozen array arguments cost ~25-30 ns per row (measured at H = 128,
+# one sequence: a row's pointwise work ~27 ns inlined, ~55 ns behind one call, ~85 behind two;
+# backward at (B,T,H) = (1,1000,64) 0.23 -> 0.20 ms inlined).
 
 
 def _forward_loops(U, Ws, S0, lengths, reverse, act, S, tile, shares):
@@ -102,7 +108,7 @@ def _forward_blas(U, WsT, S0, lengths, reverse, act, S, shares):
             _forward_step(U, S0, lengths, reverse, act, S, i, first, prev, rec, end - first, one)
 
 
-@njit(**cpu_variants.JIT_OPTIONS)
+@njit(inline="always", **cpu_variants.JIT_OPTIONS)
 def _forward_step(U, S0, lengths, reverse, act, S, i, first, prev, rec, n, one):
     """Step i of sequences first..first+n-1 from their recurrent products rec[q] = prev[q] Wsᵀ."""
     H = U.shape[2]
@@ -153,7 +159,7 @@ def _backward_blas(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta, 
         np.dot(last, Ws, dS0[first:end])
 
 
-@njit(**cpu_variants.JIT_OPTIONS)
+@njit(inline="always", **cpu_variants.JIT_OPTIONS)
 def _backward_step(dS_out, S, lengths, reverse, act, clip, delta, i, first, last, g, n):
     """Step i (backwards) of sequences first..first+n-1 from g[q] = (the later step's delta) Ws;
     writes their deltas into ``delta`` and ``last``."""

@@ -3,10 +3,10 @@
 The sequences of a batch are independent, so each thread takes a share of them and runs the whole
 time loop over it: one parallel region per call, no synchronisation per step. The variants differ in
 how a share's recurrent products are formed:
-``loops``: tiles of a few sequences, the products written as plain dot products the compiler
-vectorises; for thin shares (few sequences a thread), where a BLAS call costs more than it computes.
-``blas``: a contiguous slice of the batch, one BLAS product per step for all of it (SciPy's BLAS
-through Numba's ``np.dot``), then the pointwise work.
+``loops`` (most shapes): tiles of 4 sequences, the products written as register-blocked dot
+products the compiler vectorises.
+``blas`` (small H, many sequences a thread): one BLAS product per step for the thread's whole slice
+(SciPy's BLAS through Numba's ``np.dot``), then the pointwise work.
 
 BLAS runs on the calling thread (``_numba_blas_on_one_thread``): concurrent calls from the kernels'
 threads scale (measured on 2 cores: two threads each multiplying half of [6400,256]x[256,256], 3.4
@@ -62,8 +62,8 @@ def single_precision(one):
     of tanh and sigmoid is gone even in a function compiled alone, where ``one`` is an argument. The
     value test of activations.py folds only once the caller's constant is inlined by LLVM, which a
     function compiled apart (or loaded from Numba's cache) never is: such a step function kept the
-    libm tanhf branch, its loops ran scalar (measured: a row of 128 units 55-85 ns instead of ~25, the
-    GRU forward at (64,100,·,256) 41 ms instead of 18 once loaded from the cache)."""
+    libm tanhf branch and its loops ran scalar (measured: the GRU forward at (64,100,·,256), 41 ms
+    loaded from the cache against 18 ms compiled in the process)."""
     return one + np.float32(2.0 ** -30) == one
 
 
@@ -74,7 +74,7 @@ def _single_precision_from_type(one):
 
 
 def compile_scalar(module):
-    """``module``'s scalar functions (activations.py, optim_math.py) compiled for the CPU kernels."""
+    """``module``'s scalar functions (activations.py) compiled for the CPU kernels."""
     return compile_scalar_functions(module, njit(**JIT_OPTIONS), overrides={"single_precision": single_precision})
 
 

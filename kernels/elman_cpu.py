@@ -111,7 +111,6 @@ def _forward_blas(U, WsT, S0, lengths, reverse, act, S, shares):
 @njit(inline="always", **cpu_variants.JIT_OPTIONS)
 def _forward_step(U, S0, lengths, reverse, act, S, i, first, prev, rec, n, one):
     """Step i of sequences first..first+n-1 from their recurrent products rec[q] = prev[q] Wsᵀ."""
-    H = U.shape[2]
     for q in range(n):
         b = first + q
         L = lengths[b]

@@ -151,6 +151,13 @@ def position(i, length, reverse):
     return i
 
 
+def passes(i, truncate):
+    """Whether the gradient of processing step i flows on to step i-1 under truncation ``truncate``
+    (0: full BPTT): not across a step that starts a chunk of ``truncate`` steps (k, 2k, ...); at
+    step 0 it always does (to the initial state)."""
+    return i == 0 or not (truncate > 0 and i % truncate == 0)
+
+
 def clip_scale(sumsq, clip, one):
     """The factor that rescales a vector of squared norm ``sumsq`` to norm ``clip`` when it is longer
     (the article's per-step clipping); 1 when ``clip`` <= 0 (off) or the vector is short enough."""

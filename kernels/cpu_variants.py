@@ -20,10 +20,10 @@ The thread count is Numba's (``numba.set_num_threads``, ``NUMBA_NUM_THREADS``); 
 import os
 import types
 
-import numpy as np
 from numba import get_num_threads, njit, types as nb_types
 from numba.extending import overload
 
+from . import activations
 from .scalar import compile_scalar_functions
 
 # Options of every CPU kernel and of the scalar math compiled for them. error_model="numpy": a float
@@ -56,26 +56,25 @@ def choose(batch, hidden, threads=None):
     return "blas" if -(-batch // threads) >= BLAS_MIN_SHARE_PER_UNIT * hidden else "loops"
 
 
-def single_precision(one):
+@overload(activations.single_precision, inline="always")
+def _single_precision_from_type(one):
     """activations.single_precision for the CPU kernels: whether ``one`` is a float32, decided from its
     type when Numba types the call and inlined into the caller's IR, so the float32 / float64 branch
     of tanh and sigmoid is gone even in a function compiled alone, where ``one`` is an argument. The
     value test of activations.py folds only once the caller's constant is inlined by LLVM, which a
     function compiled apart (or loaded from Numba's cache) never is: such a step function kept the
     libm tanhf branch and its loops ran scalar (measured: the GRU forward at (64,100,·,256), 41 ms
-    loaded from the cache against 18 ms compiled in the process)."""
-    return one + np.float32(2.0 ** -30) == one
-
-
-@overload(single_precision, inline="always")
-def _single_precision_from_type(one):
+    loaded from the cache against 18 ms compiled in the process). The CUDA kernels keep the value
+    test: their device functions are always inlined."""
     flag = one == nb_types.float32
     return lambda one: flag
 
 
-def compile_scalar(module):
-    """``module``'s scalar functions (activations.py) compiled for the CPU kernels."""
-    return compile_scalar_functions(module, njit(**JIT_OPTIONS), overrides={"single_precision": single_precision})
+def compile_activations():
+    """activations.py's scalar functions compiled for the CPU kernels, single_precision decided by
+    type (above)."""
+    return compile_scalar_functions(activations, njit(**JIT_OPTIONS),
+                                    overrides={"single_precision": activations.single_precision})
 
 
 def plan(batch, hidden):
@@ -90,8 +89,8 @@ def plan(batch, hidden):
 
 @njit(**JIT_OPTIONS)
 def share_of(share, shares, batch, tile):
-    """[lo, hi): the sequences thread ``share`` of ``shares`` runs in the loops variant, a contiguous
-    run of whole tiles. Its tiles advance together, one step at a time, so that each step reads and
+    """[lo, hi): the sequences thread ``share`` of ``shares`` runs, a contiguous run of whole tiles
+    (``tile`` = 1: an even split of ``batch`` rows, as the blas variant and linalg_cpu use). Its tiles advance together, one step at a time, so that each step reads and
     writes one contiguous block of the [T,B,·] arrays: measured on one core at (B,T,H) =
     (32,200,128), forward, 4.1 ms where each tile ran its whole time loop alone (the next step's rows
     lie B·H values further, in another page: a cache and a TLB miss every step), 1.9 ms here."""

@@ -108,14 +108,6 @@ def split_sum(sm, part, b, unit, units, splits):
     return acc
 
 
-@cuda.jit(device=True, inline="always")
-def passes(i, truncate):
-    """Whether the gradient of processing step i flows on to step i-1 under truncation ``truncate``
-    (0: always); at step 0 it always does (to the initial state). The tiled kernels store a step's
-    gradient for the previous step only where it passes, zeros elsewhere, so their sums need no test."""
-    return i == 0 or not (truncate > 0 and i % truncate == 0)
-
-
 # ----------------------------------------------------------------------------------------------
 # Device limits and the variant choice
 

@@ -20,10 +20,11 @@ from numba import njit, prange
 
 from . import activations, cpu_variants
 
-_scalar = cpu_variants.compile_scalar(activations)
+_scalar = cpu_variants.compile_activations()
 activate = _scalar.activate
 derivative_from_output = _scalar.derivative_from_output
 position = _scalar.position
+passes = _scalar.passes
 clip_scale = _scalar.clip_scale
 
 
@@ -100,7 +101,7 @@ def _forward_blas(U, WsT, S0, lengths, reverse, act, S, shares):
     T, B, H = U.shape
     one = U.dtype.type(1.0)
     for share in prange(shares):
-        first, end = share * B // shares, (share + 1) * B // shares
+        first, end = cpu_variants.share_of(share, shares, B, 1)
         prev = S0[first:end].copy()  # each sequence's state after its last processed step
         rec = np.empty_like(prev)  # prev Wsᵀ
         for i in range(T):
@@ -128,13 +129,14 @@ def _backward_loops(dS_out, WsT, S, lengths, reverse, act, truncate, clip, delta
         last = np.zeros((hi - lo, H), dtype=S.dtype)  # delta of the step processed before (the later step)
         g = np.empty((tile, H), dtype=S.dtype)  # a tile's last Ws, then dL/dS_t
         for i in range(T - 1, -1, -1):
+            flows = passes(i + 1, truncate)  # step i+1 starts a chunk of the truncation: nothing flows back
             for first in range(lo, hi, tile):
                 n = min(tile, hi - first)
                 la = last[first - lo:first - lo + n]
-                if truncate > 0 and (i + 1) % truncate == 0:
-                    g[:] = 0  # step i+1 starts a chunk: no gradient flows back across it
-                else:
+                if flows:
                     cpu_variants.tile_products(WsT, la, n, g)
+                else:
+                    g[:] = 0
                 _backward_step(dS_out, S, lengths, reverse, act, clip, delta, i, first, la, g, n)
         for first in range(lo, hi, tile):
             n = min(tile, hi - first)
@@ -146,11 +148,11 @@ def _backward_blas(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta, 
     """Each of ``shares`` threads runs a contiguous slice of the batch, one BLAS product per step."""
     T, B, H = S.shape
     for share in prange(shares):
-        first, end = share * B // shares, (share + 1) * B // shares
+        first, end = cpu_variants.share_of(share, shares, B, 1)
         last = np.zeros((end - first, H), dtype=S.dtype)  # delta of the step processed before
         g = np.zeros_like(last)  # last Ws, then dL/dS_t
         for i in range(T - 1, -1, -1):
-            if truncate > 0 and (i + 1) % truncate == 0:
+            if not passes(i + 1, truncate):
                 g[:] = 0  # step i+1 starts a chunk: no gradient flows back across it
             else:
                 np.dot(last, Ws, g)

@@ -19,7 +19,7 @@ weight-gradient sums are cuBLAS products done by the caller. The Python function
 stream of their arrays (CuPy's current one) and never wait for the GPU.
 """
 from . import activations
-from .cuda_blocks import MAX_THREADS, TILES, Footprint, block_sum, block_sums, device_empty, passes, run, split_sum
+from .cuda_blocks import MAX_THREADS, TILES, Footprint, block_sum, block_sums, device_empty, run, split_sum
 from .cuda_compat import cuda, device_jit, kernel_jit
 from .scalar import compile_scalar_functions
 
@@ -27,6 +27,7 @@ _scalar = compile_scalar_functions(activations, device_jit)
 activate = _scalar.activate
 derivative_from_output = _scalar.derivative_from_output
 position = _scalar.position
+passes = _scalar.passes
 clip_scale = _scalar.clip_scale
 
 
@@ -65,7 +66,7 @@ def _backward_kernel(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta
     for i in range(T - 1, -1, -1):
         if i < L:
             t = position(i, L, reverse)
-            flows = i + 1 < L and not (truncate > 0 and (i + 1) % truncate == 0)
+            flows = i + 1 < L and passes(i + 1, truncate)
             later = delta[position(i + 1, L, reverse), b] if flows else delta[t, b]
             sumsq = one - one
             for k in range(tid, H, nt):

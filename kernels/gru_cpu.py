@@ -8,13 +8,14 @@ cpu_variants.py) as in ``elman_cpu.py``. Twins: ``gru_cuda.py``.
 import numpy as np
 from numba import njit, prange
 
-from . import activations, cpu_variants
+from . import cpu_variants
 
-_scalar = cpu_variants.compile_scalar(activations)
+_scalar = cpu_variants.compile_activations()
 gru_state = _scalar.gru_state
 sigmoid = _scalar.sigmoid
 gru_pointwise_backward = _scalar.gru_pointwise_backward
 position = _scalar.position
+passes = _scalar.passes
 clip_scale = _scalar.clip_scale
 
 
@@ -92,7 +93,7 @@ def _forward_blas(U, WsT, bs, H0, lengths, reverse, Hs, Gn, shares):
     T, B, G = U.shape
     one = U.dtype.type(1.0)
     for share in prange(shares):
-        first, end = share * B // shares, (share + 1) * B // shares
+        first, end = cpu_variants.share_of(share, shares, B, 1)
         h = H0[first:end].copy()
         rec = np.empty((end - first, G), dtype=U.dtype)
         for i in range(T):
@@ -122,14 +123,16 @@ def _backward_loops(dH_out, WsT, G, Gn, Hs, H0, lengths, reverse, truncate, clip
         dh = np.empty((tile, H), dtype=G.dtype)  # a tile's last Ws, then dL/dh_t
         direct = np.zeros((hi - lo, H), dtype=G.dtype)  # dh_{t+1} z_{t+1}: the path around the gates
         for i in range(T - 1, -1, -1):
+            flows = passes(i + 1, truncate)  # step i+1 starts a chunk of the truncation: nothing flows back
+            if not flows:
+                direct[:] = 0
             for first in range(lo, hi, tile):
                 n = min(tile, hi - first)
                 a, z = first - lo, first - lo + n
-                if truncate > 0 and (i + 1) % truncate == 0:  # step i+1 starts a chunk: nothing flows back
-                    dh[:] = 0
-                    direct[a:z] = 0
-                else:
+                if flows:
                     cpu_variants.tile_products(WsT, last[a:z], n, dh)
+                else:
+                    dh[:] = 0
                 _backward_step(dH_out, G, Gn, Hs, H0, lengths, reverse, clip, dRec, dNx, i, first, last[a:z], dh,
                                direct[a:z], n)
         for first in range(lo, hi, tile):
@@ -144,12 +147,12 @@ def _backward_blas(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, clip, 
     T, B, Gs = G.shape
     H = Gs // 3
     for share in prange(shares):
-        first, end = share * B // shares, (share + 1) * B // shares
+        first, end = cpu_variants.share_of(share, shares, B, 1)
         last = np.zeros((end - first, Gs), dtype=G.dtype)  # dRec of the later step
         dh = np.zeros((end - first, H), dtype=G.dtype)  # last Ws, then dL/dh_t
         direct = np.zeros((end - first, H), dtype=G.dtype)  # dh_{t+1} z_{t+1}
         for i in range(T - 1, -1, -1):
-            if truncate > 0 and (i + 1) % truncate == 0:
+            if not passes(i + 1, truncate):
                 dh[:] = 0
                 direct[:] = 0
             else:

@@ -10,7 +10,7 @@ of a cooperative grid, each keeping its columns of Wsᵀ/Ws in shared memory; on
 per step, two with clipping). They differ only in the order of the floating-point sums.
 """
 from . import activations
-from .cuda_blocks import MAX_THREADS, TILES, Footprint, block_sum, block_sums, device_empty, passes, run, split_sum
+from .cuda_blocks import MAX_THREADS, TILES, Footprint, block_sum, block_sums, device_empty, run, split_sum
 from .cuda_compat import cuda, device_jit, kernel_jit
 from .scalar import compile_scalar_functions
 
@@ -18,6 +18,7 @@ _scalar = compile_scalar_functions(activations, device_jit)
 gru_pointwise = _scalar.gru_pointwise
 gru_pointwise_backward = _scalar.gru_pointwise_backward
 position = _scalar.position
+passes = _scalar.passes
 clip_scale = _scalar.clip_scale
 
 
@@ -68,7 +69,7 @@ def _backward_kernel(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, clip
     for i in range(T - 1, -1, -1):
         if i < L:
             t = position(i, L, reverse)
-            flows = i + 1 < L and not (truncate > 0 and (i + 1) % truncate == 0)
+            flows = i + 1 < L and passes(i + 1, truncate)
             later = dRec[position(i + 1, L, reverse), b] if flows else dRec[t, b]
             h_prev = H0[b] if i == 0 else Hs[position(i - 1, L, reverse), b]
             sumsq = one - one

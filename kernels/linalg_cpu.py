@@ -32,7 +32,7 @@ def _dot(A, B, out):
 def _dot_rows(A, B, out, shares):
     M = A.shape[0]
     for s in prange(shares):
-        lo, hi = s * M // shares, (s + 1) * M // shares
+        lo, hi = cpu_variants.share_of(s, shares, M, 1)
         np.dot(A[lo:hi], B, out[lo:hi])
 
 
@@ -41,7 +41,7 @@ def _dot_inner(a, B, out, partial, shares):
     """out = aᵀ B with the K rows of a and B shared; partial [shares-1, M, N] for all but the first."""
     K = a.shape[0]
     for s in prange(shares):
-        lo, hi = s * K // shares, (s + 1) * K // shares
+        lo, hi = cpu_variants.share_of(s, shares, K, 1)
         if s == 0:
             np.dot(a[lo:hi].T, B[lo:hi], out)
         else:

@@ -9,14 +9,15 @@ backpropagated state gradient (dL/dh_t, dL/dc_t). Twins: ``lstm_cuda.py``.
 import numpy as np
 from numba import njit, prange
 
-from . import activations, cpu_variants
+from . import cpu_variants
 
-_scalar = cpu_variants.compile_scalar(activations)
+_scalar = cpu_variants.compile_activations()
 lstm_state = _scalar.lstm_state
 sigmoid = _scalar.sigmoid
 tanh = _scalar.tanh
 lstm_pointwise_backward = _scalar.lstm_pointwise_backward
 position = _scalar.position
+passes = _scalar.passes
 clip_scale = _scalar.clip_scale
 
 
@@ -96,7 +97,7 @@ def _forward_blas(U, WsT, H0, C0, lengths, reverse, Hs, Cs, shares):
     T, B, G = U.shape
     one = U.dtype.type(1.0)
     for share in prange(shares):
-        first, end = share * B // shares, (share + 1) * B // shares
+        first, end = cpu_variants.share_of(share, shares, B, 1)
         h = H0[first:end].copy()
         c = C0[first:end].copy()
         rec = np.empty((end - first, G), dtype=U.dtype)
@@ -128,14 +129,16 @@ def _backward_loops(dH_out, WsT, G, Hs, Cs, C0, lengths, reverse, truncate, clip
         dh = np.empty((tile, H), dtype=G.dtype)  # a tile's last Ws, then dL/dh_t
         dcn = np.zeros((hi - lo, H), dtype=G.dtype)  # dL/dc_t through c_{t+1}
         for i in range(T - 1, -1, -1):
+            flows = passes(i + 1, truncate)  # step i+1 starts a chunk of the truncation: nothing flows back
+            if not flows:
+                dcn[:] = 0
             for first in range(lo, hi, tile):
                 n = min(tile, hi - first)
                 a, z = first - lo, first - lo + n
-                if truncate > 0 and (i + 1) % truncate == 0:  # step i+1 starts a chunk: nothing flows back
-                    dh[:] = 0
-                    dcn[a:z] = 0
-                else:
+                if flows:
                     cpu_variants.tile_products(WsT, last[a:z], n, dh)
+                else:
+                    dh[:] = 0
                 _backward_step(dH_out, G, Cs, C0, lengths, reverse, clip, dG, i, first, last[a:z], dh, dcn[a:z], n)
         for first in range(lo, hi, tile):
             n = min(tile, hi - first)
@@ -150,12 +153,12 @@ def _backward_blas(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, clip, 
     T, B, Gs = G.shape
     H = Gs // 4
     for share in prange(shares):
-        first, end = share * B // shares, (share + 1) * B // shares
+        first, end = cpu_variants.share_of(share, shares, B, 1)
         last = np.zeros((end - first, Gs), dtype=G.dtype)  # dG of the later step
         dh = np.zeros((end - first, H), dtype=G.dtype)  # last Ws, then dL/dh_t
         dcn = np.zeros((end - first, H), dtype=G.dtype)  # dL/dc_t through c_{t+1}
         for i in range(T - 1, -1, -1):
-            if truncate > 0 and (i + 1) % truncate == 0:
+            if not passes(i + 1, truncate):
                 dh[:] = 0
                 dcn[:] = 0
             else:

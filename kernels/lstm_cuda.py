@@ -11,7 +11,7 @@ of a cooperative grid, each keeping its columns of Wsᵀ/Ws in shared memory; on
 per step, two with clipping). They differ only in the order of the floating-point sums.
 """
 from . import activations
-from .cuda_blocks import MAX_THREADS, TILES, Footprint, block_sum, block_sums, device_empty, passes, run, split_sum
+from .cuda_blocks import MAX_THREADS, TILES, Footprint, block_sum, block_sums, device_empty, run, split_sum
 from .cuda_compat import cuda, device_jit, kernel_jit
 from .scalar import compile_scalar_functions
 
@@ -19,6 +19,7 @@ _scalar = compile_scalar_functions(activations, device_jit)
 lstm_pointwise = _scalar.lstm_pointwise
 lstm_pointwise_backward = _scalar.lstm_pointwise_backward
 position = _scalar.position
+passes = _scalar.passes
 clip_scale = _scalar.clip_scale
 
 
@@ -76,7 +77,7 @@ def _backward_kernel(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, clip
         if i < L:
             t = position(i, L, reverse)
             tp = position(i - 1, L, reverse)
-            flows = i + 1 < L and not (truncate > 0 and (i + 1) % truncate == 0)
+            flows = i + 1 < L and passes(i + 1, truncate)
             later = dG[position(i + 1, L, reverse), b] if flows else dG[t, b]
             c_prev = C0[b] if i == 0 else Cs[tp, b]
             sumsq = one - one

@@ -9,8 +9,8 @@ import types
 
 def compile_scalar_functions(module, jit, overrides=None):
     """Return a namespace with every public function of ``module`` compiled by ``jit``; a name in
-    ``overrides`` is taken from there instead (already a compiled function of the target), and the
-    copies call it."""
+    ``overrides`` is taken from there instead (a function the target calls as it is, e.g. one with an
+    ``overload`` for it), and the copies call it."""
     overrides = overrides or {}
     namespace = dict(vars(module))
     compiled = {}

@@ -15,11 +15,16 @@ concatenated. Arrays are validated, contiguous and of one dtype; ``be.xp`` is Nu
 Saved for backward (rule 5), per layer and direction: the states h [T,B,H] (and c for LSTM), the gate
 activations [T,B,G·H] (LSTM, GRU; written over U in place) and Ws_n h + bs_n [T,B,H] (GRU). Backward
 reuses those buffers in place for the gradients.
+
+Backward runs the time in a few chunks, latest first (``time_chunks``; Elman and GRU): dL/dS_t from
+above, the reverse-time recurrence and every product of a chunk are done before the next chunk's
+dL/dS_t exists, so that gradient is never whole ([T,B,H] beside the saved states would double the
+Elman cell's memory); dL/d(the state before a chunk) is added to the next chunk's last processed step.
 """
 from dataclasses import dataclass
 
 from . import losses
-from .kernels.activations import CODES
+from .kernels.activations import CODES, passes
 from .params import gates, layer_suffixes
 
 
@@ -37,22 +42,28 @@ class Structure:
 
 
 class _Elman:
-    """S_t = g1(U_t + S_{t-1} Wsᵀ); gradients of the pre-activation serve Wx, bx, Ws and bs alike."""
+    """S_t = g1(U_t + S_{t-1} Wsᵀ); gradients of the pre-activation serve Wx, bx, Ws and bs alike.
 
-    family, fuse_bs = "elman", True
+    A cell's ``backward`` runs the steps of one time chunk (``pos``, positions; see ``time_chunks``) from
+    dH, dL/d(the chunk's states) not counting the later steps; s0 the state before the chunk. It
+    returns dRec (the recurrent pre-activations' gradients), the input ones' as [(gate rows, dU)],
+    and dL/d(the state before the chunk). ``chunks``: whether the cell's state is the h alone, so
+    that dL/dh passes from chunk to chunk through dH (LSTM's c would need a kernel input too)."""
+
+    family, fuse_bs, chunks = "elman", True, True
 
     def forward(self, k, U, p, sfx, s0, lengths, reverse, cell, xp):
         k.forward_recurrence(U, xp.ascontiguousarray(p["Ws" + sfx].T), s0, lengths, reverse, CODES[cell], U)
         return {"h": U}
 
-    def backward(self, k, dH, st, p, sfx, s0, lengths, reverse, cell, truncate, clip, xp):
+    def backward(self, k, dH, st, pos, p, sfx, s0, lengths, reverse, cell, truncate, clip, xp):
         ds0 = xp.empty_like(s0)
-        k.backward_recurrence(dH, p["Ws" + sfx], st["h"], lengths, reverse, CODES[cell], truncate, clip, dH, ds0)
+        k.backward_recurrence(dH, p["Ws" + sfx], st["h"][pos], lengths, reverse, CODES[cell], truncate, clip, dH, ds0)
         return dH, [(slice(None), dH)], ds0
 
 
 class _LSTM:
-    family, fuse_bs = "lstm", True
+    family, fuse_bs, chunks = "lstm", True, False
 
     def forward(self, k, U, p, sfx, s0, lengths, reverse, cell, xp):
         h0, c0 = s0
@@ -61,7 +72,7 @@ class _LSTM:
         k.forward_recurrence(U, xp.ascontiguousarray(p["Ws" + sfx].T), h0, c0, lengths, reverse, Hs, Cs)
         return {"h": Hs, "c": Cs, "gates": U}
 
-    def backward(self, k, dH, st, p, sfx, s0, lengths, reverse, cell, truncate, clip, xp):
+    def backward(self, k, dH, st, pos, p, sfx, s0, lengths, reverse, cell, truncate, clip, xp):
         dh0, dc0 = xp.empty_like(s0[0]), xp.empty_like(s0[1])
         dG = st["gates"]
         k.backward_recurrence(dH, p["Ws" + sfx], dG, st["h"], st["c"], s0[1], lengths, reverse, truncate, clip,
@@ -72,7 +83,7 @@ class _LSTM:
 class _GRU:
     """bs stays out of U: bs_n sits inside the reset gate, n = tanh(U_n + r ⊙ (Ws_n h + bs_n))."""
 
-    family, fuse_bs = "gru", False
+    family, fuse_bs, chunks = "gru", False, True
 
     def forward(self, k, U, p, sfx, s0, lengths, reverse, cell, xp):
         H = s0.shape[1]
@@ -81,11 +92,11 @@ class _GRU:
         k.forward_recurrence(U, xp.ascontiguousarray(p["Ws" + sfx].T), bs, s0, lengths, reverse, Hs, Gn)
         return {"h": Hs, "gates": U, "gn": Gn}
 
-    def backward(self, k, dH, st, p, sfx, s0, lengths, reverse, cell, truncate, clip, xp):
+    def backward(self, k, dH, st, pos, p, sfx, s0, lengths, reverse, cell, truncate, clip, xp):
         H = s0.shape[1]
-        dRec, dNx = st["gates"], st["gn"]
+        dRec, dNx = st["gates"][pos], st["gn"][pos]  # written over the saved gates
         ds0 = xp.empty_like(s0)
-        k.backward_recurrence(dH, p["Ws" + sfx], st["gates"], st["gn"], st["h"], s0, lengths, reverse, truncate,
+        k.backward_recurrence(dH, p["Ws" + sfx], dRec, dNx, st["h"][pos], s0, lengths, reverse, truncate,
                               clip, dRec, dNx, ds0)
         T, B = dRec.shape[:2]
         # the input pre-activations' gradient: r, z as the recurrent ones, n its own
@@ -150,14 +161,18 @@ def final_states(saved, structure, state_step):
     return out
 
 
-def backward(params, x, states0, lengths, structure, saved, top, dZ, truncate, clip, be, return_deltas=False):
+def backward(params, x, states0, lengths, structure, saved, top, dZ, truncate, clip, be, return_deltas=False,
+             full_lengths=False):
     """Gradients of every parameter, of x and of each initial state, from dL/dZ.
+
+    ``full_lengths``: the caller knows every length is T (lets the reverse direction run in time
+    chunks, see ``time_chunks``).
 
     With ``return_deltas=True`` a third result lists per layer and direction (in ``layer_suffixes``
     order) what the kernel wrote: (dRec, dU_blocks), dRec [T,B,G·H] the gradients of the recurrent
     pre-activations (Σ_t dRec_tᵀ S_prev(t) = dWs) and dU_blocks [(gate rows, dU)] those of the input
     pre-activations (Σ_t dU_tᵀ input_t = dWx[rows]; dU [T,B,rows] or its [T·B,rows] view): per step
-    t, before the sums over t and b (used by gpubptt.diagnostics)."""
+    t, before the sums over t and b (used by gpubptt.diagnostics; the time then runs in one chunk)."""
     xp, p, st = be.xp, params, structure
     T, B, D = x.shape
     H = st.hidden_size
@@ -165,54 +180,115 @@ def backward(params, x, states0, lengths, structure, saved, top, dZ, truncate, c
     k, mm = be.kernels(ops.family), be.kernels("linalg").matmul
     dZ2 = _rows(dZ)
     grads = {"Wy": xp.empty_like(p["Wy"]), "by": dZ2.sum(axis=0)}
-    dparts = []  # dL/d(output of each direction of the layer above's input)
     for direction, S in enumerate(top):
         grads["Wy"][:, direction * H:(direction + 1) * H] = mm(dZ2, _rows(S), trans_a=True)
-        dparts.append(mm(dZ2, p["Wy"][:, direction * H:(direction + 1) * H]).reshape(T, B, H))
+
+    def upstream_top(direction, pos):  # dL/dS_t through the output layer: formed one time chunk at a time
+        Wy = p["Wy"][:, direction * H:(direction + 1) * H]
+        return mm(dZ2[pos.start * B:pos.stop * B], Wy).reshape(pos.stop - pos.start, B, H)
+
+    upstream = upstream_top
     ds0 = [None] * (st.num_layers * st.dirs)
     deltas = [None] * (st.num_layers * st.dirs)
     suffixes = layer_suffixes(st.num_layers, st.bidirectional)
     for layer in reversed(range(st.num_layers)):
         parts = [x] if layer == 0 else [s["h"] for s in saved[layer - 1]]
-        dinputs = [None] * len(parts)
+        dinputs = [xp.empty_like(part) for part in parts]  # dL/d(each part), written chunk by chunk
         for _, direction, sfx in suffixes[layer * st.dirs:(layer + 1) * st.dirs]:
             s, idx = saved[layer][direction], layer * st.dirs + direction
             s0 = states0[idx]
-            dRec, dU_blocks, ds0[idx] = ops.backward(k, dparts[direction], s, p, sfx, s0, lengths, direction,
-                                                     st.cell, truncate, clip, xp)
-            deltas[idx] = (dRec, dU_blocks)
-            grads["Ws" + sfx] = _recurrent_weight_grad(dRec, s["h"], s0[0] if isinstance(s0, tuple) else s0,
-                                                       direction, mm)
-            Wx = p["Wx" + sfx]
-            grads["Wx" + sfx] = dWx = xp.empty_like(Wx)
-            dbx = xp.empty_like(Wx[:, 0])
-            for rows, dU in dU_blocks:
-                dU = _rows(dU)
-                dbx[rows] = dU.sum(axis=0)
-                col = 0
-                for q, part in enumerate(parts):
-                    width = part.shape[-1]
-                    dWx[rows, col:col + width] = mm(dU, _rows(part), trans_a=True)
-                    term = mm(dU, Wx[rows, col:col + width]).reshape(part.shape)
-                    dinputs[q] = term if dinputs[q] is None else dinputs[q] + term
-                    col += width
+            h0 = s0[0] if isinstance(s0, tuple) else s0
+            chunks = [(0, T)]
+            if ops.chunks and not return_deltas and (full_lengths or not direction):
+                chunks = time_chunks(T, B, H, x.dtype.itemsize, truncate)
+            Wx, Ws = p["Wx" + sfx], p["Ws" + sfx]
+            dWs, dWx, dbx = xp.empty_like(Ws), xp.empty_like(Wx), xp.empty_like(Wx[:, 0])
+            dbs = None if ops.fuse_bs else xp.empty_like(Ws[:, 0])  # GRU: Σ dRec (bs_n's differs)
+            carry = None  # dL/d(the state before the chunk done last), passed on to the next chunk
+            for i0, i1 in reversed(chunks):
+                pos = slice(T - i1, T - i0) if direction else slice(i0, i1)
+                dH = upstream(direction, pos)
+                if carry is not None:
+                    dH[0 if direction else -1] += carry  # the chunk's first processed step is its last
+                first, add = i0 == 0, i1 < T  # add: a chunk done before wrote the sums
+                before = h0 if first else s["h"][T - i0 if direction else i0 - 1]
+                c_lengths = lengths if len(chunks) == 1 else xp.clip(lengths - i0, 0, i1 - i0).astype(lengths.dtype)
+                dRec, dU_blocks, dstate = ops.backward(k, dH, s, pos, p, sfx, s0 if first else before, c_lengths,
+                                                       direction, st.cell, truncate, clip, xp)
+                carry = dstate if passes(i0, truncate) else None
+                if first:
+                    ds0[idx] = dstate
+                if st.bias and dbs is not None:
+                    _add_or_write(dbs, add, _rows(dRec).sum(axis=0))
+                _recurrent_weight_grad(dWs, add, dRec, s["h"], h0, pos.start, direction, mm)
+                for block, (rows, dU) in enumerate(dU_blocks):
+                    dU = _rows(dU)
+                    if st.bias:
+                        _add_or_write(dbx[rows], add, dU.sum(axis=0))
+                    col = 0
+                    for q, part in enumerate(parts):
+                        width = part.shape[-1]
+                        _product_into(dWx[rows, col:col + width], add, mm, dU, _rows(part[pos]), trans_a=True)
+                        _product_into(_rows(dinputs[q][pos]), direction or block, mm, dU, Wx[rows, col:col + width])
+                        col += width
+                if return_deltas:
+                    deltas[idx] = (dRec, dU_blocks)
+                del dH, dRec, dU_blocks, dU  # before the next chunk's dH is formed
+            grads["Ws" + sfx], grads["Wx" + sfx] = dWs, dWx  # dbx, dbs unwritten without biases
             if st.bias:
                 grads["bx" + sfx] = dbx
                 # with bs folded into U (Elman, LSTM) its gradient is bx's; GRU's differs in the n block
-                grads["bs" + sfx] = dbx.copy() if ops.fuse_bs else _rows(dRec).sum(axis=0)
-        dparts = dinputs
-    grads["x"] = dparts[0]
+                grads["bs" + sfx] = dbx.copy() if ops.fuse_bs else dbs
+        upstream = (lambda d, pos, dparts=dinputs: dparts[d][pos])
+    grads["x"] = dinputs[0]
     return (grads, ds0, deltas) if return_deltas else (grads, ds0)
 
 
-def _recurrent_weight_grad(dRec, S, s0, reverse, mm):
-    """Σ_t dRec_tᵀ S_prev(t): the state before step t is S_{t-1} forward (S0 at t = 0) and S_{t+1} in
-    reverse (S0 at t = T-1; past a sequence's end the reverse direction's states hold S0, so the
-    shift is right for every length)."""
-    T = dRec.shape[0]
-    later, earlier = slice(1, T), slice(0, T - 1)
-    steps, states = (earlier, later) if reverse else (later, earlier)
-    dWs = mm(dRec[T - 1 if reverse else 0], s0, trans_a=True)
-    if T > 1:
-        dWs += mm(_rows(dRec[steps]), _rows(S[states]), trans_a=True)
-    return dWs
+def _add_or_write(dest, add, value):
+    if add:
+        dest += value
+    else:
+        dest[...] = value
+
+
+def _product_into(dest, add, mm, a, b, **ops):
+    """dest = op(a) op(b) (written in place when dest is C-contiguous), or dest += op(a) op(b) when
+    ``add``; a [T,B,·] or [T·B,·] destination alike."""
+    if not add and dest.flags.c_contiguous:
+        mm(a, b, out=dest.reshape(-1, dest.shape[-1]), **ops)
+    else:
+        _add_or_write(dest, add, mm(a, b, **ops).reshape(dest.shape))
+
+
+def _recurrent_weight_grad(dWs, add, dRec, S, s0, start, reverse, mm):
+    """dWs (+)= Σ_t dRec_tᵀ S_prev(t) over the chunk of positions start.. (dRec's rows): the state
+    before step t is S_{t-1} forward (S0 at t = 0) and S_{t+1} in reverse (S0 at t = T-1; past a
+    sequence's end the reverse direction's states hold S0, so the shift is right for every length)."""
+    n, T = dRec.shape[0], S.shape[0]
+    lo = start + 1 if reverse else start - 1  # position of the state before the chunk's first row
+    a, b = max(lo, 0), min(lo + n, T)  # the saved ones among lo..lo+n-1; the others are S0
+    if a < b:
+        _product_into(dWs, add, mm, _rows(dRec[a - lo:b - lo]), _rows(S[a:b]), trans_a=True)
+    if lo < 0 or lo + n > T:
+        _product_into(dWs, add or a < b, mm, dRec[n - 1 if lo + n > T else 0], s0, trans_a=True)
+
+
+# Measured on 2 cores (tanh, float32): 4 chunks cost 2-5 % at (B,T,D,H) = (64,100,64,256) ..
+# (4,1000,64,256); a chunk costs ~50 µs of calls (7 % at (1,1000,8,64)), and its weight-sized products
+# and sums cost more than its rows save when it has few rows: 4 chunks of 200 rows at H = 512 took
+# 10.0 ms for 7.8 ms in one.
+CHUNK_BYTES = 1 << 20  # a chunk's [Tc,B,H] gradient at least this
+CHUNK_ROWS_PER_UNIT = 4  # and Tc·B at least this many times H
+MAX_CHUNKS = 4
+
+
+def time_chunks(T, B, H, itemsize, truncate):
+    """Processing-step ranges [(i0, i1), ...] covering 0..T-1 that backward runs one at a time, so
+    that the [T,B,H] gradient reaching the states is never whole: up to MAX_CHUNKS chunks, each of at
+    least CHUNK_BYTES and CHUNK_ROWS_PER_UNIT·H rows. Under truncation a chunk holds whole truncation
+    windows (the kernels count the window from the chunk's first step)."""
+    n = max(1, min(MAX_CHUNKS, T, T * B * H * itemsize // CHUNK_BYTES, T * B // (CHUNK_ROWS_PER_UNIT * H)))
+    size = -(-T // n)
+    if truncate > 0:
+        size = -(-size // truncate) * truncate
+    return [(i, min(i + size, T)) for i in range(0, T, size)]

@@ -91,7 +91,8 @@ def bptt(params, x, d, s0=None, cell="tanh", output_activation="identity", loss=
         mask = loss_mask(T, call.lengths, loss_steps, Z.dtype, xp)
         L, dZ = loss_and_output_grad(Z, Y, call.d, output_activation, loss, mask, xp)
         grads, dstates = engine.backward(call.params, call.x, call.states0, call.lengths, call.structure, saved,
-                                         top, dZ, truncate or 0, float(clip_step or 0.0), call.backend)
+                                         top, dZ, truncate or 0, float(clip_step or 0.0), call.backend,
+                                         full_lengths=call.lengths_host is None or bool((call.lengths_host == T).all()))
     grads["s0"] = call.pack_states(dstates)
     out = (L, grads) + ((call.pack_states(finals),) if return_state else ())
     return call.result(out)

@@ -58,13 +58,15 @@ def _shares(M, K, N, split):
     return max(1, min(get_num_threads(), split, (2 * M * K * N) // MIN_SHARE_FLOPS))
 
 
-def matmul(a, b, trans_a=False, trans_b=False):
-    """op(a) op(b), with op the transpose where asked; a new array. An operand whose layout BLAS
-    cannot take (a column slice) is copied first: those are weights or GRU gate blocks."""
+def matmul(a, b, trans_a=False, trans_b=False, out=None):
+    """op(a) op(b), with op the transpose where asked; a new array, or written into ``out`` (C-contiguous,
+    of the result's shape and dtype). An operand whose layout BLAS cannot take (a column slice) is
+    copied first: those are weights or GRU gate blocks."""
     A = _blas_layout(a.T if trans_a else a)
     B = _blas_layout(b.T if trans_b else b)
     (M, K), N = A.shape, B.shape[1]
-    out = np.empty((M, N), dtype=np.result_type(A, B))
+    if out is None:
+        out = np.empty((M, N), dtype=np.result_type(A, B))
     if A.flags.c_contiguous and (shares := _shares(M, K, N, M)) > 1:
         _dot_rows(A, B, out, shares)
     elif trans_a and A.T.flags.c_contiguous and B.flags.c_contiguous and (shares := _shares(M, K, N, K)) > 1:

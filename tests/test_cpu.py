@@ -157,6 +157,55 @@ def test_bptt_with_products_shared_among_threads(monkeypatch):
     compare("tanh", "identity", "squared", "all", (7, 5, 3, 6, 2), np.float64, num_layers=2, bidirectional=True)
 
 
+CHUNKED = [  # (cell, num_layers, bidirectional, lengths, options): T = 7 in chunks of 2 (of 3 under truncate=3)
+    ("tanh", 2, True, None, {}),  # reverse direction chunked too (every length is T)
+    ("tanh", 1, True, [7, 2, 5, 1], dict(clip_step=0.05)),  # forward chunked, some chunks past an end
+    ("gru", 2, True, None, dict(clip_step=0.02)),
+    ("gru", 1, False, [3, 7, 6, 4], dict(truncate=3)),
+    ("relu", 1, False, None, dict(truncate=2)),
+    ("lstm", 1, True, None, {}),  # one chunk: LSTM's c would need a kernel input
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", range(len(CHUNKED)), ids=lambda i: "{}-L{}-bi{}-len{}-{}".format(*CHUNKED[i]))
+def test_bptt_in_time_chunks(case, dtype, monkeypatch):
+    """Backward run a few steps at a time (the gradient reaching the states formed per chunk, passed
+    on between chunks) gives the reference's gradients."""
+    from gpubptt import engine
+
+    cell, num_layers, bidirectional, lengths, options = CHUNKED[case]
+    monkeypatch.setattr(engine, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(engine, "CHUNK_ROWS_PER_UNIT", 1)
+    monkeypatch.setattr(engine, "MAX_CHUNKS", 4)
+    planned, real = [], engine.time_chunks
+    monkeypatch.setattr(engine, "time_chunks", lambda *a: planned.append(real(*a)) or planned[-1])
+    compare(cell, "identity", "squared", "all", (7, 4, 3, 5, 2), dtype, num_layers=num_layers,
+            bidirectional=bidirectional, lengths=lengths, **options)
+    if cell == "lstm":
+        assert planned == []
+    else:
+        per_call = num_layers * (2 if bidirectional and lengths is None else 1)
+        assert len(planned) == per_call
+        assert all(len(c) == (3 if options.get("truncate") == 3 else 4) for c in planned)
+
+
+@pytest.mark.parametrize("T,B,H,truncate,expected", [
+    (100, 64, 4, 0, [(0, 100)]),  # 100 KB: one chunk
+    (100, 1024, 256, 0, [(0, 25), (25, 50), (50, 75), (75, 100)]),
+    (10, 8192, 32, 3, [(0, 3), (3, 6), (6, 9), (9, 10)]),  # whole truncation windows
+    (10, 8192, 32, 4, [(0, 4), (4, 8), (8, 10)]),
+    (3, 8192, 32, 0, [(0, 1), (1, 2), (2, 3)]),
+    (100, 64, 128, 0, [(0, 34), (34, 68), (68, 100)]),  # 3.3 MB: three chunks of at least 1 MiB
+    (50, 64, 512, 0, [(0, 50)]),  # 6.6 MB, but a chunk of 4·H rows would be most of it
+    (50, 128, 512, 0, [(0, 17), (17, 34), (34, 50)]),
+])
+def test_time_chunks(T, B, H, truncate, expected):
+    from gpubptt import engine
+
+    assert engine.time_chunks(T, B, H, 4, truncate) == expected
+
+
 @pytest.mark.parametrize("module", ["elman_cpu", "lstm_cpu", "gru_cpu"])
 def test_parallel_and_serial_kernels_cached_apart(module):
     """compile_both's two compilations of a kernel keep separate entries in Numba's on-disk cache:

@@ -71,3 +71,25 @@ def test_check_command_lstm_two_layers_bidirectional_in_the_simulator(capsys):
 
     assert main(["check", "--backend", "cuda", "--cell", "lstm", "--layers", "2", "--bidirectional"]) == 0
     assert "OK: every output and gradient matches the reference" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cell,bidirectional,lengths", [
+    ("gru", True, None),  # both directions in chunks, dL/dh passed between them
+    ("tanh", False, [1, 4]),  # a sequence that ends before the later chunk
+])
+def test_cuda_kernels_in_time_chunks_match_reference(cell, bidirectional, lengths, monkeypatch):
+    """The CUDA kernels run on views of a time chunk (the engine's memory-saving backward)."""
+    from gpubptt import engine
+
+    monkeypatch.setattr(engine, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(engine, "CHUNK_ROWS_PER_UNIT", 1)
+    planned, real = [], engine.time_chunks
+    monkeypatch.setattr(engine, "time_chunks", lambda *a: planned.append(real(*a)) or planned[-1])
+    kw = dict(bidirectional=bidirectional, lengths=lengths, clip_step=0.05)
+    params, x, s0, d = make_problem(4, 2, 2, 3, 2, dtype=np.float64, seed=5, cell=cell, bidirectional=bidirectional)
+    L, g = gpubptt.bptt(params, x, d, s0, cell, backend="cuda", **kw)
+    rL, rg = gpubptt.bptt(params, x, d, s0, cell, backend="reference", **kw)
+    assert planned and all(c == [(0, 2), (2, 4)] for c in planned)
+    assert_close(L, rL, TOLERANCE["float64"], "L")
+    for k in rg:
+        assert_close(g[k], rg[k], TOLERANCE["float64"], f"d{k}")

@@ -55,28 +55,35 @@ def _activate_row(act, U, t, b, rec, q, S, prev, one):
 @njit(inline="always", **cpu_variants.JIT_OPTIONS)
 def _scale_row(act, g, q, S, t, b, scale, last, delta):
     """delta[t, b] = last[q] = g[q] ⊙ g1'(a) · scale, g1'(a) written through S[t, b] = g1(a); one
-    pass, one loop per activation."""
+    pass. ``act`` must be a constant here (``_scale_row_for``)."""
     H = S.shape[2]
     one = S.dtype.type(1.0)
+    for k in range(H):
+        delta[t, b, k] = last[q, k] = g[q, k] * scale * derivative_from_output(act, S[t, b, k], one)
+
+
+@njit(inline="always", **cpu_variants.JIT_OPTIONS)
+def _scale_row_for(act, g, q, S, t, b, scale, last, delta):
+    """_scale_row with ``act`` made a constant in each branch. One loop per activation inside
+    _scale_row, chosen there by the run-time code, ran ~10x slower (measured at H = 64: 42 against
+    4 ns a row; the compiler seems to merge the near-identical loops into one it cannot vectorise)."""
     if act == activations.TANH:
-        for k in range(H):
-            delta[t, b, k] = last[q, k] = g[q, k] * scale * derivative_from_output(activations.TANH, S[t, b, k], one)
+        _scale_row(activations.TANH, g, q, S, t, b, scale, last, delta)
     elif act == activations.RELU:
-        for k in range(H):
-            delta[t, b, k] = last[q, k] = g[q, k] * scale * derivative_from_output(activations.RELU, S[t, b, k], one)
+        _scale_row(activations.RELU, g, q, S, t, b, scale, last, delta)
     elif act == activations.SIGMOID:
-        for k in range(H):
-            delta[t, b, k] = last[q, k] = g[q, k] * scale * derivative_from_output(activations.SIGMOID, S[t, b, k],
-                                                                                  one)
+        _scale_row(activations.SIGMOID, g, q, S, t, b, scale, last, delta)
     else:
-        for k in range(H):
-            delta[t, b, k] = last[q, k] = g[q, k] * scale
+        _scale_row(activations.IDENTITY, g, q, S, t, b, scale, last, delta)
 
 
 # The step and row functions are inlined into the kernels in Numba's IR (inline="always"): called as
 # functions, each call with its dozen array arguments cost ~25-30 ns per row (measured at H = 128,
 # one sequence: a row's pointwise work ~27 ns inlined, ~55 ns behind one call, ~85 behind two;
-# backward at (B,T,H) = (1,1000,64) 0.23 -> 0.20 ms inlined).
+# backward at (B,T,H) = (1,1000,64) 0.23 -> 0.20 ms inlined). The rows past a sequence's end are
+# not on that path: a second loop in the inlined step (even one never run) made the step ~5x slower
+# (the forward pointwise step at (1,1000,64): 91 ns per step with it, 18 ns without), so they have a
+# function of their own (``cpu_variants.past_end``), called only once a tile has such rows.
 
 
 def _forward_loops(U, Ws, S0, lengths, reverse, act, S, tile, shares):
@@ -88,12 +95,15 @@ def _forward_loops(U, Ws, S0, lengths, reverse, act, S, tile, shares):
         lo, hi = cpu_variants.share_of(share, shares, B, tile)
         prev = S0[lo:hi].copy()  # each sequence's state after its last processed step
         rec = np.empty((tile, H), dtype=U.dtype)  # a tile's prev Wsᵀ
+        shortest = lengths[lo:hi].min()
         for i in range(T):
             for first in range(lo, hi, tile):
                 n = min(tile, hi - first)
                 p = prev[first - lo:first - lo + n]
                 cpu_variants.tile_products(Ws, p, n, rec)
-                _forward_step(U, S0, lengths, reverse, act, S, i, first, p, rec, n, one)
+                _forward_step(U, lengths, reverse, act, S, i, first, p, rec, n, one)
+                if i >= shortest:
+                    cpu_variants.past_end(S0, lengths, reverse, S, i, first, p, n)
 
 
 def _forward_blas(U, WsT, S0, lengths, reverse, act, S, shares):
@@ -104,21 +114,23 @@ def _forward_blas(U, WsT, S0, lengths, reverse, act, S, shares):
         first, end = cpu_variants.share_of(share, shares, B, 1)
         prev = S0[first:end].copy()  # each sequence's state after its last processed step
         rec = np.empty_like(prev)  # prev Wsᵀ
+        shortest = lengths[first:end].min()
         for i in range(T):
             np.dot(prev, WsT, rec)
-            _forward_step(U, S0, lengths, reverse, act, S, i, first, prev, rec, end - first, one)
+            _forward_step(U, lengths, reverse, act, S, i, first, prev, rec, end - first, one)
+            if i >= shortest:
+                cpu_variants.past_end(S0, lengths, reverse, S, i, first, prev, end - first)
 
 
 @njit(inline="always", **cpu_variants.JIT_OPTIONS)
-def _forward_step(U, S0, lengths, reverse, act, S, i, first, prev, rec, n, one):
-    """Step i of sequences first..first+n-1 from their recurrent products rec[q] = prev[q] Wsᵀ."""
+def _forward_step(U, lengths, reverse, act, S, i, first, prev, rec, n, one):
+    """Step i of sequences first..first+n-1 from their recurrent products rec[q] = prev[q] Wsᵀ (those
+    not past their end)."""
     for q in range(n):
         b = first + q
         L = lengths[b]
         if i < L:
             _activate_row(act, U, position(i, L, reverse), b, rec, q, S, prev, one)
-        else:
-            S[i, b] = S0[b] if reverse else prev[q]
 
 
 def _backward_loops(dS_out, WsT, S, lengths, reverse, act, truncate, clip, delta, dS0, tile, shares):
@@ -128,6 +140,7 @@ def _backward_loops(dS_out, WsT, S, lengths, reverse, act, truncate, clip, delta
         lo, hi = cpu_variants.share_of(share, shares, B, tile)
         last = np.zeros((hi - lo, H), dtype=S.dtype)  # delta of the step processed before (the later step)
         g = np.empty((tile, H), dtype=S.dtype)  # a tile's last Ws, then dL/dS_t
+        shortest = lengths[lo:hi].min()
         for i in range(T - 1, -1, -1):
             flows = passes(i + 1, truncate)  # step i+1 starts a chunk of the truncation: nothing flows back
             for first in range(lo, hi, tile):
@@ -138,6 +151,8 @@ def _backward_loops(dS_out, WsT, S, lengths, reverse, act, truncate, clip, delta
                 else:
                     g[:] = 0
                 _backward_step(dS_out, S, lengths, reverse, act, clip, delta, i, first, la, g, n)
+                if i >= shortest:
+                    cpu_variants.zero_past_end(lengths, i, first, n, delta, la)
         for first in range(lo, hi, tile):
             n = min(tile, hi - first)
             cpu_variants.tile_products(WsT, last[first - lo:first - lo + n], n, g)
@@ -151,34 +166,35 @@ def _backward_blas(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta, 
         first, end = cpu_variants.share_of(share, shares, B, 1)
         last = np.zeros((end - first, H), dtype=S.dtype)  # delta of the step processed before
         g = np.zeros_like(last)  # last Ws, then dL/dS_t
+        shortest = lengths[first:end].min()
         for i in range(T - 1, -1, -1):
             if not passes(i + 1, truncate):
                 g[:] = 0  # step i+1 starts a chunk: no gradient flows back across it
             else:
                 np.dot(last, Ws, g)
             _backward_step(dS_out, S, lengths, reverse, act, clip, delta, i, first, last, g, end - first)
+            if i >= shortest:
+                cpu_variants.zero_past_end(lengths, i, first, end - first, delta, last)
         np.dot(last, Ws, dS0[first:end])
 
 
 @njit(inline="always", **cpu_variants.JIT_OPTIONS)
 def _backward_step(dS_out, S, lengths, reverse, act, clip, delta, i, first, last, g, n):
     """Step i (backwards) of sequences first..first+n-1 from g[q] = (the later step's delta) Ws;
-    writes their deltas into ``delta`` and ``last``."""
+    writes their deltas into ``delta`` and ``last`` (those not past their end)."""
     H = S.shape[2]
     one = S.dtype.type(1.0)
     for q in range(n):
         b = first + q
         L = lengths[b]
         if i >= L:
-            delta[i, b] = 0
-            last[q] = 0
             continue
         t = position(i, L, reverse)
         sumsq = one - one
         for k in range(H):
             g[q, k] += dS_out[t, b, k]
             sumsq += g[q, k] * g[q, k]
-        _scale_row(act, g, q, S, t, b, clip_scale(sumsq, clip, one), last, delta)
+        _scale_row_for(act, g, q, S, t, b, clip_scale(sumsq, clip, one), last, delta)
 
 
 _forward_kernels = {"loops": cpu_variants.compile_both(_forward_loops),

@@ -21,6 +21,9 @@ from numba import get_num_threads, njit, prange
 from . import cpu_variants
 
 MIN_SHARE_FLOPS = 2_000_000  # a thread's share below this (~20 µs of BLAS) is not worth a parallel region
+# an inner share of fewer rows writes a whole [M,N] partial for too little work (and holds its memory):
+# the rank-B products with the initial state, K = B
+MIN_INNER_ROWS = 64
 
 
 @njit(**cpu_variants.JIT_OPTIONS)
@@ -69,7 +72,8 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None):
         out = np.empty((M, N), dtype=np.result_type(A, B))
     if A.flags.c_contiguous and (shares := _shares(M, K, N, M)) > 1:
         _dot_rows(A, B, out, shares)
-    elif trans_a and A.T.flags.c_contiguous and B.flags.c_contiguous and (shares := _shares(M, K, N, K)) > 1:
+    elif trans_a and A.T.flags.c_contiguous and B.flags.c_contiguous and (
+            shares := _shares(M, K, N, K // MIN_INNER_ROWS)) > 1:
         _dot_inner(A.T, B, out, np.empty((shares - 1, M, N), dtype=out.dtype), shares)
     else:
         _dot(A, B, out)

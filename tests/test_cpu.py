@@ -135,6 +135,7 @@ def test_matmul_shared_among_threads(M, K, N, trans_a, trans_b, monkeypatch):
     from gpubptt.kernels import linalg_cpu
 
     monkeypatch.setattr(linalg_cpu, "MIN_SHARE_FLOPS", 1)
+    monkeypatch.setattr(linalg_cpu, "MIN_INNER_ROWS", 1)
     rng = np.random.default_rng(M * K * N)
     a = rng.standard_normal((K, M) if trans_a else (M, K)).astype(np.float32)
     b = rng.standard_normal((N, K) if trans_b else (K, N)).astype(np.float32)
@@ -145,6 +146,9 @@ def test_matmul_shared_among_threads(M, K, N, trans_a, trans_b, monkeypatch):
     out = linalg_cpu.matmul(a, b, trans_a=trans_a, trans_b=trans_b)
     assert out.shape == (M, N) and out.dtype == np.float32
     assert_close(out, expected, 1e-5, "matmul")
+    dest = np.full((M, N), np.nan, np.float32)
+    assert linalg_cpu.matmul(a, b, trans_a=trans_a, trans_b=trans_b, out=dest) is dest
+    assert np.array_equal(dest, out)
     assert np.array_equal(a, a_before) and np.array_equal(b, b_before)
 
 
@@ -154,6 +158,7 @@ def test_bptt_with_products_shared_among_threads(monkeypatch):
     from gpubptt.kernels import linalg_cpu
 
     monkeypatch.setattr(linalg_cpu, "MIN_SHARE_FLOPS", 1)
+    monkeypatch.setattr(linalg_cpu, "MIN_INNER_ROWS", 1)
     compare("tanh", "identity", "squared", "all", (7, 5, 3, 6, 2), np.float64, num_layers=2, bidirectional=True)
 
 

@@ -80,12 +80,15 @@ def _forward_loops(U, Ws, bs, H0, lengths, reverse, Hs, Gn, tile, shares):
         lo, hi = cpu_variants.share_of(share, shares, B, tile)
         h = H0[lo:hi].copy()
         rec = np.empty((tile, G), dtype=U.dtype)
+        shortest = lengths[lo:hi].min()
         for i in range(T):
             for first in range(lo, hi, tile):
                 n = min(tile, hi - first)
                 a, z = first - lo, first - lo + n
                 cpu_variants.tile_products(Ws, h[a:z], n, rec)
-                _forward_step(U, bs, H0, lengths, reverse, Hs, Gn, i, first, rec, h[a:z], n, one)
+                _forward_step(U, bs, lengths, reverse, Hs, Gn, i, first, rec, h[a:z], n, one)
+                if i >= shortest:
+                    cpu_variants.past_end(H0, lengths, reverse, Hs, i, first, h[a:z], n)
 
 
 def _forward_blas(U, WsT, bs, H0, lengths, reverse, Hs, Gn, shares):
@@ -96,21 +99,23 @@ def _forward_blas(U, WsT, bs, H0, lengths, reverse, Hs, Gn, shares):
         first, end = cpu_variants.share_of(share, shares, B, 1)
         h = H0[first:end].copy()
         rec = np.empty((end - first, G), dtype=U.dtype)
+        shortest = lengths[first:end].min()
         for i in range(T):
             np.dot(h, WsT, rec)
-            _forward_step(U, bs, H0, lengths, reverse, Hs, Gn, i, first, rec, h, end - first, one)
+            _forward_step(U, bs, lengths, reverse, Hs, Gn, i, first, rec, h, end - first, one)
+            if i >= shortest:
+                cpu_variants.past_end(H0, lengths, reverse, Hs, i, first, h, end - first)
 
 
 @njit(**cpu_variants.JIT_OPTIONS)
-def _forward_step(U, bs, H0, lengths, reverse, Hs, Gn, i, first, rec, h, n, one):
-    """Step i of sequences first..first+n-1 from their recurrent products rec[q] = h[q] Wsᵀ."""
+def _forward_step(U, bs, lengths, reverse, Hs, Gn, i, first, rec, h, n, one):
+    """Step i of sequences first..first+n-1 from their recurrent products rec[q] = h[q] Wsᵀ (those not
+    past their end: cpu_variants.past_end)."""
     for q in range(n):
         b = first + q
         L = lengths[b]
         if i < L:
             _cell(U, position(i, L, reverse), b, rec[q], bs, h[q], Hs, Gn, one)
-        else:
-            Hs[i, b] = H0[b] if reverse else h[q]
 
 
 def _backward_loops(dH_out, WsT, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0, tile, shares):
@@ -122,6 +127,7 @@ def _backward_loops(dH_out, WsT, G, Gn, Hs, H0, lengths, reverse, truncate, clip
         last = np.zeros((hi - lo, Gs), dtype=G.dtype)  # dRec of the later step
         dh = np.empty((tile, H), dtype=G.dtype)  # a tile's last Ws, then dL/dh_t
         direct = np.zeros((hi - lo, H), dtype=G.dtype)  # dh_{t+1} z_{t+1}: the path around the gates
+        shortest = lengths[lo:hi].min()
         for i in range(T - 1, -1, -1):
             flows = passes(i + 1, truncate)  # step i+1 starts a chunk of the truncation: nothing flows back
             if not flows:
@@ -135,6 +141,9 @@ def _backward_loops(dH_out, WsT, G, Gn, Hs, H0, lengths, reverse, truncate, clip
                     dh[:] = 0
                 _backward_step(dH_out, G, Gn, Hs, H0, lengths, reverse, clip, dRec, dNx, i, first, last[a:z], dh,
                                direct[a:z], n)
+                if i >= shortest:
+                    cpu_variants.zero_past_end(lengths, i, first, n, dRec, last[a:z])
+                    cpu_variants.zero_past_end(lengths, i, first, n, dNx, direct[a:z])
         for first in range(lo, hi, tile):
             n = min(tile, hi - first)
             a, z = first - lo, first - lo + n
@@ -151,6 +160,7 @@ def _backward_blas(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, clip, 
         last = np.zeros((end - first, Gs), dtype=G.dtype)  # dRec of the later step
         dh = np.zeros((end - first, H), dtype=G.dtype)  # last Ws, then dL/dh_t
         direct = np.zeros((end - first, H), dtype=G.dtype)  # dh_{t+1} z_{t+1}
+        shortest = lengths[first:end].min()
         for i in range(T - 1, -1, -1):
             if not passes(i + 1, truncate):
                 dh[:] = 0
@@ -159,23 +169,23 @@ def _backward_blas(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, clip, 
                 np.dot(last, Ws, dh)
             _backward_step(dH_out, G, Gn, Hs, H0, lengths, reverse, clip, dRec, dNx, i, first, last, dh, direct,
                            end - first)
+            if i >= shortest:
+                cpu_variants.zero_past_end(lengths, i, first, end - first, dRec, last)
+                cpu_variants.zero_past_end(lengths, i, first, end - first, dNx, direct)
         np.dot(last, Ws, dH0[first:end])
         dH0[first:end] += direct
 
 
 @njit(**cpu_variants.JIT_OPTIONS)
 def _backward_step(dH_out, G, Gn, Hs, H0, lengths, reverse, clip, dRec, dNx, i, first, last, dh, direct, n):
-    """Step i (backwards) of sequences first..first+n-1 from dh[q] = (the later step's dRec) Ws."""
+    """Step i (backwards) of sequences first..first+n-1 from dh[q] = (the later step's dRec) Ws (those
+    not past their end: cpu_variants.zero_past_end)."""
     H = dh.shape[1]
     one = G.dtype.type(1.0)
     for q in range(n):
         b = first + q
         L = lengths[b]
         if i >= L:
-            dRec[i, b] = 0
-            dNx[i, b] = 0
-            last[q] = 0
-            direct[q] = 0
             continue
         t = position(i, L, reverse)
         for j in range(H):

@@ -84,12 +84,16 @@ def _forward_loops(U, Ws, H0, C0, lengths, reverse, Hs, Cs, tile, shares):
         h = H0[lo:hi].copy()
         c = C0[lo:hi].copy()
         rec = np.empty((tile, G), dtype=U.dtype)
+        shortest = lengths[lo:hi].min()
         for i in range(T):
             for first in range(lo, hi, tile):
                 n = min(tile, hi - first)
                 a, z = first - lo, first - lo + n
                 cpu_variants.tile_products(Ws, h[a:z], n, rec)
-                _forward_step(U, H0, C0, lengths, reverse, Hs, Cs, i, first, rec, c[a:z], h[a:z], n, one)
+                _forward_step(U, lengths, reverse, Hs, Cs, i, first, rec, c[a:z], h[a:z], n, one)
+                if i >= shortest:
+                    cpu_variants.past_end(H0, lengths, reverse, Hs, i, first, h[a:z], n)
+                    cpu_variants.past_end(C0, lengths, reverse, Cs, i, first, c[a:z], n)
 
 
 def _forward_blas(U, WsT, H0, C0, lengths, reverse, Hs, Cs, shares):
@@ -101,22 +105,24 @@ def _forward_blas(U, WsT, H0, C0, lengths, reverse, Hs, Cs, shares):
         h = H0[first:end].copy()
         c = C0[first:end].copy()
         rec = np.empty((end - first, G), dtype=U.dtype)
+        shortest = lengths[first:end].min()
         for i in range(T):
             np.dot(h, WsT, rec)
-            _forward_step(U, H0, C0, lengths, reverse, Hs, Cs, i, first, rec, c, h, end - first, one)
+            _forward_step(U, lengths, reverse, Hs, Cs, i, first, rec, c, h, end - first, one)
+            if i >= shortest:
+                cpu_variants.past_end(H0, lengths, reverse, Hs, i, first, h, end - first)
+                cpu_variants.past_end(C0, lengths, reverse, Cs, i, first, c, end - first)
 
 
 @njit(**cpu_variants.JIT_OPTIONS)
-def _forward_step(U, H0, C0, lengths, reverse, Hs, Cs, i, first, rec, c, h, n, one):
-    """Step i of sequences first..first+n-1 from their recurrent products rec[q] = h[q] Wsᵀ."""
+def _forward_step(U, lengths, reverse, Hs, Cs, i, first, rec, c, h, n, one):
+    """Step i of sequences first..first+n-1 from their recurrent products rec[q] = h[q] Wsᵀ (those not
+    past their end: cpu_variants.past_end)."""
     for q in range(n):
         b = first + q
         L = lengths[b]
         if i < L:
             _cell(U, position(i, L, reverse), b, rec[q], c[q], h[q], Hs, Cs, one)
-        else:
-            Hs[i, b] = H0[b] if reverse else h[q]
-            Cs[i, b] = C0[b] if reverse else c[q]
 
 
 def _backward_loops(dH_out, WsT, G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0, tile, shares):
@@ -128,6 +134,7 @@ def _backward_loops(dH_out, WsT, G, Hs, Cs, C0, lengths, reverse, truncate, clip
         last = np.zeros((hi - lo, Gs), dtype=G.dtype)  # dG of the later step
         dh = np.empty((tile, H), dtype=G.dtype)  # a tile's last Ws, then dL/dh_t
         dcn = np.zeros((hi - lo, H), dtype=G.dtype)  # dL/dc_t through c_{t+1}
+        shortest = lengths[lo:hi].min()
         for i in range(T - 1, -1, -1):
             flows = passes(i + 1, truncate)  # step i+1 starts a chunk of the truncation: nothing flows back
             if not flows:
@@ -140,6 +147,9 @@ def _backward_loops(dH_out, WsT, G, Hs, Cs, C0, lengths, reverse, truncate, clip
                 else:
                     dh[:] = 0
                 _backward_step(dH_out, G, Cs, C0, lengths, reverse, clip, dG, i, first, last[a:z], dh, dcn[a:z], n)
+                if i >= shortest:
+                    cpu_variants.zero_past_end(lengths, i, first, n, dG, last[a:z])
+                    cpu_variants.zero_past_end(lengths, i, first, n, dG, dcn[a:z])
         for first in range(lo, hi, tile):
             n = min(tile, hi - first)
             a, z = first - lo, first - lo + n
@@ -157,6 +167,7 @@ def _backward_blas(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, clip, 
         last = np.zeros((end - first, Gs), dtype=G.dtype)  # dG of the later step
         dh = np.zeros((end - first, H), dtype=G.dtype)  # last Ws, then dL/dh_t
         dcn = np.zeros((end - first, H), dtype=G.dtype)  # dL/dc_t through c_{t+1}
+        shortest = lengths[first:end].min()
         for i in range(T - 1, -1, -1):
             if not passes(i + 1, truncate):
                 dh[:] = 0
@@ -164,22 +175,23 @@ def _backward_blas(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, clip, 
             else:
                 np.dot(last, Ws, dh)
             _backward_step(dH_out, G, Cs, C0, lengths, reverse, clip, dG, i, first, last, dh, dcn, end - first)
+            if i >= shortest:
+                cpu_variants.zero_past_end(lengths, i, first, end - first, dG, last)
+                cpu_variants.zero_past_end(lengths, i, first, end - first, dG, dcn)
         np.dot(last, Ws, dH0[first:end])
         dC0[first:end] = dcn
 
 
 @njit(**cpu_variants.JIT_OPTIONS)
 def _backward_step(dH_out, G, Cs, C0, lengths, reverse, clip, dG, i, first, last, dh, dcn, n):
-    """Step i (backwards) of sequences first..first+n-1 from dh[q] = (the later step's dG) Ws."""
+    """Step i (backwards) of sequences first..first+n-1 from dh[q] = (the later step's dG) Ws (those not
+    past their end: cpu_variants.zero_past_end)."""
     H = dh.shape[1]
     one = G.dtype.type(1.0)
     for q in range(n):
         b = first + q
         L = lengths[b]
         if i >= L:
-            dG[i, b] = 0
-            last[q] = 0
-            dcn[q] = 0
             continue
         t = position(i, L, reverse)
         for j in range(H):

@@ -247,3 +247,20 @@ def test_the_cpu_clock_times_one_thread_by_process_time(monkeypatch):
     assert all(r["status"] == "ok" and r["disturbed"] is False for r in result["results"])
     assert "CPU time of the process" in bench.to_markdown(result)
     assert bench._clock is bench.time.perf_counter  # restored after the run
+
+
+def test_memory_is_the_smallest_of_the_memory_runs(monkeypatch):
+    """A peer's memory is the least of MEMORY_RUNS runs (the first after another peer's can find a
+    fragmented heap); the reference, slow, gets one."""
+    rises = {"cpu": iter([9000, 4000, 7000]), "reference": iter([5000, 1, 1])}
+    seen = []
+
+    def fake_memory(self, fn):
+        seen.append(self.name)
+        return next(rises[self.name]), "fake", fn()
+
+    monkeypatch.setattr(bench._GpubpttPeer, "memory", fake_memory)
+    result = bench.run(shapes=[(2, 3, 2, 4)], backend="reference,cpu", mode="bptt", repeat=1, settle_s=0, retries=0)
+    peak = {e["peer"]: e["peak_bytes"] for e in result["results"]}
+    assert peak == {"reference": 5000, "cpu": 4000}
+    assert seen.count("cpu") == bench.MEMORY_RUNS == 3 and seen.count("reference") == 1

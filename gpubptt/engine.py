@@ -53,7 +53,7 @@ class _Elman:
     family, fuse_bs, chunks = "elman", True, True
 
     def forward(self, k, U, p, sfx, s0, lengths, reverse, cell, xp):
-        k.forward_recurrence(U, xp.ascontiguousarray(p["Ws" + sfx].T), s0, lengths, reverse, CODES[cell], U)
+        k.forward_recurrence(U, p["Ws" + sfx], s0, lengths, reverse, CODES[cell], U)
         return {"h": U}
 
     def backward(self, k, dH, st, pos, p, sfx, s0, lengths, reverse, cell, truncate, clip, xp):
@@ -69,7 +69,7 @@ class _LSTM:
         h0, c0 = s0
         shape = U.shape[:2] + h0.shape[1:]
         Hs, Cs = xp.empty(shape, dtype=U.dtype), xp.empty(shape, dtype=U.dtype)
-        k.forward_recurrence(U, xp.ascontiguousarray(p["Ws" + sfx].T), h0, c0, lengths, reverse, Hs, Cs)
+        k.forward_recurrence(U, p["Ws" + sfx], h0, c0, lengths, reverse, Hs, Cs)
         return {"h": Hs, "c": Cs, "gates": U}
 
     def backward(self, k, dH, st, pos, p, sfx, s0, lengths, reverse, cell, truncate, clip, xp):
@@ -89,7 +89,7 @@ class _GRU:
         H = s0.shape[1]
         Hs, Gn = xp.empty(U.shape[:2] + (H,), dtype=U.dtype), xp.empty(U.shape[:2] + (H,), dtype=U.dtype)
         bs = p["bs" + sfx] if "bs" + sfx in p else xp.zeros(3 * H, dtype=U.dtype)
-        k.forward_recurrence(U, xp.ascontiguousarray(p["Ws" + sfx].T), bs, s0, lengths, reverse, Hs, Gn)
+        k.forward_recurrence(U, p["Ws" + sfx], bs, s0, lengths, reverse, Hs, Gn)
         return {"h": Hs, "gates": U, "gn": Gn}
 
     def backward(self, k, dH, st, pos, p, sfx, s0, lengths, reverse, cell, truncate, clip, xp):
@@ -273,12 +273,12 @@ def _recurrent_weight_grad(dWs, add, dRec, S, s0, start, reverse, mm):
         _product_into(dWs, add or a < b, mm, dRec[n - 1 if lo + n > T else 0], s0, trans_a=True)
 
 
-# Measured on 2 cores (tanh, float32): 4 chunks cost 2-5 % at (B,T,D,H) = (64,100,64,256) ..
-# (4,1000,64,256); a chunk costs ~50 µs of calls (7 % at (1,1000,8,64)), and its weight-sized products
-# and sums cost more than its rows save when it has few rows: 4 chunks of 200 rows at H = 512 took
-# 10.0 ms for 7.8 ms in one.
+# Measured on 2 cores (tanh, float32): chunks cost 2-3 % at (B,T,D,H) = (32,200,32,128) ..
+# (64,100,64,256); a chunk costs ~50 µs of calls (7 % at (1,1000,8,64)) and weight-sized work (Ws
+# transposed for the kernel, the dWs sum): 1.5 % with 3 chunks at (64,50,128,512), whose peak memory
+# falls from 1.84x to 1.52x the bound; with 4 chunks of 200 rows at H = 512 more than they saved.
 CHUNK_BYTES = 1 << 20  # a chunk's [Tc,B,H] gradient at least this
-CHUNK_ROWS_PER_UNIT = 4  # and Tc·B at least this many times H
+CHUNK_ROWS_PER_UNIT = 2  # and Tc·B at least this many times H
 MAX_CHUNKS = 4
 
 

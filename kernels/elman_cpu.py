@@ -203,11 +203,11 @@ _backward_kernels = {"loops": cpu_variants.compile_both(_backward_loops),
                      "blas": cpu_variants.compile_both(_backward_blas)}
 
 
-def forward_recurrence(U, WsT, S0, lengths, reverse, act, S):
+def forward_recurrence(U, Ws, S0, lengths, reverse, act, S):
     """S_t = g1(U_t + S_{t-1} Wsᵀ) over each sequence's steps.
 
     U       [T,B,H]  Wx x_t + bx + bs for every step (computed before, in one product)
-    WsT     [H,H]    Wsᵀ, contiguous
+    Ws      [H,H]    contiguous
     S0      [B,H]    initial state
     lengths [B]      int32, 1..T
     reverse int      0 forward, 1 reverse direction
@@ -217,9 +217,9 @@ def forward_recurrence(U, WsT, S0, lengths, reverse, act, S):
     variant, tile, shares = cpu_variants.plan(U.shape[1], U.shape[2])
     kernel = cpu_variants.pick(_forward_kernels[variant], shares)
     if variant == "loops":
-        kernel(U, np.ascontiguousarray(WsT.T), S0, lengths, reverse, act, S, tile, shares)
+        kernel(U, Ws, S0, lengths, reverse, act, S, tile, shares)
     else:
-        kernel(U, WsT, S0, lengths, reverse, act, S, shares)
+        kernel(U, cpu_variants.transposed(Ws), S0, lengths, reverse, act, S, shares)
 
 
 def backward_recurrence(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta, dS0):
@@ -238,6 +238,6 @@ def backward_recurrence(dS_out, Ws, S, lengths, reverse, act, truncate, clip, de
     variant, tile, shares = cpu_variants.plan(S.shape[1], S.shape[2])
     kernel = cpu_variants.pick(_backward_kernels[variant], shares)
     if variant == "loops":
-        kernel(dS_out, np.ascontiguousarray(Ws.T), S, lengths, reverse, act, truncate, clip, delta, dS0, tile, shares)
+        kernel(dS_out, cpu_variants.transposed(Ws), S, lengths, reverse, act, truncate, clip, delta, dS0, tile, shares)
     else:
         kernel(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta, dS0, shares)

@@ -397,11 +397,11 @@ BACKWARD_FOOTPRINT = Footprint(
 )
 
 
-def forward_recurrence(U, WsT, S0, lengths, reverse, act, S):
+def forward_recurrence(U, Ws, S0, lengths, reverse, act, S):
     """S_t = g1(U_t + S_{t-1} Wsᵀ); arguments as ``elman_cpu.forward_recurrence``. Returns the Plan
-    it launched (variant, grid, shared memory)."""
+    it launched (variant, grid, shared memory). The kernels read Wsᵀ."""
     B, H = U.shape[1], U.shape[2]
-    args = (U, WsT, S0, lengths, reverse, act)
+    args = (U, Ws.T.copy(), S0, lengths, reverse, act)
 
     def build(plan):
         if plan.variant == "tiled":

@@ -200,9 +200,9 @@ _backward_kernels = {"loops": cpu_variants.compile_both(_backward_loops),
                      "blas": cpu_variants.compile_both(_backward_blas)}
 
 
-def forward_recurrence(U, WsT, bs, H0, lengths, reverse, Hs, Gn):
+def forward_recurrence(U, Ws, bs, H0, lengths, reverse, Hs, Gn):
     """U      [T,B,3H] Wx x_t + bx for every step; overwritten with the gates (r, z, n)
-    WsT    [H,3H]   Wsᵀ, contiguous
+    Ws     [3H,H]   contiguous
     bs     [3H]     recurrent biases
     H0     [B,H]    initial state
     lengths [B], reverse: as elman_cpu
@@ -212,9 +212,9 @@ def forward_recurrence(U, WsT, bs, H0, lengths, reverse, Hs, Gn):
     variant, tile, shares = cpu_variants.plan(U.shape[1], Hs.shape[2])
     kernel = cpu_variants.pick(_forward_kernels[variant], shares)
     if variant == "loops":
-        kernel(U, np.ascontiguousarray(WsT.T), bs, H0, lengths, reverse, Hs, Gn, tile, shares)
+        kernel(U, Ws, bs, H0, lengths, reverse, Hs, Gn, tile, shares)
     else:
-        kernel(U, WsT, bs, H0, lengths, reverse, Hs, Gn, shares)
+        kernel(U, cpu_variants.transposed(Ws), bs, H0, lengths, reverse, Hs, Gn, shares)
 
 
 def backward_recurrence(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0):
@@ -232,7 +232,7 @@ def backward_recurrence(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, c
     variant, tile, shares = cpu_variants.plan(G.shape[1], Hs.shape[2])
     kernel = cpu_variants.pick(_backward_kernels[variant], shares)
     if variant == "loops":
-        kernel(dH_out, np.ascontiguousarray(Ws.T), G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0,
+        kernel(dH_out, cpu_variants.transposed(Ws), G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0,
                tile, shares)
     else:
         kernel(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0, shares)

@@ -475,10 +475,10 @@ BACKWARD_FOOTPRINT = Footprint(
 )
 
 
-def forward_recurrence(U, WsT, bs, H0, lengths, reverse, Hs, Gn):
-    """Arguments as ``gru_cpu.forward_recurrence``. Returns the Plan it launched."""
+def forward_recurrence(U, Ws, bs, H0, lengths, reverse, Hs, Gn):
+    """Arguments as ``gru_cpu.forward_recurrence``. Returns the Plan it launched. The kernels read Wsᵀ."""
     B, H = U.shape[1], Hs.shape[2]
-    args = (U, WsT, bs, H0, lengths, reverse)
+    args = (U, Ws.T.copy(), bs, H0, lengths, reverse)
 
     def build(plan):
         if plan.variant == "tiled":

@@ -206,9 +206,9 @@ _backward_kernels = {"loops": cpu_variants.compile_both(_backward_loops),
                      "blas": cpu_variants.compile_both(_backward_blas)}
 
 
-def forward_recurrence(U, WsT, H0, C0, lengths, reverse, Hs, Cs):
+def forward_recurrence(U, Ws, H0, C0, lengths, reverse, Hs, Cs):
     """U      [T,B,4H] gate pre-activations from the inputs; overwritten with the gates (i, f, g, o)
-    WsT    [H,4H]   Wsᵀ, contiguous
+    Ws     [4H,H]   contiguous
     H0, C0 [B,H]    initial hidden and cell state
     lengths [B], reverse: as elman_cpu
     Hs, Cs [T,B,H]  out: hidden and cell states
@@ -216,9 +216,9 @@ def forward_recurrence(U, WsT, H0, C0, lengths, reverse, Hs, Cs):
     variant, tile, shares = cpu_variants.plan(U.shape[1], Hs.shape[2])
     kernel = cpu_variants.pick(_forward_kernels[variant], shares)
     if variant == "loops":
-        kernel(U, np.ascontiguousarray(WsT.T), H0, C0, lengths, reverse, Hs, Cs, tile, shares)
+        kernel(U, Ws, H0, C0, lengths, reverse, Hs, Cs, tile, shares)
     else:
-        kernel(U, WsT, H0, C0, lengths, reverse, Hs, Cs, shares)
+        kernel(U, cpu_variants.transposed(Ws), H0, C0, lengths, reverse, Hs, Cs, shares)
 
 
 def backward_recurrence(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0):
@@ -233,7 +233,7 @@ def backward_recurrence(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, c
     variant, tile, shares = cpu_variants.plan(G.shape[1], Hs.shape[2])
     kernel = cpu_variants.pick(_backward_kernels[variant], shares)
     if variant == "loops":
-        kernel(dH_out, np.ascontiguousarray(Ws.T), G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0,
+        kernel(dH_out, cpu_variants.transposed(Ws), G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0,
                tile, shares)
     else:
         kernel(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0, shares)

@@ -496,10 +496,10 @@ BACKWARD_FOOTPRINT = Footprint(
 )
 
 
-def forward_recurrence(U, WsT, H0, C0, lengths, reverse, Hs, Cs):
-    """Arguments as ``lstm_cpu.forward_recurrence``. Returns the Plan it launched."""
+def forward_recurrence(U, Ws, H0, C0, lengths, reverse, Hs, Cs):
+    """Arguments as ``lstm_cpu.forward_recurrence``. Returns the Plan it launched. The kernels read Wsᵀ."""
     B, H = U.shape[1], Hs.shape[2]
-    args = (U, WsT, H0, C0, lengths, reverse)
+    args = (U, Ws.T.copy(), H0, C0, lengths, reverse)
 
     def build(plan):
         if plan.variant == "tiled":

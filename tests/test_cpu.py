@@ -202,13 +202,27 @@ def test_bptt_in_time_chunks(case, dtype, monkeypatch):
     (10, 8192, 32, 4, [(0, 4), (4, 8), (8, 10)]),
     (3, 8192, 32, 0, [(0, 1), (1, 2), (2, 3)]),
     (100, 64, 128, 0, [(0, 34), (34, 68), (68, 100)]),  # 3.3 MB: three chunks of at least 1 MiB
-    (50, 64, 512, 0, [(0, 50)]),  # 6.6 MB, but a chunk of 4·H rows would be most of it
-    (50, 128, 512, 0, [(0, 17), (17, 34), (34, 50)]),
+    (50, 16, 512, 0, [(0, 50)]),  # 1.6 MB, but a chunk of 2·H rows would be most of it
+    (50, 64, 512, 0, [(0, 17), (17, 34), (34, 50)]),
+    (50, 128, 512, 0, [(0, 13), (13, 26), (26, 39), (39, 50)]),
 ])
 def test_time_chunks(T, B, H, truncate, expected):
+    """Each chunk at least CHUNK_BYTES of the gradient and CHUNK_ROWS_PER_UNIT·H rows, at most
+    MAX_CHUNKS, whole truncation windows."""
     from gpubptt import engine
 
     assert engine.time_chunks(T, B, H, 4, truncate) == expected
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 17), (64, 64), (1024, 256), (9, 8)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transposed(shape, dtype):
+    from gpubptt.kernels import cpu_variants
+
+    a = np.random.default_rng(sum(shape)).standard_normal(shape).astype(dtype)
+    before = a.copy()
+    t = cpu_variants.transposed(a)
+    assert t.flags.c_contiguous and t.dtype == dtype and np.array_equal(t, a.T) and np.array_equal(a, before)
 
 
 @pytest.mark.parametrize("module", ["elman_cpu", "lstm_cpu", "gru_cpu"])

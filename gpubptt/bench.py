@@ -41,8 +41,9 @@ the quietest (``attempts`` says how many blocks ran, ``disturbed`` whether even 
 average before and after the whole run is in the metadata.
 Where the machine stays busy, ``clock='cpu'`` with ``threads=1`` times the host peers by this process's
 CPU time (``time.process_time``) instead: the work done, not the waiting for a core (shared caches
-and clock frequency still feel the neighbours). It says nothing about multi-thread scaling. CPU peers are timed with ``time.perf_counter`` around the call; GPU peers with CUDA events on their
-stream (CuPy's, or PyTorch's). The garbage collector runs once before a block of timed runs and is
+and clock frequency still feel the neighbours). It says nothing about multi-thread scaling. CPU peers
+are timed with ``time.perf_counter`` around the call; GPU peers with CUDA events on their stream
+(CuPy's, or PyTorch's). The garbage collector runs once before a block of timed runs and is
 paused during it: a full collection between two runs walks every Python object and leaves the caches
 cold, which a training loop does not do (measured: B=1, T=1000, H=64, 1.34 ms per call with a
 collection before each, 0.68 ms without).

@@ -202,8 +202,9 @@ def backward(params, x, states0, lengths, structure, saved, top, dZ, truncate, c
             if ops.chunks and not return_deltas and (full_lengths or not direction):
                 chunks = time_chunks(T, B, H, x.dtype.itemsize, truncate)
             Wx, Ws = p["Wx" + sfx], p["Ws" + sfx]
-            dWs, dWx, dbx = xp.empty_like(Ws), xp.empty_like(Wx), xp.empty_like(Wx[:, 0])
-            dbs = None if ops.fuse_bs else xp.empty_like(Ws[:, 0])  # GRU: Σ dRec (bs_n's differs)
+            dWs, dWx = xp.empty_like(Ws), xp.empty_like(Wx)
+            dbx = xp.empty_like(Wx[:, 0]) if st.bias else None
+            dbs = xp.empty_like(Ws[:, 0]) if st.bias and not ops.fuse_bs else None  # GRU: Σ dRec (bs_n's differs)
             carry = None  # dL/d(the state before the chunk done last), passed on to the next chunk
             for i0, i1 in reversed(chunks):
                 pos = slice(T - i1, T - i0) if direction else slice(i0, i1)
@@ -211,19 +212,19 @@ def backward(params, x, states0, lengths, structure, saved, top, dZ, truncate, c
                 if carry is not None:
                     dH[0 if direction else -1] += carry  # the chunk's first processed step is its last
                 first, add = i0 == 0, i1 < T  # add: a chunk done before wrote the sums
-                before = h0 if first else s["h"][T - i0 if direction else i0 - 1]
+                before = s0 if first else s["h"][T - i0 if direction else i0 - 1]  # the state before the chunk
                 c_lengths = lengths if len(chunks) == 1 else xp.clip(lengths - i0, 0, i1 - i0).astype(lengths.dtype)
-                dRec, dU_blocks, dstate = ops.backward(k, dH, s, pos, p, sfx, s0 if first else before, c_lengths,
-                                                       direction, st.cell, truncate, clip, xp)
+                dRec, dU_blocks, dstate = ops.backward(k, dH, s, pos, p, sfx, before, c_lengths, direction, st.cell,
+                                                       truncate, clip, xp)
                 carry = dstate if passes(i0, truncate) else None
                 if first:
                     ds0[idx] = dstate
-                if st.bias and dbs is not None:
+                if dbs is not None:
                     _add_or_write(dbs, add, _rows(dRec).sum(axis=0))
                 _recurrent_weight_grad(dWs, add, dRec, s["h"], h0, pos.start, direction, mm)
                 for block, (rows, dU) in enumerate(dU_blocks):
                     dU = _rows(dU)
-                    if st.bias:
+                    if dbx is not None:
                         _add_or_write(dbx[rows], add, dU.sum(axis=0))
                     col = 0
                     for q, part in enumerate(parts):
@@ -234,7 +235,7 @@ def backward(params, x, states0, lengths, structure, saved, top, dZ, truncate, c
                 if return_deltas:
                     deltas[idx] = (dRec, dU_blocks)
                 del dH, dRec, dU_blocks, dU  # before the next chunk's dH is formed
-            grads["Ws" + sfx], grads["Wx" + sfx] = dWs, dWx  # dbx, dbs unwritten without biases
+            grads["Ws" + sfx], grads["Wx" + sfx] = dWs, dWx
             if st.bias:
                 grads["bx" + sfx] = dbx
                 # with bs folded into U (Elman, LSTM) its gradient is bx's; GRU's differs in the n block

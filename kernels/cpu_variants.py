@@ -92,8 +92,9 @@ def plan(batch, hidden):
 @njit(**JIT_OPTIONS)
 def share_of(share, shares, batch, tile):
     """[lo, hi): the sequences thread ``share`` of ``shares`` runs, a contiguous run of whole tiles
-    (``tile`` = 1: an even split of ``batch`` rows, as the blas variant and linalg_cpu use). Its tiles advance together, one step at a time, so that each step reads and
-    writes one contiguous block of the [T,B,·] arrays: measured on one core at (B,T,H) =
+    (``tile`` = 1: an even split of ``batch`` rows, as the blas variant and linalg_cpu use). Its
+    tiles advance together, one step at a time, so that each step reads and writes one contiguous
+    block of the [T,B,·] arrays: measured on one core at (B,T,H) =
     (32,200,128), forward, 4.1 ms where each tile ran its whole time loop alone (the next step's rows
     lie B·H values further, in another page: a cache and a TLB miss every step), 1.9 ms here."""
     tiles = -(-batch // tile)

@@ -115,13 +115,15 @@ def _rows(a):
     return a.reshape(-1, a.shape[-1])
 
 
-def _product_with_parts(parts, W, mm):
-    """Σ_q parts[q] W[:, cols_q]ᵀ over [T·B, ·] rows: the product with the concatenated parts."""
+def _product_with_parts(parts, W, mm, bias=None):
+    """Σ_q parts[q] W[:, cols_q]ᵀ (+ bias) over [T·B, ·] rows: the product with the concatenated parts."""
     out, col = None, 0
     for part in parts:
         width = part.shape[-1]
-        term = mm(_rows(part), W[:, col:col + width], trans_b=True)
-        out = term if out is None else out + term
+        if out is None:
+            out = mm(_rows(part), W[:, col:col + width], trans_b=True, bias=bias)
+        else:
+            out += mm(_rows(part), W[:, col:col + width], trans_b=True)
         col += width
     return out
 
@@ -138,15 +140,16 @@ def forward(params, x, states0, lengths, structure, output_activation, be):
     for layer in range(st.num_layers):
         layer_saved = []
         for _, direction, sfx in layer_suffixes(st.num_layers, st.bidirectional)[layer * st.dirs:(layer + 1) * st.dirs]:
-            U = _product_with_parts(parts, p["Wx" + sfx], mm)  # [T·B, G·H]: every step's input product at once
+            bias = None
             if st.bias:
-                U += p["bx" + sfx] + p["bs" + sfx] if ops.fuse_bs else p["bx" + sfx]
+                bias = p["bx" + sfx] + p["bs" + sfx] if ops.fuse_bs else p["bx" + sfx]
+            U = _product_with_parts(parts, p["Wx" + sfx], mm, bias)  # [T·B, G·H]: every step's input product at once
             U = U.reshape(T, B, G * H)
             s0 = states0[layer * st.dirs + direction]
             layer_saved.append(ops.forward(k, U, p, sfx, s0, lengths, direction, st.cell, xp))
         saved.append(layer_saved)
         parts = [s["h"] for s in layer_saved]
-    Z = (_product_with_parts(parts, p["Wy"], mm) + p["by"]).reshape(T, B, -1)
+    Z = _product_with_parts(parts, p["Wy"], mm, p["by"]).reshape(T, B, -1)
     return losses.output_activation(Z, output_activation, xp), Z, parts, saved
 
 
@@ -177,9 +180,10 @@ def backward(params, x, states0, lengths, structure, saved, top, dZ, truncate, c
     T, B, D = x.shape
     H = st.hidden_size
     ops = _ops(st.cell)
-    k, mm = be.kernels(ops.family), be.kernels("linalg").matmul
+    k, linalg = be.kernels(ops.family), be.kernels("linalg")
+    mm, sums = linalg.matmul, linalg.column_sums
     dZ2 = _rows(dZ)
-    grads = {"Wy": xp.empty_like(p["Wy"]), "by": dZ2.sum(axis=0)}
+    grads = {"Wy": xp.empty_like(p["Wy"]), "by": sums(dZ2)}
     for direction, S in enumerate(top):
         grads["Wy"][:, direction * H:(direction + 1) * H] = mm(dZ2, _rows(S), trans_a=True)
 
@@ -220,12 +224,12 @@ def backward(params, x, states0, lengths, structure, saved, top, dZ, truncate, c
                 if first:
                     ds0[idx] = dstate
                 if dbs is not None:
-                    _add_or_write(dbs, add, _rows(dRec).sum(axis=0))
+                    _add_or_write(dbs, add, sums(_rows(dRec)))
                 _recurrent_weight_grad(dWs, add, dRec, s["h"], h0, pos.start, direction, mm)
                 for block, (rows, dU) in enumerate(dU_blocks):
                     dU = _rows(dU)
                     if dbx is not None:
-                        _add_or_write(dbx[rows], add, dU.sum(axis=0))
+                        _add_or_write(dbx[rows], add, sums(dU))
                     col = 0
                     for q, part in enumerate(parts):
                         width = part.shape[-1]

@@ -38,11 +38,13 @@ JIT_OPTIONS = dict(cache=True, error_model="numpy", fastmath={"reassoc", "contra
 VARIANTS = ("auto", "loops", "blas")
 # ``blas`` once each thread's slice of the batch has at least BLAS_MIN_SHARE_PER_UNIT·H sequences: for
 # small H the tiles' dot products are too short to vectorise well and one BLAS product for the whole
-# slice wins; elsewhere the loops win, by up to 3x. Measured on 2 cores, forward + backward recurrence,
-# ms loops / blas at (B,T,H), 2 threads: (256,100,32) 2.17 / 1.72, (512,100,64) 7.69 / 7.11,
-# (256,100,64) 3.81 / 3.75, (128,100,64) 1.81 / 1.92, (256,100,128) 9.35 / 10.85, (32,200,128) 2.10 /
-# 4.45, (128,50,512) 24.2 / 36.7; 1 thread: (1024,50,128) 39.9 / 36.7, (256,100,128) 20.1 / 20.0.
-BLAS_MIN_SHARE_PER_UNIT = 4
+# slice wins; elsewhere the loops win. Measured on an AVX2 2-core VM (Zen 3), forward + backward
+# recurrence on 2 threads, loops / blas ms in one process, alternating: (B,T,H) = (256,100,64) 8.6 /
+# 6.5, (128,100,64) 4.3 / 3.7, (128,100,16) 0.72 / 0.55, (256,100,128) 26.7 / 22.1, (1024,50,128)
+# 54 / 40, (64,100,32) 0.58 / 0.58, (64,100,64) 1.44 / 1.66, (128,50,128) 4.4 / 4.4, (96,100,128)
+# 6.5 / 7.0, (64,50,128) 3.1 / 3.9, (128,100,256) 28.5 / 30.5, (16,50,128) 0.98 / 2.3. (On the host
+# of earlier sessions, whose loops were faster, the turn was at 4·H.)
+BLAS_MIN_SHARE_PER_UNIT = 1
 TILE = 4  # sequences a thread advances together in the loops variant
 
 
@@ -255,38 +257,36 @@ def transposed(a):
 def tile_products(W, X, n, out):
     """out[q, j] = Σ_k W[j, k] X[q, k] for the first n rows of X: the recurrent products of a tile of
     sequences, each a dot product over contiguous memory that the compiler vectorises. A full tile
-    (n = 4 = TILE) runs blocks of 4 rows of W against its 4 sequences, 16 sums at once: each loaded
-    vector of W or X serves 4 products (a dot product at a time loads two per product). A smaller
-    tile runs blocks of 4 rows against one sequence. Measured per step on one core, float32, H = 64 /
-    128 / 256: full tile 0.32 / 0.89 / 3.2 µs against 0.77 / 1.8 / 6.6 µs a dot product at a time;
-    one sequence 0.10 / 0.36 / 2.0 µs against 0.16 / 0.45 / 1.9."""
+    (n = 4 = TILE) runs pairs of rows of W against its 4 sequences, 8 sums at once: each loaded
+    vector of W serves 4 products and each of X 2 (a dot product at a time loads two vectors per
+    product). Eight sums, not sixteen: with AVX2's 16 vector registers, 16 accumulators and the 8
+    vectors they read spill (measured on an AVX2-only 2-core VM, float32, per full tile and step, H
+    = 64 / 128 / 256: 0.64-0.71 / 2.1 / 7.5-9.4 µs in pairs against 0.91-1.4 / 3.1 / 11.5-13.4 µs
+    in blocks of 4 rows). A smaller tile runs blocks of 4 rows of W against one sequence."""
     J, K = W.shape
     zero = out.dtype.type(0.0)
-    blocks = J - J % 4
     if n == 4:
-        for j in range(0, blocks, 4):
+        pairs = J - J % 2
+        for j in range(0, pairs, 2):
             a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = zero
-            a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = zero
             for k in range(K):
-                u, v, r, s = W[j, k], W[j + 1, k], W[j + 2, k], W[j + 3, k]
+                u, v = W[j, k], W[j + 1, k]
                 x0, x1, x2, x3 = X[0, k], X[1, k], X[2, k], X[3, k]
                 a00 += u * x0; a01 += u * x1; a02 += u * x2; a03 += u * x3  # noqa: E702
                 a10 += v * x0; a11 += v * x1; a12 += v * x2; a13 += v * x3  # noqa: E702
-                a20 += r * x0; a21 += r * x1; a22 += r * x2; a23 += r * x3  # noqa: E702
-                a30 += s * x0; a31 += s * x1; a32 += s * x2; a33 += s * x3  # noqa: E702
             out[0, j], out[1, j], out[2, j], out[3, j] = a00, a01, a02, a03
             out[0, j + 1], out[1, j + 1], out[2, j + 1], out[3, j + 1] = a10, a11, a12, a13
-            out[0, j + 2], out[1, j + 2], out[2, j + 2], out[3, j + 2] = a20, a21, a22, a23
-            out[0, j + 3], out[1, j + 3], out[2, j + 3], out[3, j + 3] = a30, a31, a32, a33
+        done = pairs
     else:
+        done = J - J % 4
         for q in range(n):
-            for j in range(0, blocks, 4):
+            for j in range(0, done, 4):
                 a0 = a1 = a2 = a3 = zero
                 for k in range(K):
                     x = X[q, k]
                     a0 += W[j, k] * x; a1 += W[j + 1, k] * x; a2 += W[j + 2, k] * x; a3 += W[j + 3, k] * x  # noqa: E702
                 out[q, j], out[q, j + 1], out[q, j + 2], out[q, j + 3] = a0, a1, a2, a3
-    for j in range(blocks, J):  # the rows of W past the last block of 4
+    for j in range(done, J):  # the rows of W past the last block
         for q in range(n):
             acc = zero
             for k in range(K):

@@ -24,19 +24,34 @@ MIN_SHARE_FLOPS = 2_000_000  # a thread's share below this (~20 µs of BLAS) is 
 # an inner share of fewer rows writes a whole [M,N] partial for too little work (and holds its memory):
 # the rank-B products with the initial state, K = B
 MIN_INNER_ROWS = 64
+MIN_SUM_SHARE = 16384  # values a thread sums at least
 
 
 @njit(**cpu_variants.JIT_OPTIONS)
-def _dot(A, B, out):
+def _add_row(out, lo, hi, bias):
+    """out[lo:hi] += bias, a row vector"""
+    for i in range(lo, hi):
+        for j in range(out.shape[1]):
+            out[i, j] += bias[j]
+
+
+@njit(**cpu_variants.JIT_OPTIONS)
+def _dot(A, B, out, bias):
     np.dot(A, B, out)
+    if bias is not None:
+        _add_row(out, 0, out.shape[0], bias)
 
 
 @njit(parallel=True, **cpu_variants.JIT_OPTIONS)
-def _dot_rows(A, B, out, shares):
+def _dot_rows(A, B, out, bias, shares):
+    """Each share's rows, the bias added while they are in cache (a separate pass over a [25600,64]
+    float32 result took 0.42 ms, the product itself 0.54)."""
     M = A.shape[0]
     for s in prange(shares):
         lo, hi = cpu_variants.share_of(s, shares, M, 1)
         np.dot(A[lo:hi], B, out[lo:hi])
+        if bias is not None:
+            _add_row(out, lo, hi, bias)
 
 
 @njit(parallel=True, **cpu_variants.JIT_OPTIONS)
@@ -61,20 +76,42 @@ def _shares(M, K, N, split):
     return max(1, min(get_num_threads(), split, (2 * M * K * N) // MIN_SHARE_FLOPS))
 
 
-def matmul(a, b, trans_a=False, trans_b=False, out=None):
-    """op(a) op(b), with op the transpose where asked; a new array, or written into ``out`` (C-contiguous,
-    of the result's shape and dtype). An operand whose layout BLAS cannot take (a column slice) is
-    copied first: those are weights or GRU gate blocks."""
+def matmul(a, b, trans_a=False, trans_b=False, out=None, bias=None):
+    """op(a) op(b), with op the transpose where asked, plus ``bias`` (a vector of the result's width)
+    in every row when given; a new array, or written into ``out`` (C-contiguous, of the result's shape
+    and dtype). An operand whose layout BLAS cannot take (a column slice) is copied first: those are
+    weights or GRU gate blocks."""
     A = _blas_layout(a.T if trans_a else a)
     B = _blas_layout(b.T if trans_b else b)
     (M, K), N = A.shape, B.shape[1]
     if out is None:
         out = np.empty((M, N), dtype=np.result_type(A, B))
     if A.flags.c_contiguous and (shares := _shares(M, K, N, M)) > 1:
-        _dot_rows(A, B, out, shares)
+        _dot_rows(A, B, out, bias, shares)
     elif trans_a and A.T.flags.c_contiguous and B.flags.c_contiguous and (
             shares := _shares(M, K, N, K // MIN_INNER_ROWS)) > 1:
         _dot_inner(A.T, B, out, np.empty((shares - 1, M, N), dtype=out.dtype), shares)
+        if bias is not None:
+            out += bias
     else:
-        _dot(A, B, out)
+        _dot(A, B, out, bias)
     return out
+
+
+@njit(parallel=True, **cpu_variants.JIT_OPTIONS)
+def _column_sums(a, partial, shares):
+    for s in prange(shares):
+        lo, hi = cpu_variants.share_of(s, shares, a.shape[0], 1)
+        for i in range(lo, hi):
+            for j in range(a.shape[1]):
+                partial[s, j] += a[i, j]
+
+
+def column_sums(a):
+    """Σ over the rows of a 2-D array (the bias gradients), each thread summing a share of the rows in
+    float64 (more accurate than NumPy's pairwise float32 sums, and in parallel: [6400,64] float32 took
+    NumPy 0.16 ms on one thread)."""
+    shares = max(1, min(get_num_threads(), a.size // MIN_SUM_SHARE))
+    partial = np.zeros((shares, a.shape[1]))
+    _column_sums(a, partial, shares)
+    return partial.sum(axis=0).astype(a.dtype)

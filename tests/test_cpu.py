@@ -149,7 +149,26 @@ def test_matmul_shared_among_threads(M, K, N, trans_a, trans_b, monkeypatch):
     dest = np.full((M, N), np.nan, np.float32)
     assert linalg_cpu.matmul(a, b, trans_a=trans_a, trans_b=trans_b, out=dest) is dest
     assert np.array_equal(dest, out)
+    bias = rng.standard_normal(N).astype(np.float32)
+    assert_close(linalg_cpu.matmul(a, b, trans_a=trans_a, trans_b=trans_b, bias=bias), expected + bias, 1e-5,
+                 "matmul + bias")
     assert np.array_equal(a, a_before) and np.array_equal(b, b_before)
+
+
+@pytest.mark.parametrize("M,N", [(5, 3), (40000, 7), (3000, 70)])
+def test_column_sums(M, N, monkeypatch):
+    """linalg_cpu.column_sums: the rows' sum in the array's dtype, shared among threads or not, of a
+    column slice too (GRU's r and z block of the gates)."""
+    from gpubptt.kernels import linalg_cpu
+
+    rng = np.random.default_rng(M)
+    a = rng.standard_normal((M, N + 2)).astype(np.float32)
+    for min_share in (linalg_cpu.MIN_SUM_SHARE, 1):
+        monkeypatch.setattr(linalg_cpu, "MIN_SUM_SHARE", min_share)
+        for view in (a, a[:, :N]):
+            got = linalg_cpu.column_sums(view)
+            assert got.dtype == np.float32 and got.shape == (view.shape[1],)
+            assert_close(got, view.astype(np.float64).sum(axis=0), 1e-6, "column sums")
 
 
 def test_bptt_with_products_shared_among_threads(monkeypatch):

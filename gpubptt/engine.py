@@ -123,7 +123,7 @@ def _product_with_parts(parts, W, mm, bias=None):
         if out is None:
             out = mm(_rows(part), W[:, col:col + width], trans_b=True, bias=bias)
         else:
-            out += mm(_rows(part), W[:, col:col + width], trans_b=True)
+            mm(_rows(part), W[:, col:col + width], trans_b=True, out=out, accumulate=True)
         col += width
     return out
 
@@ -185,7 +185,7 @@ def backward(params, x, states0, lengths, structure, saved, top, dZ, truncate, c
     dZ2 = _rows(dZ)
     grads = {"Wy": xp.empty_like(p["Wy"]), "by": sums(dZ2)}
     for direction, S in enumerate(top):
-        grads["Wy"][:, direction * H:(direction + 1) * H] = mm(dZ2, _rows(S), trans_a=True)
+        mm(dZ2, _rows(S), trans_a=True, out=grads["Wy"][:, direction * H:(direction + 1) * H])
 
     def upstream_top(direction, pos):  # dL/dS_t through the output layer: formed one time chunk at a time
         Wy = p["Wy"][:, direction * H:(direction + 1) * H]
@@ -233,8 +233,8 @@ def backward(params, x, states0, lengths, structure, saved, top, dZ, truncate, c
                     col = 0
                     for q, part in enumerate(parts):
                         width = part.shape[-1]
-                        _product_into(dWx[rows, col:col + width], add, mm, dU, _rows(part[pos]), trans_a=True)
-                        _product_into(_rows(dinputs[q][pos]), direction or block, mm, dU, Wx[rows, col:col + width])
+                        mm(dU, _rows(part[pos]), trans_a=True, out=dWx[rows, col:col + width], accumulate=add)
+                        mm(dU, Wx[rows, col:col + width], out=_rows(dinputs[q][pos]), accumulate=direction or block)
                         col += width
                 if return_deltas:
                     deltas[idx] = (dRec, dU_blocks)
@@ -256,15 +256,6 @@ def _add_or_write(dest, add, value):
         dest[...] = value
 
 
-def _product_into(dest, add, mm, a, b, **ops):
-    """dest = op(a) op(b) (written in place when dest is C-contiguous), or dest += op(a) op(b) when
-    ``add``; a [T,B,·] or [T·B,·] destination alike."""
-    if not add and dest.flags.c_contiguous:
-        mm(a, b, out=dest.reshape(-1, dest.shape[-1]), **ops)
-    else:
-        _add_or_write(dest, add, mm(a, b, **ops).reshape(dest.shape))
-
-
 def _recurrent_weight_grad(dWs, add, dRec, S, s0, start, reverse, mm):
     """dWs (+)= Σ_t dRec_tᵀ S_prev(t) over the chunk of positions start.. (dRec's rows): the state
     before step t is S_{t-1} forward (S0 at t = 0) and S_{t+1} in reverse (S0 at t = T-1; past a
@@ -273,17 +264,17 @@ def _recurrent_weight_grad(dWs, add, dRec, S, s0, start, reverse, mm):
     lo = start + 1 if reverse else start - 1  # position of the state before the chunk's first row
     a, b = max(lo, 0), min(lo + n, T)  # the saved ones among lo..lo+n-1; the others are S0
     if a < b:
-        _product_into(dWs, add, mm, _rows(dRec[a - lo:b - lo]), _rows(S[a:b]), trans_a=True)
+        mm(_rows(dRec[a - lo:b - lo]), _rows(S[a:b]), trans_a=True, out=dWs, accumulate=add)
     if lo < 0 or lo + n > T:
-        _product_into(dWs, add or a < b, mm, dRec[n - 1 if lo + n > T else 0], s0, trans_a=True)
+        mm(dRec[n - 1 if lo + n > T else 0], s0, trans_a=True, out=dWs, accumulate=add or a < b)
 
 
 # Measured on 2 cores (tanh, float32): chunks cost 2-3 % at (B,T,D,H) = (32,200,32,128) ..
 # (64,100,64,256); a chunk costs ~50 µs of calls (7 % at (1,1000,8,64)) and weight-sized work (Ws
 # transposed for the kernel, the dWs sum): 1.5 % with 3 chunks at (64,50,128,512), whose peak memory
 # falls from 1.84x to 1.52x the bound; with 4 chunks of 200 rows at H = 512 more than they saved.
-CHUNK_BYTES = 1 << 20  # a chunk's [Tc,B,H] gradient at least this
-CHUNK_ROWS_PER_UNIT = 2  # and Tc·B at least this many times H
+CHUNK_BYTES = 1 << 16  # a chunk's [Tc,B,H] gradient at least this
+CHUNK_ROWS_PER_UNIT = 1  # and Tc·B at least this many times H
 MAX_CHUNKS = 4
 
 

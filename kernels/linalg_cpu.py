@@ -1,22 +1,31 @@
-"""The large matrix products of the fast path, on the CPU: SciPy's BLAS through Numba's ``np.dot``,
-called from each of Numba's threads on its own share of the product. The engine calls ``matmul`` for
-every product that does not depend on the previous step (input products, output layer, weight
-gradients). BLAS runs on the calling thread (cpu_variants), so the kernels' threads are the only
-ones: concurrent calls from them scale (measured on 2 cores: [6400,256]x[256,256] 6.6 ms on one
-thread, 3.4 ms on two). NumPy's own BLAS, whose pool of threads would spin between calls and starve
-the kernels' threads (a serial kernel 40 times slower for ~50 ms after a two-thread NumPy product on
-a 2-core machine), is not used. Twin: ``linalg_cuda.py`` (cuBLAS through CuPy).
+"""The large matrix products of the fast path, on the CPU: SciPy's BLAS (``sgemm``/``dgemm`` of
+``scipy.linalg.cython_blas``, the library Numba's ``np.dot`` calls), called from each of Numba's
+threads on its own share of the product. The engine calls ``matmul`` for every product that does not
+depend on the previous step (input products, output layer, weight gradients). BLAS runs on the
+calling thread (cpu_variants), so the kernels' threads are the only ones: concurrent calls from them
+scale (measured on 2 cores: [6400,256]x[256,256] 6.6 ms on one thread, 3.4 ms on two). NumPy's own
+BLAS, whose pool of threads would spin between calls and starve the kernels' threads (a serial kernel
+40 times slower for ~50 ms after a two-thread NumPy product on a 2-core machine), is not used.
+Twin: ``linalg_cuda.py`` (cuBLAS through CuPy).
+
+gemm is called directly, not through ``np.dot``, for what np.dot cannot do: operands and results
+with a leading dimension (column slices: GRU's gate blocks, a weight's columns) taken as they are,
+and ``accumulate`` (β = 1: the weight gradients summed over time chunks in place). Without them each
+chunk's dWs was a new [H,H] array added to the sum, and column slices were copied first.
 
 How a product is shared among threads:
-- rows: op(a) C-contiguous [M,K]: each thread takes a slice of its rows and writes its rows of the
-  result (input products, dL/d input, the output layer);
-- inner: op(a) = aᵀ with a C-contiguous [K,M], op(b) C-contiguous [K,N]: each thread takes a slice of
-  the K rows (time steps x sequences) and forms a partial [M,N], summed in a fixed order (the
-  weight gradients Σ_t dU_tᵀ input_t, whose K is T·B);
-- one call otherwise, or when the product is too small for a second thread to pay (``MIN_SHARE_FLOPS``).
+- rows: each thread takes a slice of op(a)'s rows and writes those rows of the result (input
+  products, dL/d input, the output layer; the weight gradients when an inner share's partial would be
+  large);
+- inner: op(a) = aᵀ: each thread takes a slice of the K rows of a and b (time steps x sequences) and
+  forms a partial [M,N], summed in a fixed order (the weight gradients Σ_t dU_tᵀ input_t, whose K is
+  T·B), when the partials are small beside the operands (``INNER_PARTIAL_SHARE``);
+- one call when the product is too small for a second thread to pay (``MIN_SHARE_FLOPS``).
 """
+import llvmlite.binding as llvm
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import get_num_threads, njit, prange, types
+from numba.extending import get_cython_function_address
 
 from . import cpu_variants
 
@@ -24,7 +33,50 @@ MIN_SHARE_FLOPS = 2_000_000  # a thread's share below this (~20 µs of BLAS) is 
 # an inner share of fewer rows writes a whole [M,N] partial for too little work (and holds its memory):
 # the rank-B products with the initial state, K = B
 MIN_INNER_ROWS = 64
+# inner shares only while their partials hold at most this share of the operands' size: the weight
+# gradients of H = 512 over a chunk of 832 rows would need a 1 MB partial beside a 1.7 MB operand
+INNER_PARTIAL_SHARE = 0.125
 MIN_SUM_SHARE = 16384  # values a thread sums at least
+
+# Fortran BLAS: every argument by reference (transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c,
+# ldc). Bound by symbol name (an address in a ctypes function would keep Numba from caching the kernels).
+for _name in ("sgemm", "dgemm"):
+    llvm.add_symbol(f"gpubptt_{_name}", get_cython_function_address("scipy.linalg.cython_blas", _name))
+_sgemm = types.ExternalFunction("gpubptt_sgemm", types.void(*[types.voidptr] * 13))
+_dgemm = types.ExternalFunction("gpubptt_dgemm", types.void(*[types.voidptr] * 13))
+_NO, _TRANSPOSED = ord("N"), ord("T")
+
+
+def _blas_view(x):
+    """(transpose code, leading dimension) under which column-major BLAS reads the 2-D array x as xᵀ,
+    or None when it cannot (no unit stride): a row-major x (unit last stride) is xᵀ in column-major
+    order as it lies ('N'); a column-major one is x ('T')."""
+    (r, c), isz = x.shape, x.itemsize
+    s0, s1 = x.strides
+    if (c == 1 or s1 == isz) and (r == 1 or (s0 > 0 and s0 % isz == 0 and s0 // isz >= c)):
+        return _NO, max(1, c if r == 1 else s0 // isz)
+    if (r == 1 or s0 == isz) and (c == 1 or (s1 > 0 and s1 % isz == 0 and s1 // isz >= r)):
+        return _TRANSPOSED, max(1, r if c == 1 else s1 // isz)
+    return None
+
+
+@njit(**cpu_variants.JIT_OPTIONS)
+def _gemm(A, B, C, codes, lda, ldb, ldc, beta):
+    """C = A B + beta C through BLAS (C row-major with leading dimension ldc; A, B as ``_blas_view``
+    found them): in column-major terms Cᵀ = Bᵀ Aᵀ."""
+    ints = np.empty(6, dtype=np.int32)
+    ints[0], ints[1], ints[2] = B.shape[1], A.shape[0], A.shape[1]
+    ints[3], ints[4], ints[5] = ldb, lda, ldc
+    scalars = np.empty(2, dtype=C.dtype)
+    scalars[0], scalars[1] = 1.0, beta
+    if C.itemsize == 4:
+        _sgemm(codes[1:].ctypes, codes[0:].ctypes, ints[0:].ctypes, ints[1:].ctypes, ints[2:].ctypes,
+               scalars[0:].ctypes, B.ctypes, ints[3:].ctypes, A.ctypes, ints[4:].ctypes, scalars[1:].ctypes,
+               C.ctypes, ints[5:].ctypes)
+    else:
+        _dgemm(codes[1:].ctypes, codes[0:].ctypes, ints[0:].ctypes, ints[1:].ctypes, ints[2:].ctypes,
+               scalars[0:].ctypes, B.ctypes, ints[3:].ctypes, A.ctypes, ints[4:].ctypes, scalars[1:].ctypes,
+               C.ctypes, ints[5:].ctypes)
 
 
 @njit(**cpu_variants.JIT_OPTIONS)
@@ -35,66 +87,84 @@ def _add_row(out, lo, hi, bias):
             out[i, j] += bias[j]
 
 
-@njit(**cpu_variants.JIT_OPTIONS)
-def _dot(A, B, out, bias):
-    np.dot(A, B, out)
-    if bias is not None:
-        _add_row(out, 0, out.shape[0], bias)
-
-
 @njit(parallel=True, **cpu_variants.JIT_OPTIONS)
-def _dot_rows(A, B, out, bias, shares):
-    """Each share's rows, the bias added while they are in cache (a separate pass over a [25600,64]
-    float32 result took 0.42 ms, the product itself 0.54)."""
-    M = A.shape[0]
+def _gemm_rows(A, B, C, codes, lda, ldb, ldc, beta, bias, shares):
+    """Each share's rows of C = A B (+ beta C), the bias added while they are in cache (a separate
+    pass over a [25600,64] float32 result took 0.42 ms, the product itself 0.54)."""
     for s in prange(shares):
-        lo, hi = cpu_variants.share_of(s, shares, M, 1)
-        np.dot(A[lo:hi], B, out[lo:hi])
+        lo, hi = cpu_variants.share_of(s, shares, A.shape[0], 1)
+        _gemm(A[lo:hi], B, C[lo:hi], codes, lda, ldb, ldc, beta)
         if bias is not None:
-            _add_row(out, lo, hi, bias)
+            _add_row(C, lo, hi, bias)
 
 
 @njit(parallel=True, **cpu_variants.JIT_OPTIONS)
-def _dot_inner(a, B, out, partial, shares):
-    """out = aᵀ B with the K rows of a and B shared; partial [shares-1, M, N] for all but the first."""
-    K = a.shape[0]
+def _gemm_inner(A, B, C, codes, lda, ldb, ldc, beta, partial, shares):
+    """C = A B (+ beta C) with the K columns of A and rows of B shared; partial [shares-1, M, N] for
+    all but the first share."""
+    K = A.shape[1]
     for s in prange(shares):
         lo, hi = cpu_variants.share_of(s, shares, K, 1)
         if s == 0:
-            np.dot(a[lo:hi].T, B[lo:hi], out)
+            _gemm(A[:, lo:hi], B[lo:hi], C, codes, lda, ldb, ldc, beta)
         else:
-            np.dot(a[lo:hi].T, B[lo:hi], partial[s - 1])
+            _gemm(A[:, lo:hi], B[lo:hi], partial[s - 1], codes, lda, ldb, partial.shape[2], 0.0)
     for s in range(shares - 1):
-        out += partial[s]
-
-
-def _blas_layout(a):
-    return a if a.flags.c_contiguous or a.flags.f_contiguous else np.ascontiguousarray(a)
+        for i in range(C.shape[0]):
+            for j in range(C.shape[1]):
+                C[i, j] += partial[s, i, j]
 
 
 def _shares(M, K, N, split):
-    return max(1, min(get_num_threads(), split, (2 * M * K * N) // MIN_SHARE_FLOPS))
+    most = min(split, (2 * M * K * N) // MIN_SHARE_FLOPS)
+    return 1 if most < 2 else min(get_num_threads(), most)  # Numba's count read only when it matters (~2 µs)
 
 
-def matmul(a, b, trans_a=False, trans_b=False, out=None, bias=None):
+def matmul(a, b, trans_a=False, trans_b=False, out=None, bias=None, accumulate=False):
     """op(a) op(b), with op the transpose where asked, plus ``bias`` (a vector of the result's width)
-    in every row when given; a new array, or written into ``out`` (C-contiguous, of the result's shape
-    and dtype). An operand whose layout BLAS cannot take (a column slice) is copied first: those are
-    weights or GRU gate blocks."""
-    A = _blas_layout(a.T if trans_a else a)
-    B = _blas_layout(b.T if trans_b else b)
-    (M, K), N = A.shape, B.shape[1]
+    in every row when given; a new array, or written into ``out`` (of the result's shape and dtype,
+    unit stride along its rows), or added to ``out`` with ``accumulate``. Operands are read as they
+    lie when one of their strides is the item size (BLAS's leading dimension), copied otherwise."""
+    A, B = a.T if trans_a else a, b.T if trans_b else b
+    if A.ndim != 2 or B.ndim != 2 or A.shape[1] != B.shape[0]:
+        raise ValueError(f"matmul: shapes {A.shape} and {B.shape} do not multiply")
     if out is None:
-        out = np.empty((M, N), dtype=np.result_type(A, B))
-    if A.flags.c_contiguous and (shares := _shares(M, K, N, M)) > 1:
-        _dot_rows(A, B, out, bias, shares)
-    elif trans_a and A.T.flags.c_contiguous and B.flags.c_contiguous and (
-            shares := _shares(M, K, N, K // MIN_INNER_ROWS)) > 1:
-        _dot_inner(A.T, B, out, np.empty((shares - 1, M, N), dtype=out.dtype), shares)
+        if accumulate:
+            raise ValueError("matmul: accumulate needs out")
+        out = np.empty((A.shape[0], B.shape[1]), dtype=np.result_type(A, B))
+    (M, K), N = A.shape, B.shape[1]
+    if M == 0 or N == 0:
+        return out
+    if K == 0:
+        if not accumulate:
+            out[...] = 0
         if bias is not None:
             out += bias
-    else:
-        _dot(A, B, out, bias)
+        return out
+    dtype = out.dtype
+    A, B = A.astype(dtype, copy=False), B.astype(dtype, copy=False)
+    views = [_blas_view(A), _blas_view(B), _blas_view(out)]
+    if views[0] is None:
+        A = np.ascontiguousarray(A)
+    if views[1] is None:
+        B = np.ascontiguousarray(B)
+    (code_a, lda), (code_b, ldb) = _blas_view(A), _blas_view(B)
+    if views[2] is None or views[2][0] != _NO:
+        raise ValueError(f"matmul: out must have a unit stride along its rows, got strides {out.strides}")
+    ldc = views[2][1]
+    codes = np.array([code_a, code_b], dtype=np.uint8)
+    beta = 1.0 if accumulate else 0.0
+    inner = _shares(M, K, N, K // MIN_INNER_ROWS) if trans_a else 1
+    if inner > 1 and (inner - 1) * M * N <= INNER_PARTIAL_SHARE * K * (M + N):
+        _gemm_inner(A, B, out, codes, lda, ldb, ldc, beta, np.empty((inner - 1, M, N), dtype=dtype), inner)
+        if bias is not None:
+            out += bias
+    elif (shares := _shares(M, K, N, M)) > 1:
+        _gemm_rows(A, B, out, codes, lda, ldb, ldc, beta, bias, shares)
+    else:  # without a parallel region
+        _gemm(A, B, out, codes, lda, ldb, ldc, beta)
+        if bias is not None:
+            _add_row(out, 0, M, bias)
     return out
 
 
@@ -108,10 +178,11 @@ def _column_sums(a, partial, shares):
 
 
 def column_sums(a):
-    """Σ over the rows of a 2-D array (the bias gradients), each thread summing a share of the rows in
-    float64 (more accurate than NumPy's pairwise float32 sums, and in parallel: [6400,64] float32 took
-    NumPy 0.16 ms on one thread)."""
-    shares = max(1, min(get_num_threads(), a.size // MIN_SUM_SHARE))
+    """Σ over the rows of a 2-D array (the bias gradients): each thread sums a share of the rows in
+    float64 ([6400,64] float32 took NumPy 0.16 ms on one thread); small arrays by NumPy."""
+    shares = min(get_num_threads(), a.size // MIN_SUM_SHARE)
+    if shares < 2:  # a parallel region costs more than it saves (NumPy: ~10 µs for [250,64])
+        return a.sum(axis=0)
     partial = np.zeros((shares, a.shape[1]))
     _column_sums(a, partial, shares)
     return partial.sum(axis=0).astype(a.dtype)

@@ -2,12 +2,24 @@
 stream. Twin of ``linalg_cpu.py`` (same function, same arguments)."""
 
 
-def matmul(a, b, trans_a=False, trans_b=False, out=None, bias=None):
+def matmul(a, b, trans_a=False, trans_b=False, out=None, bias=None, accumulate=False):
     """op(a) op(b), with op the transpose where asked, plus ``bias`` in every row when given; a new
-    array, or written into ``out``."""
-    out = (a.T if trans_a else a).dot(b.T if trans_b else b, out=out)
+    array, or written into ``out``, or added to ``out`` with ``accumulate``."""
+    A, B = (a.T if trans_a else a), (b.T if trans_b else b)
+    if out is None and accumulate:
+        raise ValueError("matmul: accumulate needs out")
+    if out is not None and not accumulate and out.flags.c_contiguous:
+        product = A.dot(B, out=out)
+    else:
+        product = A.dot(B)
     if bias is not None:
-        out += bias
+        product += bias
+    if out is None or product is out:
+        return product
+    if accumulate:
+        out += product
+    else:
+        out[...] = product
     return out
 
 

@@ -155,6 +155,46 @@ def test_matmul_shared_among_threads(M, K, N, trans_a, trans_b, monkeypatch):
     assert np.array_equal(a, a_before) and np.array_equal(b, b_before)
 
 
+@pytest.mark.parametrize("split", ["one call", "shared"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_strided_operands_and_accumulate(split, dtype, monkeypatch):
+    """matmul reads column slices as they lie (BLAS's leading dimension), writes into and adds to a
+    column slice of a larger array and leaves the rest of it alone; one call or shared among threads
+    (rows and inner shares, the partial limit lifted)."""
+    from gpubptt.kernels import linalg_cpu
+
+    if split == "shared":
+        monkeypatch.setattr(linalg_cpu, "MIN_SHARE_FLOPS", 1)
+        monkeypatch.setattr(linalg_cpu, "MIN_INNER_ROWS", 1)
+        monkeypatch.setattr(linalg_cpu, "INNER_PARTIAL_SHARE", 1e9)
+    rng = np.random.default_rng(7)
+    big_a = rng.standard_normal((41, 30)).astype(dtype)
+    big_b = rng.standard_normal((41, 25)).astype(dtype)
+    a, b = big_a[:, 3:15], big_b[:, 5:22]  # [41,12], [41,17]: no unit stride between rows
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    f64 = np.float64
+    cases = [(a, b, True, False), (a.T, b, False, False), (a, b.T, True, True), (a.T, b.T, False, True)]
+    for x, y, ta, tb in cases:
+        X, Y = (x.T if ta else x).astype(f64), (y.T if tb else y).astype(f64)
+        expected = X @ Y
+        canvas = np.full((expected.shape[0] + 2, expected.shape[1] + 9), 5.0, dtype)
+        window = canvas[1:-1, 4:-5]
+        before = canvas.copy()
+        assert linalg_cpu.matmul(x, y, trans_a=ta, trans_b=tb, out=window) is window
+        assert_close(window, expected, tol, "matmul into a slice")
+        outside = np.ones(canvas.shape, bool)
+        outside[1:-1, 4:-5] = False
+        assert np.array_equal(canvas[outside], before[outside])
+        linalg_cpu.matmul(x, y, trans_a=ta, trans_b=tb, out=window, accumulate=True)
+        assert_close(window, 2 * expected, tol, "matmul accumulated")
+        assert np.array_equal(canvas[outside], before[outside])
+    assert_close(linalg_cpu.matmul(a[:0], b[:0], trans_a=True), np.zeros((12, 17)), 0, "K = 0")
+    with pytest.raises(ValueError, match="accumulate needs out"):
+        linalg_cpu.matmul(a, b, trans_a=True, accumulate=True)
+    with pytest.raises(ValueError, match="do not multiply"):
+        linalg_cpu.matmul(a, b)
+
+
 @pytest.mark.parametrize("M,N", [(5, 3), (40000, 7), (3000, 70)])
 def test_column_sums(M, N, monkeypatch):
     """linalg_cpu.column_sums: the rows' sum in the array's dtype, shared among threads or not, of a
@@ -215,15 +255,15 @@ def test_bptt_in_time_chunks(case, dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("T,B,H,truncate,expected", [
-    (100, 64, 4, 0, [(0, 100)]),  # 100 KB: one chunk
+    (100, 64, 4, 0, [(0, 100)]),  # 100 KB: one chunk of at least 64 KiB
     (100, 1024, 256, 0, [(0, 25), (25, 50), (50, 75), (75, 100)]),
     (10, 8192, 32, 3, [(0, 3), (3, 6), (6, 9), (9, 10)]),  # whole truncation windows
     (10, 8192, 32, 4, [(0, 4), (4, 8), (8, 10)]),
     (3, 8192, 32, 0, [(0, 1), (1, 2), (2, 3)]),
-    (100, 64, 128, 0, [(0, 34), (34, 68), (68, 100)]),  # 3.3 MB: three chunks of at least 1 MiB
-    (50, 16, 512, 0, [(0, 50)]),  # 1.6 MB, but a chunk of 2·H rows would be most of it
-    (50, 64, 512, 0, [(0, 17), (17, 34), (34, 50)]),
-    (50, 128, 512, 0, [(0, 13), (13, 26), (26, 39), (39, 50)]),
+    (1000, 1, 64, 0, [(0, 334), (334, 668), (668, 1000)]),  # 256 KB: three chunks of at least 64 KiB
+    (50, 1, 512, 0, [(0, 50)]),  # 100 KB: one
+    (50, 16, 512, 0, [(0, 50)]),  # 1.6 MB, but a chunk of H rows would be most of it
+    (50, 64, 512, 0, [(0, 13), (13, 26), (26, 39), (39, 50)]),
 ])
 def test_time_chunks(T, B, H, truncate, expected):
     """Each chunk at least CHUNK_BYTES of the gradient and CHUNK_ROWS_PER_UNIT·H rows, at most

@@ -269,10 +269,14 @@ def _recurrent_weight_grad(dWs, add, dRec, S, s0, start, reverse, mm):
         mm(dRec[n - 1 if lo + n > T else 0], s0, trans_a=True, out=dWs, accumulate=add or a < b)
 
 
-# Measured on 2 cores (tanh, float32): chunks cost 2-3 % at (B,T,D,H) = (32,200,32,128) ..
-# (64,100,64,256); a chunk costs ~50 µs of calls (7 % at (1,1000,8,64)) and weight-sized work (Ws
-# transposed for the kernel, the dWs sum): 1.5 % with 3 chunks at (64,50,128,512), whose peak memory
-# falls from 1.84x to 1.52x the bound; with 4 chunks of 200 rows at H = 512 more than they saved.
+# A chunk costs a few calls and a kernel launch; weight-sized work per chunk is gone (the weight
+# gradients are summed in place by BLAS, Ws is taken untransposed for tiles of fewer than 4 sequences).
+# Peak memory of forward + BPTT / lower bound by chunks (1, 2, 3, 4), tanh, float32, 2 cores: (B,T,D,H)
+# = (64,50,128,512) 1.82 1.55 1.55 1.34; (128,50,128,512) 1.83 1.48 1.35 1.35; (64,100,64,256) 1.83
+# 1.45 1.33 1.26; (4,1000,64,256) 1.82 1.44 1.32 1.21; (64,50,128,128) 1.52 1.31 1.23 1.19;
+# (1,1000,8,64) 1.80 1.46 1.28 1.28. Time, same process alternating: (1,1000,8,64) 1.49 1.50 1.47 ms
+# (and 2.03 1.65 1.68 in a noisier run); (64,50,128,128) 8.2 ms in one chunk, 9.7 in four (+19 % in
+# that run; 10.6 against 11.9 in another).
 CHUNK_BYTES = 1 << 16  # a chunk's [Tc,B,H] gradient at least this
 CHUNK_ROWS_PER_UNIT = 1  # and Tc·B at least this many times H
 MAX_CHUNKS = 4

@@ -133,8 +133,9 @@ def _forward_step(U, lengths, reverse, act, S, i, first, prev, rec, n, one):
             _activate_row(act, U, position(i, L, reverse), b, rec, q, S, prev, one)
 
 
-def _backward_loops(dS_out, WsT, S, lengths, reverse, act, truncate, clip, delta, dS0, tile, shares):
-    """As ``_forward_loops``, backwards in time; WsT [H,H] = Wsᵀ."""
+def _backward_loops(dS_out, W, W_transposed, S, lengths, reverse, act, truncate, clip, delta, dS0, tile, shares):
+    """As ``_forward_loops``, backwards in time; W, W_transposed from cpu_variants.backward_weight (Ws
+    [H,H] or its transpose)."""
     T, B, H = S.shape
     for share in prange(shares):
         lo, hi = cpu_variants.share_of(share, shares, B, tile)
@@ -147,7 +148,7 @@ def _backward_loops(dS_out, WsT, S, lengths, reverse, act, truncate, clip, delta
                 n = min(tile, hi - first)
                 la = last[first - lo:first - lo + n]
                 if flows:
-                    cpu_variants.tile_products(WsT, la, n, g)
+                    cpu_variants.backward_products(W, W_transposed, la, n, g)
                 else:
                     g[:] = 0
                 _backward_step(dS_out, S, lengths, reverse, act, clip, delta, i, first, la, g, n)
@@ -155,7 +156,7 @@ def _backward_loops(dS_out, WsT, S, lengths, reverse, act, truncate, clip, delta
                     cpu_variants.zero_past_end(lengths, i, first, n, delta, la)
         for first in range(lo, hi, tile):
             n = min(tile, hi - first)
-            cpu_variants.tile_products(WsT, last[first - lo:first - lo + n], n, g)
+            cpu_variants.backward_products(W, W_transposed, last[first - lo:first - lo + n], n, g)
             dS0[first:first + n] = g[:n]
 
 
@@ -238,6 +239,7 @@ def backward_recurrence(dS_out, Ws, S, lengths, reverse, act, truncate, clip, de
     variant, tile, shares = cpu_variants.plan(S.shape[1], S.shape[2])
     kernel = cpu_variants.pick(_backward_kernels[variant], shares)
     if variant == "loops":
-        kernel(dS_out, cpu_variants.transposed(Ws), S, lengths, reverse, act, truncate, clip, delta, dS0, tile, shares)
+        kernel(dS_out, *cpu_variants.backward_weight(Ws, tile), S, lengths, reverse, act, truncate, clip, delta, dS0,
+               tile, shares)
     else:
         kernel(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta, dS0, shares)

@@ -118,8 +118,10 @@ def _forward_step(U, bs, lengths, reverse, Hs, Gn, i, first, rec, h, n, one):
             _cell(U, position(i, L, reverse), b, rec[q], bs, h[q], Hs, Gn, one)
 
 
-def _backward_loops(dH_out, WsT, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0, tile, shares):
-    """As ``_forward_loops``, backwards in time; WsT [H,3H]."""
+def _backward_loops(dH_out, W, W_transposed, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0, tile,
+                    shares):
+    """As ``_forward_loops``, backwards in time; W, W_transposed from cpu_variants.backward_weight (Ws
+    [3H,H] or its transpose)."""
     T, B, Gs = G.shape
     H = Gs // 3
     for share in prange(shares):
@@ -136,7 +138,7 @@ def _backward_loops(dH_out, WsT, G, Gn, Hs, H0, lengths, reverse, truncate, clip
                 n = min(tile, hi - first)
                 a, z = first - lo, first - lo + n
                 if flows:
-                    cpu_variants.tile_products(WsT, last[a:z], n, dh)
+                    cpu_variants.backward_products(W, W_transposed, last[a:z], n, dh)
                 else:
                     dh[:] = 0
                 _backward_step(dH_out, G, Gn, Hs, H0, lengths, reverse, clip, dRec, dNx, i, first, last[a:z], dh,
@@ -147,7 +149,7 @@ def _backward_loops(dH_out, WsT, G, Gn, Hs, H0, lengths, reverse, truncate, clip
         for first in range(lo, hi, tile):
             n = min(tile, hi - first)
             a, z = first - lo, first - lo + n
-            cpu_variants.tile_products(WsT, last[a:z], n, dh)
+            cpu_variants.backward_products(W, W_transposed, last[a:z], n, dh)
             dH0[first:first + n] = dh[:n] + direct[a:z]
 
 
@@ -232,7 +234,7 @@ def backward_recurrence(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, c
     variant, tile, shares = cpu_variants.plan(G.shape[1], Hs.shape[2])
     kernel = cpu_variants.pick(_backward_kernels[variant], shares)
     if variant == "loops":
-        kernel(dH_out, cpu_variants.transposed(Ws), G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0,
-               tile, shares)
+        kernel(dH_out, *cpu_variants.backward_weight(Ws, tile), G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec,
+               dNx, dH0, tile, shares)
     else:
         kernel(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0, shares)

@@ -45,6 +45,8 @@ for _name in ("sgemm", "dgemm"):
 _sgemm = types.ExternalFunction("gpubptt_sgemm", types.void(*[types.voidptr] * 13))
 _dgemm = types.ExternalFunction("gpubptt_dgemm", types.void(*[types.voidptr] * 13))
 _NO, _TRANSPOSED = ord("N"), ord("T")
+_CODES = {(ta, tb): np.array([_TRANSPOSED if ta else _NO, _TRANSPOSED if tb else _NO], dtype=np.uint8)
+          for ta in (False, True) for tb in (False, True)}  # (a's, b's) transpose codes, read-only for BLAS
 
 
 def _blas_view(x):
@@ -133,6 +135,8 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None, bias=None, accumulate=F
             raise ValueError("matmul: accumulate needs out")
         out = np.empty((A.shape[0], B.shape[1]), dtype=np.result_type(A, B))
     (M, K), N = A.shape, B.shape[1]
+    if out.shape != (M, N):
+        raise ValueError(f"matmul: out must be of shape {(M, N)}, got {out.shape}")
     if M == 0 or N == 0:
         return out
     if K == 0:
@@ -142,17 +146,21 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None, bias=None, accumulate=F
             out += bias
         return out
     dtype = out.dtype
-    A, B = A.astype(dtype, copy=False), B.astype(dtype, copy=False)
-    views = [_blas_view(A), _blas_view(B), _blas_view(out)]
-    if views[0] is None:
-        A = np.ascontiguousarray(A)
-    if views[1] is None:
-        B = np.ascontiguousarray(B)
-    (code_a, lda), (code_b, ldb) = _blas_view(A), _blas_view(B)
-    if views[2] is None or views[2][0] != _NO:
+    view_c = _blas_view(out)
+    if view_c is None or view_c[0] != _NO:
         raise ValueError(f"matmul: out must have a unit stride along its rows, got strides {out.strides}")
-    ldc = views[2][1]
-    codes = np.array([code_a, code_b], dtype=np.uint8)
+    if A.dtype != dtype:
+        A = A.astype(dtype)
+    if B.dtype != dtype:
+        B = B.astype(dtype)
+    if (view_a := _blas_view(A)) is None:
+        A = np.ascontiguousarray(A)
+        view_a = _blas_view(A)
+    if (view_b := _blas_view(B)) is None:
+        B = np.ascontiguousarray(B)
+        view_b = _blas_view(B)
+    (code_a, lda), (code_b, ldb), ldc = view_a, view_b, view_c[1]
+    codes = _CODES[code_a == _TRANSPOSED, code_b == _TRANSPOSED]
     beta = 1.0 if accumulate else 0.0
     inner = _shares(M, K, N, K // MIN_INNER_ROWS) if trans_a else 1
     if inner > 1 and (inner - 1) * M * N <= INNER_PARTIAL_SHARE * K * (M + N):

@@ -125,8 +125,10 @@ def _forward_step(U, lengths, reverse, Hs, Cs, i, first, rec, c, h, n, one):
             _cell(U, position(i, L, reverse), b, rec[q], c[q], h[q], Hs, Cs, one)
 
 
-def _backward_loops(dH_out, WsT, G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0, tile, shares):
-    """As ``_forward_loops``, backwards in time; WsT [H,4H]."""
+def _backward_loops(dH_out, W, W_transposed, G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0, tile,
+                    shares):
+    """As ``_forward_loops``, backwards in time; W, W_transposed from cpu_variants.backward_weight (Ws
+    [4H,H] or its transpose)."""
     T, B, Gs = G.shape
     H = Gs // 4
     for share in prange(shares):
@@ -143,7 +145,7 @@ def _backward_loops(dH_out, WsT, G, Hs, Cs, C0, lengths, reverse, truncate, clip
                 n = min(tile, hi - first)
                 a, z = first - lo, first - lo + n
                 if flows:
-                    cpu_variants.tile_products(WsT, last[a:z], n, dh)
+                    cpu_variants.backward_products(W, W_transposed, last[a:z], n, dh)
                 else:
                     dh[:] = 0
                 _backward_step(dH_out, G, Cs, C0, lengths, reverse, clip, dG, i, first, last[a:z], dh, dcn[a:z], n)
@@ -153,7 +155,7 @@ def _backward_loops(dH_out, WsT, G, Hs, Cs, C0, lengths, reverse, truncate, clip
         for first in range(lo, hi, tile):
             n = min(tile, hi - first)
             a, z = first - lo, first - lo + n
-            cpu_variants.tile_products(WsT, last[a:z], n, dh)
+            cpu_variants.backward_products(W, W_transposed, last[a:z], n, dh)
             dH0[first:first + n] = dh[:n]
             dC0[first:first + n] = dcn[a:z]
 
@@ -233,7 +235,7 @@ def backward_recurrence(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, c
     variant, tile, shares = cpu_variants.plan(G.shape[1], Hs.shape[2])
     kernel = cpu_variants.pick(_backward_kernels[variant], shares)
     if variant == "loops":
-        kernel(dH_out, cpu_variants.transposed(Ws), G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0,
-               tile, shares)
+        kernel(dH_out, *cpu_variants.backward_weight(Ws, tile), G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG,
+               dH0, dC0, tile, shares)
     else:
         kernel(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0, shares)

@@ -74,6 +74,38 @@ def test_cpu_layers_directions_lengths_truncation_clipping(case, dtype, variant)
             bidirectional=bidirectional, lengths=lengths, **options)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", range(len(STRUCTURES)), ids=lambda i: "{}-L{}-bi{}-len{}-{}".format(*STRUCTURES[i]))
+def test_backward_in_rows_of_ws(case, dtype, monkeypatch):
+    """The loops variant's backward on Ws as it is (cpu_variants.row_products, chosen for tiles of
+    fewer than 4 sequences at large H; forced here at H = 6) gives the reference's gradients."""
+    from gpubptt.kernels import cpu_variants
+
+    monkeypatch.setenv("GPUBPTT_CPU_VARIANT", "loops")
+    monkeypatch.setattr(cpu_variants, "ROWS_MIN_HIDDEN", 1)
+    chosen = []
+    real = cpu_variants.backward_weight
+    monkeypatch.setattr(cpu_variants, "backward_weight", lambda Ws, tile: chosen.append(real(Ws, tile)) or chosen[-1])
+    cell, num_layers, bidirectional, lengths, options = STRUCTURES[case]
+    compare(cell, "identity", "squared", "all", (5, 3, 2, 6, 2), dtype, num_layers=num_layers,
+            bidirectional=bidirectional, lengths=lengths, **options)
+    assert chosen and all(W_transposed is False for _, W_transposed in chosen)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+@pytest.mark.parametrize("K,J", [(8, 5), (7, 3), (3, 9)])
+def test_row_products(n, K, J):
+    from gpubptt.kernels import cpu_variants
+
+    rng = np.random.default_rng(n * K * J)
+    W = rng.standard_normal((K, J)).astype(np.float32)
+    X = rng.standard_normal((4, K)).astype(np.float32)
+    out = np.full((4, J), np.nan, np.float32)
+    cpu_variants.row_products(W, X, n, out)
+    assert_close(out[:n], X[:n].astype(np.float64) @ W, 1e-6, "row_products")
+    assert np.isnan(out[n:]).all()  # rows past n untouched
+
+
 @pytest.mark.parametrize("out,loss,steps", [
     ("tanh", "squared", "last"), ("sigmoid", "squared", "all"), ("softmax", "squared", "all"),
     ("softmax", "cross_entropy", "all"), ("softmax", "cross_entropy", "last"),
@@ -193,6 +225,10 @@ def test_matmul_strided_operands_and_accumulate(split, dtype, monkeypatch):
         linalg_cpu.matmul(a, b, trans_a=True, accumulate=True)
     with pytest.raises(ValueError, match="do not multiply"):
         linalg_cpu.matmul(a, b)
+    with pytest.raises(ValueError, match=r"out must be of shape \(12, 17\), got \(12, 16\)"):
+        linalg_cpu.matmul(a, b, trans_a=True, out=np.empty((12, 16), dtype))
+    with pytest.raises(ValueError, match="out must have a unit stride along its rows"):
+        linalg_cpu.matmul(a, b, trans_a=True, out=np.empty((17, 12), dtype).T)
 
 
 @pytest.mark.parametrize("M,N", [(5, 3), (40000, 7), (3000, 70)])

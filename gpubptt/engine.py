@@ -269,8 +269,9 @@ def _recurrent_weight_grad(dWs, add, dRec, S, s0, start, reverse, mm):
         mm(dRec[n - 1 if lo + n > T else 0], s0, trans_a=True, out=dWs, accumulate=add or a < b)
 
 
-# A chunk costs a few calls and a kernel launch; weight-sized work per chunk is gone (the weight
-# gradients are summed in place by BLAS, Ws is taken untransposed for tiles of fewer than 4 sequences).
+# A chunk costs a few calls and a kernel launch, and little weight-sized work: the weight gradients
+# are summed in place by BLAS; only the CPU loops variant with full tiles of 4 sequences transposes Ws
+# again for each chunk (kernels/cpu_variants.py, backward_weight).
 # Peak memory of forward + BPTT / lower bound by chunks (1, 2, 3, 4), tanh, float32, 2 cores: (B,T,D,H)
 # = (64,50,128,512) 1.82 1.55 1.55 1.34; (128,50,128,512) 1.83 1.48 1.35 1.35; (64,100,64,256) 1.83
 # 1.45 1.33 1.26; (4,1000,64,256) 1.82 1.44 1.32 1.21; (64,50,128,128) 1.52 1.31 1.23 1.19;

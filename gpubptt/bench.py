@@ -1038,6 +1038,17 @@ def _cpu_model():
     return platform.processor() or None
 
 
+def _cpu_arch():
+    """The CPU as the kernels were compiled for it: LLVM's name for it and its widest vector extension
+    (the CPU kernels' speed depends on both: 16 vector registers with AVX2, 32 with AVX-512)."""
+    import llvmlite.binding as llvm
+
+    features = llvm.get_host_cpu_features()
+    names = {"avx512f": "AVX-512", "avx2": "AVX2", "avx": "AVX", "neon": "NEON"}
+    widest = next((name for flag, name in names.items() if features.get(flag)), "no AVX")
+    return f"{llvm.get_host_cpu_name()}, {widest}"
+
+
 def _git_commit():
     here = os.path.dirname(os.path.abspath(__file__))
     try:
@@ -1083,7 +1094,7 @@ def _meta(cell, dtype, threads, repeat, warmup, O, budget, tol, thread_info, qui
         "cell": cell, "dtype": dtype, "output_size": O, "output": "linear (identity g2)", "loss": "squared, every step",
         "repeat": repeat, "warmup": warmup, "quick": quick, "reference_budget_s": budget, "tolerance": tol,
         "threads": thread_info,
-        "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
+        "cpu": _cpu_model(), "cpu_arch": _cpu_arch(), "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "versions": {"python": platform.python_version(), "numpy": np.__version__, "numba": _version("numba"),
                      "numba-cuda": _version("numba-cuda"), "scipy": _version("scipy"),
@@ -1119,7 +1130,8 @@ def to_markdown(result):
         "",
         f"- command: `{meta['command']}`",
         f"- date: {meta['date']}; gpubptt {meta['gpubptt']} at {meta['git_commit']}",
-        f"- CPU: {meta['cpu']} ({meta['cpu_count']} CPUs); {meta['platform']}; load average (1, 5, 15 min) "
+        f"- CPU: {meta['cpu']} ({meta.get('cpu_arch')}; {meta['cpu_count']} CPUs); {meta['platform']}; "
+        f"load average (1, 5, 15 min) "
         f"{meta.get('load_average', {}).get('before')} before, {meta.get('load_average', {}).get('after')} after",
         f"- threads: requested {th.get('requested')}; Numba {th.get('numba')}; BLAS (as found) {blas}; "
         f"torch {th.get('torch', 'not loaded')}",

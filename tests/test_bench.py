@@ -61,8 +61,8 @@ def test_quick_json_entries_are_complete_and_checked_against_the_reference(quick
         else:
             assert check["Y_rel_err"] <= check["tolerance"]
     meta = result["meta"]
-    for key in ("command", "date", "cpu", "versions", "threads", "flops", "memory_methods", "memory_lower_bound",
-                "output_size", "repeat", "load_average"):
+    for key in ("command", "date", "cpu", "cpu_arch", "versions", "threads", "flops", "memory_methods",
+                "memory_lower_bound", "output_size", "repeat", "load_average"):
         assert key in meta, key
     assert meta["command"].startswith("gpubptt bench") and "--quick" in meta["command"]
     assert meta["output_size"] == bench.DEFAULT_OUTPUT_SIZE and meta["repeat"] == bench.QUICK_REPEAT

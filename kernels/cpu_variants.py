@@ -36,28 +36,51 @@ from .scalar import compile_scalar_functions
 JIT_OPTIONS = dict(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
 
 VARIANTS = ("auto", "loops", "blas")
-# ``blas`` once each thread's slice of the batch has at least BLAS_MIN_SHARE_PER_UNIT·H sequences: for
-# small H the tiles' dot products are too short to vectorise well and one BLAS product for the whole
-# slice wins; elsewhere the loops win. Measured on an AVX2 2-core VM (Zen 3), forward + backward
-# recurrence on 2 threads, loops / blas ms in one process, alternating: (B,T,H) = (256,100,64) 8.6 /
-# 6.5, (128,100,64) 4.3 / 3.7, (128,100,16) 0.72 / 0.55, (256,100,128) 26.7 / 22.1, (1024,50,128)
-# 54 / 40, (64,100,32) 0.58 / 0.58, (64,100,64) 1.44 / 1.66, (128,50,128) 4.4 / 4.4, (96,100,128)
-# 6.5 / 7.0, (64,50,128) 3.1 / 3.9, (128,100,256) 28.5 / 30.5, (16,50,128) 0.98 / 2.3. (On the host
-# of earlier sessions, whose loops were faster, the turn was at 4·H.)
+# Which variant is faster depends on the BLAS. Most OpenBLAS builds pack the weight for every product,
+# which a step's few rows do not repay; the AVX-512 builds (core types below) take small products,
+# M·N·K <= SMALL_PRODUCT, through kernels that pack nothing. So:
+# - BLAS with small-product kernels: ``blas`` when each thread's step product [share, H]·[H, G·H] is
+#   small, or its share has at least WIDE_SHARE sequences; never for one sequence a thread (forward +
+#   BPTT at (B,T,D,H) = (1,50,128,512) 1.6 ms in loops, 2.0 in blas, though a step's product alone is
+#   faster in BLAS from H = 128).
+#   Measured on a 2-core AVX-512 VM (OpenBLAS 0.3.30 SkylakeX), per step, loops / blas µs: H = 64,
+#   share 1 0.15 / 0.18, 2 0.28 / 0.15, 4 0.46 / 0.21, 16 1.8 / 0.70; H = 128, share 1 0.79 / 0.73, 4
+#   1.7 / 0.92, 32 13.1 / 7.1; H = 256, share 1 3.0 / 2.1, 4 5.6 / 2.7, 8 12.6 / 5.2, 16 (no longer
+#   small) 22 / 25, 64 100 / 57; H = 512, share 2 23 / 15, 4 22 / 81, 16 82 / 108, 32 175 / 162, 64
+#   355 / 240. Forward + BPTT, loops / blas ms: tanh (B,T,D,H) = (128,50,128,512) 62-64 / 55, (32,200,
+#   32,128) 6.1-6.3 / 5.0-5.6, (256,100,16,64) 9.0-9.4 / 7.2, (4,1000,64,256) 15-19 / 12-14,
+#   (16,50,128,512) 8.2 / 14.2-14.6; LSTM (64,100,64,256) 65 / 70, (32,200,32,128) 19.9 / 22.2, (128,
+#   50,128,512) 336 / 219; GRU (128,50,128,512) 275 / 172, (32,200,32,128) 18.0 / 15.1.
+# - other BLAS: ``blas`` once each thread's share has at least BLAS_MIN_SHARE_PER_UNIT·H sequences: for
+#   small H the tiles' dot products are too short to vectorise well and one BLAS product for the whole
+#   share wins; elsewhere the loops win. Measured on an AVX2 2-core VM (Zen 3, OpenBLAS Zen kernels),
+#   forward + backward recurrence on 2 threads, loops / blas ms in one process, alternating: (B,T,H) =
+#   (256,100,64) 8.6 / 6.5, (128,100,64) 4.3 / 3.7, (128,100,16) 0.72 / 0.55, (256,100,128) 26.7 /
+#   22.1, (1024,50,128) 54 / 40, (64,100,32) 0.58 / 0.58, (64,100,64) 1.44 / 1.66, (128,50,128) 4.4 /
+#   4.4, (96,100,128) 6.5 / 7.0, (64,50,128) 3.1 / 3.9, (128,100,256) 28.5 / 30.5, (16,50,128) 0.98 /
+#   2.3. (On an AVX-512 host with OpenBLAS held to its Haswell kernels, OPENBLAS_CORETYPE=Haswell,
+#   whose loops were faster, the turn was at 4·H.)
+SMALL_KERNEL_CORES = ("skylakex", "cooperlake", "sapphirerapids")
+SMALL_PRODUCT = 1_000_000  # OpenBLAS's bound on M·N·K for its small-product kernels
+WIDE_SHARE = 48
 BLAS_MIN_SHARE_PER_UNIT = 1
 TILE = 4  # sequences a thread advances together in the loops variant
 
 
-def choose(batch, hidden, threads=None):
-    """'loops' or 'blas' for a recurrence over ``batch`` sequences of ``hidden`` units on ``threads``
-    threads (Numba's count by default)."""
+def choose(batch, hidden, threads=None, gates=1, small_kernels=None):
+    """'loops' or 'blas' for a recurrence over ``batch`` sequences of ``hidden`` units and ``gates``
+    blocks of Ws on ``threads`` threads (Numba's count by default); ``small_kernels``: whether the
+    BLAS has small-product kernels (default: as found, ``BLAS_SMALL_KERNELS``)."""
     forced = os.environ.get("GPUBPTT_CPU_VARIANT", "auto")
     if forced not in VARIANTS:
         raise ValueError(f"GPUBPTT_CPU_VARIANT: expected one of {', '.join(VARIANTS)}, got {forced!r}")
     if forced != "auto":
         return forced
-    threads = get_num_threads() if threads is None else threads
-    return "blas" if -(-batch // threads) >= BLAS_MIN_SHARE_PER_UNIT * hidden else "loops"
+    share = -(-batch // (get_num_threads() if threads is None else threads))
+    if BLAS_SMALL_KERNELS if small_kernels is None else small_kernels:
+        small = share * hidden * gates * hidden <= SMALL_PRODUCT
+        return "blas" if share > 1 and (small or share >= WIDE_SHARE) else "loops"
+    return "blas" if share >= BLAS_MIN_SHARE_PER_UNIT * hidden else "loops"
 
 
 @overload(activations.single_precision, inline="always")
@@ -81,10 +104,10 @@ def compile_activations():
                                     overrides={"single_precision": activations.single_precision})
 
 
-def plan(batch, hidden):
+def plan(batch, hidden, gates=1):
     """(variant, tile, shares): the variant, the sequences per tile (loops) and the threads used."""
     threads = get_num_threads()
-    variant = choose(batch, hidden, threads)
+    variant = choose(batch, hidden, threads, gates)
     if variant == "loops":
         tile = max(1, min(TILE, -(-batch // threads)))
         return variant, tile, min(-(-batch // tile), threads)
@@ -131,20 +154,23 @@ def _numba_blas_on_one_thread():
     slower (8 ms instead of 0.2 ms) for ~50 ms after a two-thread OpenBLAS product. NumPy's BLAS is
     left alone when it is a library of its own (pip wheels: numpy.libs/); the engine calls only
     SciPy's (kernels/linalg_cpu.py). Needs threadpoolctl (a dependency); without it nothing is set.
+    Returns whether that BLAS has small-product kernels (an OpenBLAS of a core type in
+    SMALL_KERNEL_CORES; ``choose``).
     """
     try:
         import scipy.linalg.cython_blas  # noqa: F401 - loads the library Numba binds np.dot to
         from threadpoolctl import ThreadpoolController
     except ImportError:  # pragma: no cover
-        return
+        return False
     controller = ThreadpoolController()
-    ours = [lib.filepath for lib in controller.lib_controllers
+    ours = [lib for lib in controller.lib_controllers
             if lib.user_api == "blas" and "numpy" not in os.path.basename(os.path.dirname(lib.filepath))]
     if ours:
-        controller.select(filepath=ours).limit(limits=1)
+        controller.select(filepath=[lib.filepath for lib in ours]).limit(limits=1)
+    return bool(ours) and all(str(getattr(lib, "architecture", "")).lower() in SMALL_KERNEL_CORES for lib in ours)
 
 
-_numba_blas_on_one_thread()
+BLAS_SMALL_KERNELS = _numba_blas_on_one_thread()
 
 
 # glibc's malloc thresholds while the CPU kernels are loaded: arrays up to MMAP_THRESHOLD come from the

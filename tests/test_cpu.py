@@ -144,11 +144,25 @@ def test_variant_choice_and_override(monkeypatch):
     from gpubptt.kernels import cpu_variants
 
     monkeypatch.delenv("GPUBPTT_CPU_VARIANT", raising=False)
+
+    def choose(batch, hidden, threads, gates=1, small=False):
+        return cpu_variants.choose(batch, hidden, threads, gates, small_kernels=small)
+
+    # a BLAS that packs the weight for every product: BLAS once a thread's share is large against H
     per_unit = cpu_variants.BLAS_MIN_SHARE_PER_UNIT  # sequences per thread and hidden unit from which BLAS pays
-    assert cpu_variants.choose(per_unit * 16, 16, 1) == "blas" and cpu_variants.choose(per_unit * 16 - 1, 16, 1) == "loops"
-    assert cpu_variants.choose(2 * per_unit * 64, 64, 2) == "blas"
-    assert cpu_variants.choose(2 * per_unit * 64 - 2, 64, 2) == "loops" and cpu_variants.choose(64, 512, 2) == "loops"
-    assert cpu_variants.choose(1, 1024, 1) == "loops"
+    assert choose(per_unit * 16, 16, 1) == "blas" and choose(per_unit * 16 - 1, 16, 1) == "loops"
+    assert choose(2 * per_unit * 64, 64, 2) == "blas"
+    assert choose(2 * per_unit * 64 - 2, 64, 2) == "loops" and choose(64, 512, 2) == "loops"
+    assert choose(1, 1024, 1) == "loops"
+    # a BLAS with small-product kernels: small step products, or wide shares
+    most = cpu_variants.SMALL_PRODUCT // (256 * 256)  # sequences a thread of a small [share,256]·[256,256]
+    assert choose(2 * most, 256, 2, small=True) == "blas" and choose(2 * most + 2, 256, 2, small=True) == "loops"
+    assert choose(most, 256, 1, gates=4, small=True) == "loops" and choose(most // 4, 256, 1, gates=4, small=True) == "blas"
+    wide = cpu_variants.WIDE_SHARE
+    assert choose(2 * wide, 512, 2, small=True) == "blas" and choose(2 * wide - 2, 512, 2, small=True) == "loops"
+    assert choose(1, 512, 1, small=True) == "loops" and choose(2, 64, 1, small=True) == "blas"  # one sequence a thread: loops
+    assert choose(8, 256, 1, small=True) != choose(8, 256, 1)  # the two rules differ here; by default, as found:
+    assert cpu_variants.choose(8, 256, 1) == choose(8, 256, 1, small=cpu_variants.BLAS_SMALL_KERNELS)
     monkeypatch.setenv("GPUBPTT_CPU_VARIANT", "loops")
     assert cpu_variants.choose(1024, 512) == "loops"
     monkeypatch.setenv("GPUBPTT_CPU_VARIANT", "fast")

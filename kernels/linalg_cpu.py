@@ -178,11 +178,16 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None, bias=None, accumulate=F
 
 @njit(parallel=True, **cpu_variants.JIT_OPTIONS)
 def _column_sums(a, partial, shares):
+    """partial[s] = Σ of share s's rows, in float64. Each share sums into an array of its own, written
+    once: summed in place in ``partial`` the loop ran at half the speed (measured on 2 threads,
+    [25600,64] float32: 0.22 ms against 0.11)."""
     for s in prange(shares):
         lo, hi = cpu_variants.share_of(s, shares, a.shape[0], 1)
+        acc = np.zeros(a.shape[1])
         for i in range(lo, hi):
             for j in range(a.shape[1]):
-                partial[s, j] += a[i, j]
+                acc[j] += a[i, j]
+        partial[s] = acc
 
 
 def column_sums(a):
@@ -191,6 +196,6 @@ def column_sums(a):
     shares = min(get_num_threads(), a.size // MIN_SUM_SHARE)
     if shares < 2:  # a parallel region costs more than it saves (NumPy: ~10 µs for [250,64])
         return a.sum(axis=0)
-    partial = np.zeros((shares, a.shape[1]))
+    partial = np.empty((shares, a.shape[1]))
     _column_sums(a, partial, shares)
     return partial.sum(axis=0).astype(a.dtype)

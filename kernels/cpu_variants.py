@@ -50,7 +50,9 @@ VARIANTS = ("auto", "loops", "blas")
 #   355 / 240. Forward + BPTT, loops / blas ms: tanh (B,T,D,H) = (128,50,128,512) 62-64 / 55, (32,200,
 #   32,128) 6.1-6.3 / 5.0-5.6, (256,100,16,64) 9.0-9.4 / 7.2, (4,1000,64,256) 15-19 / 12-14,
 #   (16,50,128,512) 8.2 / 14.2-14.6; LSTM (64,100,64,256) 65 / 70, (32,200,32,128) 19.9 / 22.2, (128,
-#   50,128,512) 336 / 219; GRU (128,50,128,512) 275 / 172, (32,200,32,128) 18.0 / 15.1.
+#   50,128,512) 336 / 219; GRU (128,50,128,512) 275 / 172, (32,200,32,128) 18.0 / 15.1. At a share
+#   of 32 (not small): tanh (64,100,64,256) 18.7 / 17.2-17.4, (64,50,128,512) 32.4-34.2 / 32.4-32.6;
+#   LSTM (64,100,64,256) 70.8-71.1 / 70.5-72.2; GRU 51.5-57.6 / 51.9-52.3.
 # - other BLAS: ``blas`` once each thread's share has at least BLAS_MIN_SHARE_PER_UNIT·H sequences: for
 #   small H the tiles' dot products are too short to vectorise well and one BLAS product for the whole
 #   share wins; elsewhere the loops win. Measured on an AVX2 2-core VM (Zen 3, OpenBLAS Zen kernels),
@@ -62,7 +64,7 @@ VARIANTS = ("auto", "loops", "blas")
 #   whose loops were faster, the turn was at 4·H.)
 SMALL_KERNEL_CORES = ("skylakex", "cooperlake", "sapphirerapids")
 SMALL_PRODUCT = 1_000_000  # OpenBLAS's bound on M·N·K for its small-product kernels
-WIDE_SHARE = 48
+WIDE_SHARE = 32
 BLAS_MIN_SHARE_PER_UNIT = 1
 TILE = 4  # sequences a thread advances together in the loops variant
 

@@ -1,12 +1,14 @@
-"""How the ``*_cpu.py`` kernels split their work, chosen per call from the shape.
+"""How the ``*_cpu.py`` kernels split their work, chosen per call from the shape and the BLAS.
 
 The sequences of a batch are independent, so each thread takes a share of them and runs the whole
 time loop over it: one parallel region per call, no synchronisation per step. The variants differ in
 how a share's recurrent products are formed:
-``loops`` (most shapes): tiles of 4 sequences, the products written as register-blocked dot
-products the compiler vectorises.
-``blas`` (small H, many sequences a thread): one BLAS product per step for the thread's whole slice
-(SciPy's BLAS through Numba's ``np.dot``), then the pointwise work.
+``loops``: tiles of 4 sequences, the products written as register-blocked dot products the compiler
+vectorises.
+``blas``: one BLAS product per step for the thread's whole slice (SciPy's BLAS through Numba's
+``np.dot``), then the pointwise work. Where it wins depends on the BLAS (``choose``): with OpenBLAS's
+AVX-512 small-product kernels, at most shapes of more than one sequence a thread; with others, for
+small H and many sequences a thread.
 
 BLAS runs on the calling thread (``_numba_blas_on_one_thread``): concurrent calls from the kernels'
 threads scale (measured on 2 cores: two threads each multiplying half of [6400,256]x[256,256], 3.4

@@ -108,10 +108,12 @@ def compile_activations():
                                     overrides={"single_precision": activations.single_precision})
 
 
-def plan(batch, hidden, gates=1):
-    """(variant, tile, shares): the variant, the sequences per tile (loops) and the threads used."""
+def plan(batch, Ws):
+    """(variant, tile, shares) for a recurrence over ``batch`` sequences with Ws [G·H, H]: the
+    variant, the sequences per tile (loops) and the threads used."""
     threads = get_num_threads()
-    variant = choose(batch, hidden, threads, gates)
+    hidden = Ws.shape[1]
+    variant = choose(batch, hidden, threads, Ws.shape[0] // hidden)
     if variant == "loops":
         tile = max(1, min(TILE, -(-batch // threads)))
         return variant, tile, min(-(-batch // tile), threads)

@@ -215,7 +215,7 @@ def forward_recurrence(U, Ws, S0, lengths, reverse, act, S):
     act     int      activation code of g1 (kernels/activations.py)
     S       [T,B,H]  out: the hidden states; may be the same array as U
     """
-    variant, tile, shares = cpu_variants.plan(U.shape[1], U.shape[2])
+    variant, tile, shares = cpu_variants.plan(U.shape[1], Ws)
     kernel = cpu_variants.pick(_forward_kernels[variant], shares)
     if variant == "loops":
         kernel(U, Ws, S0, lengths, reverse, act, S, tile, shares)
@@ -236,7 +236,7 @@ def backward_recurrence(dS_out, Ws, S, lengths, reverse, act, truncate, clip, de
     delta   [T,B,H]  out; may be the same array as dS_out
     dS0     [B,H]    out: dL/dS0
     """
-    variant, tile, shares = cpu_variants.plan(S.shape[1], S.shape[2])
+    variant, tile, shares = cpu_variants.plan(S.shape[1], Ws)
     kernel = cpu_variants.pick(_backward_kernels[variant], shares)
     if variant == "loops":
         kernel(dS_out, *cpu_variants.backward_weight(Ws, tile), S, lengths, reverse, act, truncate, clip, delta, dS0,

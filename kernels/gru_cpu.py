@@ -211,7 +211,7 @@ def forward_recurrence(U, Ws, bs, H0, lengths, reverse, Hs, Gn):
     Hs     [T,B,H]  out: hidden states
     Gn     [T,B,H]  out: Ws_n h_{t-1} + bs_n, saved for backward
     """
-    variant, tile, shares = cpu_variants.plan(U.shape[1], Hs.shape[2], Ws.shape[0] // Hs.shape[2])
+    variant, tile, shares = cpu_variants.plan(U.shape[1], Ws)
     kernel = cpu_variants.pick(_forward_kernels[variant], shares)
     if variant == "loops":
         kernel(U, Ws, bs, H0, lengths, reverse, Hs, Gn, tile, shares)
@@ -231,7 +231,7 @@ def backward_recurrence(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, c
     dNx     [T,B,H]  out: gradient of n's input part (Wx_n x + bx_n); may be the same array as Gn
     dH0     [B,H]    out: dL/dh0
     """
-    variant, tile, shares = cpu_variants.plan(G.shape[1], Hs.shape[2], Ws.shape[0] // Hs.shape[2])
+    variant, tile, shares = cpu_variants.plan(G.shape[1], Ws)
     kernel = cpu_variants.pick(_backward_kernels[variant], shares)
     if variant == "loops":
         kernel(dH_out, *cpu_variants.backward_weight(Ws, tile), G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec,

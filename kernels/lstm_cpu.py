@@ -215,7 +215,7 @@ def forward_recurrence(U, Ws, H0, C0, lengths, reverse, Hs, Cs):
     lengths [B], reverse: as elman_cpu
     Hs, Cs [T,B,H]  out: hidden and cell states
     """
-    variant, tile, shares = cpu_variants.plan(U.shape[1], Hs.shape[2], Ws.shape[0] // Hs.shape[2])
+    variant, tile, shares = cpu_variants.plan(U.shape[1], Ws)
     kernel = cpu_variants.pick(_forward_kernels[variant], shares)
     if variant == "loops":
         kernel(U, Ws, H0, C0, lengths, reverse, Hs, Cs, tile, shares)
@@ -232,7 +232,7 @@ def backward_recurrence(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, c
     dG      [T,B,4H] out: gradients of the gate pre-activations; may be the same array as G
     dH0, dC0 [B,H]   out: dL/dh0, dL/dc0
     """
-    variant, tile, shares = cpu_variants.plan(G.shape[1], Hs.shape[2], Ws.shape[0] // Hs.shape[2])
+    variant, tile, shares = cpu_variants.plan(G.shape[1], Ws)
     kernel = cpu_variants.pick(_backward_kernels[variant], shares)
     if variant == "loops":
         kernel(dH_out, *cpu_variants.backward_weight(Ws, tile), G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG,

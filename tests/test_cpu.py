@@ -163,6 +163,11 @@ def test_variant_choice_and_override(monkeypatch):
     assert choose(1, 512, 1, small=True) == "loops" and choose(2, 64, 1, small=True) == "blas"  # one sequence a thread: loops
     assert choose(8, 256, 1, small=True) != choose(8, 256, 1)  # the two rules differ here; by default, as found:
     assert cpu_variants.choose(8, 256, 1) == choose(8, 256, 1, small=cpu_variants.BLAS_SMALL_KERNELS)
+    # plan reads H and the gates from Ws [G·H, H]: an LSTM's step product is 4 times an Elman cell's
+    monkeypatch.setattr(cpu_variants, "BLAS_SMALL_KERNELS", True)
+    batch = most * cpu_variants.get_num_threads()  # a share of `most` sequences
+    assert cpu_variants.plan(batch, np.empty((256, 256), np.float32))[0] == "blas"
+    assert cpu_variants.plan(batch, np.empty((1024, 256), np.float32))[0] == "loops"
     monkeypatch.setenv("GPUBPTT_CPU_VARIANT", "loops")
     assert cpu_variants.choose(1024, 512) == "loops"
     monkeypatch.setenv("GPUBPTT_CPU_VARIANT", "fast")

@@ -20,7 +20,9 @@ How a product is shared among threads:
 - inner: op(a) = aᵀ: each thread takes a slice of the K rows of a and b (time steps x sequences) and
   forms a partial [M,N], summed in a fixed order (the weight gradients Σ_t dU_tᵀ input_t, whose K is
   T·B), when the partials are small beside the operands (``INNER_PARTIAL_SHARE``);
-- one call when the product is too small for a second thread to pay (``MIN_SHARE_FLOPS``).
+- one call when the product is too small for a second thread to pay: fewer than ``MIN_SHARE_FLOPS``
+  and fewer than ``MIN_SHARE_BYTES`` a thread (thin products, such as the output layer's with a few
+  outputs, do little arithmetic on much memory, and are worth a second thread for its bandwidth).
 """
 import llvmlite.binding as llvm
 import numpy as np
@@ -30,6 +32,12 @@ from numba.extending import get_cython_function_address
 from . import cpu_variants
 
 MIN_SHARE_FLOPS = 2_000_000  # a thread's share below this (~20 µs of BLAS) is not worth a parallel region
+# nor one below this many bytes of operands and result. Measured on 2 cores of an AVX-512 VM, one call
+# / two shares, ms, float32 (S [M,H], O = 1): Z = S Wyᵀ, dWy = dZᵀ S, dZ Wy at [6400,256] 0.40 / 0.12,
+# 0.72 / 0.20, 0.46 / 0.21; at [25600,64] 0.36 / 0.11, 0.61 / 0.11, 0.50 / 0.12; at [2000,64] (0.5 MB)
+# 0.006 / 0.008, 0.006 / 0.007, 0.016 / 0.011; at [4000,64] (1 MB) 0.015 / 0.012, 0.013 / 0.011,
+# 0.028 / 0.019.
+MIN_SHARE_BYTES = 512 << 10
 # an inner share of fewer rows writes a whole [M,N] partial for too little work (and holds its memory):
 # the rank-B products with the initial state, K = B
 MIN_INNER_ROWS = 64
@@ -117,8 +125,8 @@ def _gemm_inner(A, B, C, codes, lda, ldb, ldc, beta, partial, shares):
                 C[i, j] += partial[s, i, j]
 
 
-def _shares(M, K, N, split):
-    most = min(split, (2 * M * K * N) // MIN_SHARE_FLOPS)
+def _shares(M, K, N, split, itemsize):
+    most = min(split, max((2 * M * K * N) // MIN_SHARE_FLOPS, (M * K + K * N + M * N) * itemsize // MIN_SHARE_BYTES))
     return 1 if most < 2 else min(get_num_threads(), most)  # Numba's count read only when it matters (~2 µs)
 
 
@@ -162,12 +170,12 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None, bias=None, accumulate=F
     (code_a, lda), (code_b, ldb), ldc = view_a, view_b, view_c[1]
     codes = _CODES[code_a == _TRANSPOSED, code_b == _TRANSPOSED]
     beta = 1.0 if accumulate else 0.0
-    inner = _shares(M, K, N, K // MIN_INNER_ROWS) if trans_a else 1
+    inner = _shares(M, K, N, K // MIN_INNER_ROWS, dtype.itemsize) if trans_a else 1
     if inner > 1 and (inner - 1) * M * N <= INNER_PARTIAL_SHARE * K * (M + N):
         _gemm_inner(A, B, out, codes, lda, ldb, ldc, beta, np.empty((inner - 1, M, N), dtype=dtype), inner)
         if bias is not None:
             out += bias
-    elif (shares := _shares(M, K, N, M)) > 1:
+    elif (shares := _shares(M, K, N, M, dtype.itemsize)) > 1:
         _gemm_rows(A, B, out, codes, lda, ldb, ldc, beta, bias, shares)
     else:  # without a parallel region
         _gemm(A, B, out, codes, lda, ldb, ldc, beta)

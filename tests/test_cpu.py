@@ -192,7 +192,7 @@ def test_matmul_shared_among_threads(M, K, N, trans_a, trans_b, monkeypatch):
     b = rng.standard_normal((N, K) if trans_b else (K, N)).astype(np.float32)
     a_before, b_before = a.copy(), b.copy()
     expected = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b).astype(np.float64)
-    shares = linalg_cpu._shares(M, K, N, K if trans_a else M)
+    shares = linalg_cpu._shares(M, K, N, K if trans_a else M, 4)
     assert shares == min(get_num_threads(), K if trans_a else M)
     out = linalg_cpu.matmul(a, b, trans_a=trans_a, trans_b=trans_b)
     assert out.shape == (M, N) and out.dtype == np.float32
@@ -204,6 +204,20 @@ def test_matmul_shared_among_threads(M, K, N, trans_a, trans_b, monkeypatch):
     assert_close(linalg_cpu.matmul(a, b, trans_a=trans_a, trans_b=trans_b, bias=bias), expected + bias, 1e-5,
                  "matmul + bias")
     assert np.array_equal(a, a_before) and np.array_equal(b, b_before)
+
+
+def test_matmul_shares_thin_products_by_their_bytes():
+    """A product with little arithmetic on much memory (the output layer's with O = 1) is shared among
+    threads for their bandwidth; a small one runs in one call."""
+    from numba import get_num_threads
+
+    from gpubptt.kernels import linalg_cpu
+
+    M, K, N = 25600, 64, 1  # Z = S Wyᵀ: 3.3 MFLOP (one share by arithmetic), 6.5 MB
+    assert 2 * M * K * N < 2 * linalg_cpu.MIN_SHARE_FLOPS
+    assert linalg_cpu._shares(M, K, N, M, 4) == min(get_num_threads(), 12)
+    assert linalg_cpu._shares(1000, 64, 1, 1000, 4) == 1  # 0.25 MB
+    assert linalg_cpu._shares(M, K, N, 1, 4) == 1  # never more than the split allows
 
 
 @pytest.mark.parametrize("split", ["one call", "shared"])

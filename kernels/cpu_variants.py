@@ -69,6 +69,17 @@ SMALL_PRODUCT = 1_000_000  # OpenBLAS's bound on M·N·K for its small-product k
 WIDE_SHARE = 32
 BLAS_MIN_SHARE_PER_UNIT = 1
 TILE = 4  # sequences a thread advances together in the loops variant
+# With small-product kernels, a share too large for one small product runs its step in pieces of a
+# multiple of PIECE_MULTIPLE rows, as many as fit a small product, while the share is below
+# PIECES_BELOW_SHARE (``piece_rows``): the large-product path packs Ws on every call, which a wide
+# share repays and a narrower one does not. Measured on a 2-core AVX-512 VM (OpenBLAS 0.3.30
+# SkylakeX), one thread, µs per sequence and step, one product of the share / pieces of m rows:
+# (G, H, share) = (1, 256, 32) 1.34 / 0.93-0.98 (m = 4 or 8); (1, 256, 64) 1.0 / 0.98; (1, 256, 128)
+# 0.89 / 0.98; (3, 256, 32) 3.6-3.9 / 2.2-3.0 (m = 4); (4, 128, 16) 1.68 / 0.93-1.06 (m = 4 or 8);
+# (4, 128, 128) 0.78 / 0.93. Pieces of 2 or 3 rows, or of 15, ran 1.5-2.5x slower a sequence than
+# pieces of 4 or 8 (H = 512: 9.7 against 3.7 for one product of 64).
+PIECE_MULTIPLE = 4
+PIECES_BELOW_SHARE = 64
 
 
 def choose(batch, hidden, threads=None, gates=1, small_kernels=None):
@@ -83,8 +94,30 @@ def choose(batch, hidden, threads=None, gates=1, small_kernels=None):
     share = -(-batch // (get_num_threads() if threads is None else threads))
     if BLAS_SMALL_KERNELS if small_kernels is None else small_kernels:
         small = share * hidden * gates * hidden <= SMALL_PRODUCT
-        return "blas" if share > 1 and (small or share >= WIDE_SHARE) else "loops"
+        pieces = piece_rows(share, hidden, gates, True) < share
+        return "blas" if share > 1 and (small or pieces or share >= WIDE_SHARE) else "loops"
     return "blas" if share >= BLAS_MIN_SHARE_PER_UNIT * hidden else "loops"
+
+
+def piece_rows(share, hidden, gates=1, small_kernels=None):
+    """The rows of each BLAS product in the blas variant's step, for a thread's ``share`` of sequences
+    (``share`` itself: one product)."""
+    if not (BLAS_SMALL_KERNELS if small_kernels is None else small_kernels):
+        return share
+    product = gates * hidden * hidden
+    rows = SMALL_PRODUCT // product // PIECE_MULTIPLE * PIECE_MULTIPLE
+    if share * product <= SMALL_PRODUCT or rows == 0 or share >= PIECES_BELOW_SHARE:
+        return share
+    return rows
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def products(X, W, out, piece):
+    """out = X W (np.dot through BLAS) in products of ``piece`` rows."""
+    n = X.shape[0]
+    for a in range(0, n, piece):
+        b = min(a + piece, n)
+        np.dot(X[a:b], W, out[a:b])
 
 
 @overload(activations.single_precision, inline="always")
@@ -110,14 +143,14 @@ def compile_activations():
 
 def plan(batch, Ws):
     """(variant, tile, shares) for a recurrence over ``batch`` sequences with Ws [G·H, H]: the
-    variant, the sequences per tile (loops) and the threads used."""
+    variant, the sequences per tile (loops) or per BLAS product (blas), and the threads used."""
     threads = get_num_threads()
-    hidden = Ws.shape[1]
-    variant = choose(batch, hidden, threads, Ws.shape[0] // hidden)
+    hidden, gates = Ws.shape[1], Ws.shape[0] // Ws.shape[1]
+    variant = choose(batch, hidden, threads, gates)
     if variant == "loops":
         tile = max(1, min(TILE, -(-batch // threads)))
         return variant, tile, min(-(-batch // tile), threads)
-    return variant, batch, min(batch, threads)
+    return variant, piece_rows(-(-batch // threads), hidden, gates), min(batch, threads)
 
 
 @njit(**JIT_OPTIONS)

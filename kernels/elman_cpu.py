@@ -106,8 +106,9 @@ def _forward_loops(U, Ws, S0, lengths, reverse, act, S, tile, shares):
                     cpu_variants.past_end(S0, lengths, reverse, S, i, first, p, n)
 
 
-def _forward_blas(U, WsT, S0, lengths, reverse, act, S, shares):
-    """Each of ``shares`` threads runs a contiguous slice of the batch, one BLAS product per step."""
+def _forward_blas(U, WsT, S0, lengths, reverse, act, S, piece, shares):
+    """Each of ``shares`` threads runs a contiguous slice of the batch, its step products in BLAS
+    products of ``piece`` rows (``cpu_variants.products``)."""
     T, B, H = U.shape
     one = U.dtype.type(1.0)
     for share in prange(shares):
@@ -116,7 +117,7 @@ def _forward_blas(U, WsT, S0, lengths, reverse, act, S, shares):
         rec = np.empty_like(prev)  # prev Wsᵀ
         shortest = lengths[first:end].min()
         for i in range(T):
-            np.dot(prev, WsT, rec)
+            cpu_variants.products(prev, WsT, rec, piece)
             _forward_step(U, lengths, reverse, act, S, i, first, prev, rec, end - first, one)
             if i >= shortest:
                 cpu_variants.past_end(S0, lengths, reverse, S, i, first, prev, end - first)
@@ -160,8 +161,9 @@ def _backward_loops(dS_out, W, W_transposed, S, lengths, reverse, act, truncate,
             dS0[first:first + n] = g[:n]
 
 
-def _backward_blas(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta, dS0, shares):
-    """Each of ``shares`` threads runs a contiguous slice of the batch, one BLAS product per step."""
+def _backward_blas(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta, dS0, piece, shares):
+    """Each of ``shares`` threads runs a contiguous slice of the batch, its step products in BLAS
+    products of ``piece`` rows (``cpu_variants.products``)."""
     T, B, H = S.shape
     for share in prange(shares):
         first, end = cpu_variants.share_of(share, shares, B, 1)
@@ -172,11 +174,11 @@ def _backward_blas(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta, 
             if not passes(i + 1, truncate):
                 g[:] = 0  # step i+1 starts a chunk: no gradient flows back across it
             else:
-                np.dot(last, Ws, g)
+                cpu_variants.products(last, Ws, g, piece)
             _backward_step(dS_out, S, lengths, reverse, act, clip, delta, i, first, last, g, end - first)
             if i >= shortest:
                 cpu_variants.zero_past_end(lengths, i, first, end - first, delta, last)
-        np.dot(last, Ws, dS0[first:end])
+        cpu_variants.products(last, Ws, dS0[first:end], piece)
 
 
 @njit(inline="always", **cpu_variants.JIT_OPTIONS)
@@ -220,7 +222,7 @@ def forward_recurrence(U, Ws, S0, lengths, reverse, act, S):
     if variant == "loops":
         kernel(U, Ws, S0, lengths, reverse, act, S, tile, shares)
     else:
-        kernel(U, cpu_variants.transposed(Ws), S0, lengths, reverse, act, S, shares)
+        kernel(U, cpu_variants.transposed(Ws), S0, lengths, reverse, act, S, tile, shares)
 
 
 def backward_recurrence(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta, dS0):
@@ -242,4 +244,4 @@ def backward_recurrence(dS_out, Ws, S, lengths, reverse, act, truncate, clip, de
         kernel(dS_out, *cpu_variants.backward_weight(Ws, tile), S, lengths, reverse, act, truncate, clip, delta, dS0,
                tile, shares)
     else:
-        kernel(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta, dS0, shares)
+        kernel(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta, dS0, tile, shares)

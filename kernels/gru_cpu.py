@@ -91,8 +91,9 @@ def _forward_loops(U, Ws, bs, H0, lengths, reverse, Hs, Gn, tile, shares):
                     cpu_variants.past_end(H0, lengths, reverse, Hs, i, first, h[a:z], n)
 
 
-def _forward_blas(U, WsT, bs, H0, lengths, reverse, Hs, Gn, shares):
-    """Each of ``shares`` threads runs a contiguous slice of the batch, one BLAS product per step."""
+def _forward_blas(U, WsT, bs, H0, lengths, reverse, Hs, Gn, piece, shares):
+    """Each of ``shares`` threads runs a contiguous slice of the batch, its step products in BLAS
+    products of ``piece`` rows (``cpu_variants.products``)."""
     T, B, G = U.shape
     one = U.dtype.type(1.0)
     for share in prange(shares):
@@ -101,7 +102,7 @@ def _forward_blas(U, WsT, bs, H0, lengths, reverse, Hs, Gn, shares):
         rec = np.empty((end - first, G), dtype=U.dtype)
         shortest = lengths[first:end].min()
         for i in range(T):
-            np.dot(h, WsT, rec)
+            cpu_variants.products(h, WsT, rec, piece)
             _forward_step(U, bs, lengths, reverse, Hs, Gn, i, first, rec, h, end - first, one)
             if i >= shortest:
                 cpu_variants.past_end(H0, lengths, reverse, Hs, i, first, h, end - first)
@@ -153,8 +154,9 @@ def _backward_loops(dH_out, W, W_transposed, G, Gn, Hs, H0, lengths, reverse, tr
             dH0[first:first + n] = dh[:n] + direct[a:z]
 
 
-def _backward_blas(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0, shares):
-    """Each of ``shares`` threads runs a contiguous slice of the batch, one BLAS product per step."""
+def _backward_blas(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0, piece, shares):
+    """Each of ``shares`` threads runs a contiguous slice of the batch, its step products in BLAS
+    products of ``piece`` rows (``cpu_variants.products``)."""
     T, B, Gs = G.shape
     H = Gs // 3
     for share in prange(shares):
@@ -168,13 +170,13 @@ def _backward_blas(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, clip, 
                 dh[:] = 0
                 direct[:] = 0
             else:
-                np.dot(last, Ws, dh)
+                cpu_variants.products(last, Ws, dh, piece)
             _backward_step(dH_out, G, Gn, Hs, H0, lengths, reverse, clip, dRec, dNx, i, first, last, dh, direct,
                            end - first)
             if i >= shortest:
                 cpu_variants.zero_past_end(lengths, i, first, end - first, dRec, last)
                 cpu_variants.zero_past_end(lengths, i, first, end - first, dNx, direct)
-        np.dot(last, Ws, dH0[first:end])
+        cpu_variants.products(last, Ws, dH0[first:end], piece)
         dH0[first:end] += direct
 
 
@@ -216,7 +218,7 @@ def forward_recurrence(U, Ws, bs, H0, lengths, reverse, Hs, Gn):
     if variant == "loops":
         kernel(U, Ws, bs, H0, lengths, reverse, Hs, Gn, tile, shares)
     else:
-        kernel(U, cpu_variants.transposed(Ws), bs, H0, lengths, reverse, Hs, Gn, shares)
+        kernel(U, cpu_variants.transposed(Ws), bs, H0, lengths, reverse, Hs, Gn, tile, shares)
 
 
 def backward_recurrence(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0):
@@ -237,4 +239,4 @@ def backward_recurrence(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, c
         kernel(dH_out, *cpu_variants.backward_weight(Ws, tile), G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec,
                dNx, dH0, tile, shares)
     else:
-        kernel(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0, shares)
+        kernel(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0, tile, shares)

@@ -96,8 +96,9 @@ def _forward_loops(U, Ws, H0, C0, lengths, reverse, Hs, Cs, tile, shares):
                     cpu_variants.past_end(C0, lengths, reverse, Cs, i, first, c[a:z], n)
 
 
-def _forward_blas(U, WsT, H0, C0, lengths, reverse, Hs, Cs, shares):
-    """Each of ``shares`` threads runs a contiguous slice of the batch, one BLAS product per step."""
+def _forward_blas(U, WsT, H0, C0, lengths, reverse, Hs, Cs, piece, shares):
+    """Each of ``shares`` threads runs a contiguous slice of the batch, its step products in BLAS
+    products of ``piece`` rows (``cpu_variants.products``)."""
     T, B, G = U.shape
     one = U.dtype.type(1.0)
     for share in prange(shares):
@@ -107,7 +108,7 @@ def _forward_blas(U, WsT, H0, C0, lengths, reverse, Hs, Cs, shares):
         rec = np.empty((end - first, G), dtype=U.dtype)
         shortest = lengths[first:end].min()
         for i in range(T):
-            np.dot(h, WsT, rec)
+            cpu_variants.products(h, WsT, rec, piece)
             _forward_step(U, lengths, reverse, Hs, Cs, i, first, rec, c, h, end - first, one)
             if i >= shortest:
                 cpu_variants.past_end(H0, lengths, reverse, Hs, i, first, h, end - first)
@@ -160,8 +161,9 @@ def _backward_loops(dH_out, W, W_transposed, G, Hs, Cs, C0, lengths, reverse, tr
             dC0[first:first + n] = dcn[a:z]
 
 
-def _backward_blas(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0, shares):
-    """Each of ``shares`` threads runs a contiguous slice of the batch, one BLAS product per step."""
+def _backward_blas(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0, piece, shares):
+    """Each of ``shares`` threads runs a contiguous slice of the batch, its step products in BLAS
+    products of ``piece`` rows (``cpu_variants.products``)."""
     T, B, Gs = G.shape
     H = Gs // 4
     for share in prange(shares):
@@ -175,12 +177,12 @@ def _backward_blas(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, clip, 
                 dh[:] = 0
                 dcn[:] = 0
             else:
-                np.dot(last, Ws, dh)
+                cpu_variants.products(last, Ws, dh, piece)
             _backward_step(dH_out, G, Cs, C0, lengths, reverse, clip, dG, i, first, last, dh, dcn, end - first)
             if i >= shortest:
                 cpu_variants.zero_past_end(lengths, i, first, end - first, dG, last)
                 cpu_variants.zero_past_end(lengths, i, first, end - first, dG, dcn)
-        np.dot(last, Ws, dH0[first:end])
+        cpu_variants.products(last, Ws, dH0[first:end], piece)
         dC0[first:end] = dcn
 
 
@@ -220,7 +222,7 @@ def forward_recurrence(U, Ws, H0, C0, lengths, reverse, Hs, Cs):
     if variant == "loops":
         kernel(U, Ws, H0, C0, lengths, reverse, Hs, Cs, tile, shares)
     else:
-        kernel(U, cpu_variants.transposed(Ws), H0, C0, lengths, reverse, Hs, Cs, shares)
+        kernel(U, cpu_variants.transposed(Ws), H0, C0, lengths, reverse, Hs, Cs, tile, shares)
 
 
 def backward_recurrence(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0):
@@ -238,4 +240,4 @@ def backward_recurrence(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, c
         kernel(dH_out, *cpu_variants.backward_weight(Ws, tile), G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG,
                dH0, dC0, tile, shares)
     else:
-        kernel(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0, shares)
+        kernel(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0, tile, shares)

@@ -17,11 +17,27 @@ SHAPES = [  # (T, B, D, H, O)
 ]
 
 
-@pytest.fixture(params=["loops", "blas"])
+@pytest.fixture(params=["loops", "blas", "blas-pieces"])
 def variant(request, monkeypatch):
-    """Both ways the CPU kernels split their work (kernels/cpu_variants.py), forced in turn."""
-    monkeypatch.setenv("GPUBPTT_CPU_VARIANT", request.param)
-    return request.param
+    """Both ways the CPU kernels split their work (kernels/cpu_variants.py), forced in turn; the blas
+    variant also with its step products in pieces smaller than a thread's share: on one thread, the
+    whole batch its share, in pieces of B - 1 rows (a last piece shorter than the others from B = 3)."""
+    import numba
+
+    from gpubptt.kernels import cpu_variants
+
+    monkeypatch.setenv("GPUBPTT_CPU_VARIANT", request.param.split("-")[0])
+    if request.param != "blas-pieces":
+        yield request.param
+        return
+    monkeypatch.setattr(cpu_variants, "piece_rows", lambda share, hidden, gates=1, small_kernels=None:
+                        max(1, share - 1))
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield request.param
+    finally:
+        numba.set_num_threads(threads)
 
 
 def compare(cell, out, loss, steps, shape, dtype, s0=True, num_layers=1, bidirectional=False, lengths=None,
@@ -154,10 +170,20 @@ def test_variant_choice_and_override(monkeypatch):
     assert choose(2 * per_unit * 64, 64, 2) == "blas"
     assert choose(2 * per_unit * 64 - 2, 64, 2) == "loops" and choose(64, 512, 2) == "loops"
     assert choose(1, 1024, 1) == "loops"
-    # a BLAS with small-product kernels: small step products, or wide shares
-    most = cpu_variants.SMALL_PRODUCT // (256 * 256)  # sequences a thread of a small [share,256]·[256,256]
-    assert choose(2 * most, 256, 2, small=True) == "blas" and choose(2 * most + 2, 256, 2, small=True) == "loops"
+    # a BLAS with small-product kernels: small step products, pieces of them, or wide shares
+    few = cpu_variants.SMALL_PRODUCT // (512 * 512)  # sequences a thread of a small [share,512]·[512,512]
+    assert few < cpu_variants.PIECE_MULTIPLE  # too few for pieces
+    assert choose(2 * few, 512, 2, small=True) == "blas" and choose(2 * few + 2, 512, 2, small=True) == "loops"
+    most = cpu_variants.SMALL_PRODUCT // (256 * 256)
     assert choose(most, 256, 1, gates=4, small=True) == "loops" and choose(most // 4, 256, 1, gates=4, small=True) == "blas"
+    rows = most // cpu_variants.PIECE_MULTIPLE * cpu_variants.PIECE_MULTIPLE  # a piece at H = 256
+    assert choose(2 * (most + 1), 256, 2, small=True) == "blas"  # in pieces
+    piece_rows = cpu_variants.piece_rows
+    assert piece_rows(most + 1, 256, 1, True) == rows and piece_rows(most, 256, 1, True) == most  # small: one
+    assert piece_rows(most + 1, 256, 1, False) == most + 1  # without small-product kernels: one product
+    below = cpu_variants.PIECES_BELOW_SHARE
+    assert piece_rows(below - 1, 256, 1, True) == rows and piece_rows(below, 256, 1, True) == below
+    assert piece_rows(most + 1, 512, 1, True) == most + 1  # no multiple of PIECE_MULTIPLE rows fits
     wide = cpu_variants.WIDE_SHARE
     assert choose(2 * wide, 512, 2, small=True) == "blas" and choose(2 * wide - 2, 512, 2, small=True) == "loops"
     assert choose(1, 512, 1, small=True) == "loops" and choose(2, 64, 1, small=True) == "blas"  # one sequence a thread: loops

@@ -270,16 +270,18 @@ def _recurrent_weight_grad(dWs, add, dRec, S, s0, start, reverse, mm):
 
 
 # A chunk costs a few calls and a kernel launch, and little weight-sized work: the weight gradients
-# are summed in place by BLAS; only the CPU loops variant with full tiles of 4 sequences transposes Ws
-# again for each chunk (kernels/cpu_variants.py, backward_weight).
+# are summed in place by BLAS, and the CPU kernels read Ws as it is in backward (kernels/cpu_variants.py,
+# backward_weight: a transposed copy only for tiles of fewer than 4 sequences at H < 128, made again for
+# each chunk).
 # Peak memory of forward + BPTT / lower bound by chunks (1, 2, 3, 4), tanh, float32, 2 cores: (B,T,D,H)
 # = (64,50,128,512) 1.82 1.55 1.55 1.34; (128,50,128,512) 1.83 1.48 1.35 1.35; (64,100,64,256) 1.83
 # 1.45 1.33 1.26; (4,1000,64,256) 1.82 1.44 1.32 1.21; (64,50,128,128) 1.52 1.31 1.23 1.19;
-# (1,1000,8,64) 1.80 1.46 1.28 1.28. Time, same process alternating: (1,1000,8,64) 1.49 1.50 1.47 ms
-# (and 2.03 1.65 1.68 in a noisier run); (64,50,128,128) 8.2 ms in one chunk, 9.7 in four (+19 % in
-# that run; 10.6 against 11.9 in another).
+# (1,1000,8,64) 1.80 1.46 1.28 1.28; (16,50,128,512) 1.48 1.25 1.18 1.14-1.18 at 7.9-9.7, 8.1-8.3,
+# 8.2-8.6, 8.8-8.9 ms. Time, same process alternating: (1,1000,8,64) 1.49 1.50 1.47 ms (and 2.03 1.65
+# 1.68 in a noisier run); (64,50,128,128) 8.2 ms in one chunk, 9.7 in four (+19 % in that run; 10.6
+# against 11.9 in another); (64,50,128,512) 29.7 31.0 - 32.4 ms.
 CHUNK_BYTES = 1 << 16  # a chunk's [Tc,B,H] gradient at least this
-CHUNK_ROWS_PER_UNIT = 1  # and Tc·B at least this many times H
+CHUNK_ROWS_PER_UNIT = 0.5  # and Tc·B at least this many times H
 MAX_CHUNKS = 4
 
 
@@ -288,7 +290,7 @@ def time_chunks(T, B, H, itemsize, truncate):
     that the [T,B,H] gradient reaching the states is never whole: up to MAX_CHUNKS chunks, each of at
     least CHUNK_BYTES and CHUNK_ROWS_PER_UNIT·H rows. Under truncation a chunk holds whole truncation
     windows (the kernels count the window from the chunk's first step)."""
-    n = max(1, min(MAX_CHUNKS, T, T * B * H * itemsize // CHUNK_BYTES, T * B // (CHUNK_ROWS_PER_UNIT * H)))
+    n = max(1, min(MAX_CHUNKS, T, T * B * H * itemsize // CHUNK_BYTES, int(T * B // (CHUNK_ROWS_PER_UNIT * H))))
     size = -(-T // n)
     if truncate > 0:
         size = -(-size // truncate) * truncate

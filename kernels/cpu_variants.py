@@ -361,14 +361,37 @@ def tile_products(W, X, n, out):
 
 @njit(**JIT_OPTIONS)
 def row_products(W, X, n, out):
-    """out[q, j] = Σ_k X[q, k] W[k, j] for the first n rows of X, W untransposed: each sequence's
-    product as a sum of W's rows, four at a time (loops over j the compiler vectorises). It needs no
-    transposed copy of W (as large as the gradient dWs, which weighs most in the memory of a short
-    batch of few sequences); measured per step for one sequence, one core, against tile_products on
-    Wᵀ: H = 512 17.5 against 20.9 µs, 256 3.6 against 3.7, 128 1.5 against 0.96, 64 0.29 against 0.20."""
+    """out[q, j] = Σ_k X[q, k] W[k, j] for the first n rows of X, W untransposed: the products as sums
+    of W's rows, four at a time (loops over j the compiler vectorises). A full tile (n = 4) adds each
+    loaded vector of 4 rows of W into all 4 sequences' sums; a smaller one runs a sequence at a time.
+    It needs no transposed copy of W (as large as the gradient dWs). Measured per step, one core, float32,
+    against tile_products on Wᵀ: a full tile, H = 64 / 128 / 256 / 512, 0.47 / 1.3 / 4.9 / 18.7 µs
+    against 0.47 / 1.7 / 6.5 / 22.1 (AVX-512 VM); one sequence, H = 512 17.5 against 20.9 µs, 256 3.6
+    against 3.7, 128 1.5 against 0.96, 64 0.29 against 0.20 (AVX2 VM)."""
     K, J = W.shape
     zero = out.dtype.type(0.0)
     quads = K - K % 4
+    if n == 4:
+        for q in range(4):
+            for j in range(J):
+                out[q, j] = zero
+        for k in range(0, quads, 4):
+            a0, a1, a2, a3 = X[0, k], X[0, k + 1], X[0, k + 2], X[0, k + 3]
+            b0, b1, b2, b3 = X[1, k], X[1, k + 1], X[1, k + 2], X[1, k + 3]
+            c0, c1, c2, c3 = X[2, k], X[2, k + 1], X[2, k + 2], X[2, k + 3]
+            d0, d1, d2, d3 = X[3, k], X[3, k + 1], X[3, k + 2], X[3, k + 3]
+            for j in range(J):
+                w0, w1, w2, w3 = W[k, j], W[k + 1, j], W[k + 2, j], W[k + 3, j]
+                out[0, j] += a0 * w0 + a1 * w1 + a2 * w2 + a3 * w3
+                out[1, j] += b0 * w0 + b1 * w1 + b2 * w2 + b3 * w3
+                out[2, j] += c0 * w0 + c1 * w1 + c2 * w2 + c3 * w3
+                out[3, j] += d0 * w0 + d1 * w1 + d2 * w2 + d3 * w3
+        for k in range(quads, K):
+            for q in range(4):
+                x = X[q, k]
+                for j in range(J):
+                    out[q, j] += x * W[k, j]
+        return
     for q in range(n):
         for j in range(J):
             out[q, j] = zero
@@ -382,17 +405,18 @@ def row_products(W, X, n, out):
                 out[q, j] += x * W[k, j]
 
 
-# the backward loops take Ws as it is, in rows, when every tile is shorter than TILE and H is this
-# large. Forward + BPTT, rows / transposed, one process, alternating (2 cores): (B,T,D,H) =
-# (1,50,128,128) 0.96 / 0.99 ms, peak memory 1.11x / 1.51x the lower bound; (1,50,128,512) 3.6 / 4.1
-# ms, 1.28x / 1.83x; (4,1000,64,256) 45.5 / 46.7 ms; at H = 64, (1,1000,8,64), 1.54 / 1.51 ms.
+# the backward loops take Ws as it is, in rows: always for full tiles of TILE sequences, and for
+# smaller tiles when H is at least ROWS_MIN_HIDDEN. Forward + BPTT, rows / transposed, one process,
+# alternating (2 cores, AVX2 VM): (B,T,D,H) = (1,50,128,128) 0.96 / 0.99 ms, peak memory 1.11x /
+# 1.51x the lower bound; (1,50,128,512) 3.6 / 4.1 ms, 1.28x / 1.83x; (4,1000,64,256) 45.5 / 46.7 ms;
+# at H = 64, (1,1000,8,64), 1.54 / 1.51 ms.
 ROWS_MIN_HIDDEN = 128
 
 
 def backward_weight(Ws, tile):
     """(W, transposed) for the backward loops: Ws itself when its tiles run ``row_products``, else Wsᵀ
     (a copy) for ``tile_products``. Ws [G·H, H]."""
-    if tile < TILE and Ws.shape[1] >= ROWS_MIN_HIDDEN:
+    if tile == TILE or Ws.shape[1] >= ROWS_MIN_HIDDEN:
         return Ws, False
     return transposed(Ws), True
 

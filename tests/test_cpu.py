@@ -108,6 +108,22 @@ def test_backward_in_rows_of_ws(case, dtype, monkeypatch):
     assert chosen and all(W_transposed is False for _, W_transposed in chosen)
 
 
+@pytest.mark.parametrize("cell", ["tanh", "lstm", "gru"])
+def test_loops_with_full_tiles(cell, monkeypatch):
+    """The loops variant with full tiles of 4 sequences and a shorter last one (B = 9: on two threads
+    tiles of 4, 4, 1; on one, 4, 4, 1 too): the backward in rows of Ws (row_products' full-tile path,
+    no transposed copy) gives the reference's gradients."""
+    from gpubptt.kernels import cpu_variants
+
+    monkeypatch.setenv("GPUBPTT_CPU_VARIANT", "loops")
+    chosen = []
+    real = cpu_variants.backward_weight
+    monkeypatch.setattr(cpu_variants, "backward_weight", lambda Ws, tile: chosen.append((tile, real(Ws, tile)[1]))
+                        or real(Ws, tile))
+    compare(cell, "identity", "squared", "all", (5, 9, 3, 6, 2), np.float64, lengths=[5, 4, 5, 3, 5, 5, 1, 5, 2])
+    assert chosen and all(tile == cpu_variants.TILE and not transposed for tile, transposed in chosen)
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
 @pytest.mark.parametrize("K,J", [(8, 5), (7, 3), (3, 9)])
 def test_row_products(n, K, J):
@@ -357,7 +373,8 @@ def test_bptt_in_time_chunks(case, dtype, monkeypatch):
     (3, 8192, 32, 0, [(0, 1), (1, 2), (2, 3)]),
     (1000, 1, 64, 0, [(0, 334), (334, 668), (668, 1000)]),  # 256 KB: three chunks of at least 64 KiB
     (50, 1, 512, 0, [(0, 50)]),  # 100 KB: one
-    (50, 16, 512, 0, [(0, 50)]),  # 1.6 MB, but a chunk of H rows would be most of it
+    (50, 16, 512, 0, [(0, 17), (17, 34), (34, 50)]),  # 1.6 MB in chunks of at least H / 2 rows
+    (50, 8, 512, 0, [(0, 50)]),  # 0.8 MB, but a chunk of H / 2 rows would be most of it
     (50, 64, 512, 0, [(0, 13), (13, 26), (26, 39), (39, 50)]),
 ])
 def test_time_chunks(T, B, H, truncate, expected):

@@ -31,7 +31,11 @@ from numba.extending import get_cython_function_address
 
 from . import cpu_variants
 
-MIN_SHARE_FLOPS = 2_000_000  # a thread's share below this (~20 µs of BLAS) is not worth a parallel region
+# a thread's share below this (~5-10 µs of BLAS) is not worth a parallel region. Measured on 2 cores
+# of an AVX-512 VM, float32, one call / two shares, µs: [64,333]ᵀ[333,64] 27 / 16, [120,128]·[128,128]
+# 32 / 24, [64,250]ᵀ[250,64] 23 / 15, [1000,16]·[16,64] 24 / 17; at 1 MFLOP ([64,125]ᵀ[125,64],
+# [500,16]·[16,64], [60,64]·[64,128]) the same either way, 9-15.
+MIN_SHARE_FLOPS = 1_000_000
 # nor one below this many bytes of operands and result. Measured on 2 cores of an AVX-512 VM, one call
 # / two shares, ms, float32 (S [M,H], O = 1): Z = S Wyᵀ, dWy = dZᵀ S, dZ Wy at [6400,256] 0.40 / 0.12,
 # 0.72 / 0.20, 0.46 / 0.21; at [25600,64] 0.36 / 0.11, 0.61 / 0.11, 0.50 / 0.12; at [2000,64] (0.5 MB)

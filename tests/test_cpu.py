@@ -255,9 +255,10 @@ def test_matmul_shares_thin_products_by_their_bytes():
 
     from gpubptt.kernels import linalg_cpu
 
-    M, K, N = 25600, 64, 1  # Z = S Wyᵀ: 3.3 MFLOP (one share by arithmetic), 6.5 MB
+    M, K, N = 12800, 32, 1  # Z = S Wyᵀ: 0.8 MFLOP, one share by arithmetic; 1.7 MB
     assert 2 * M * K * N < 2 * linalg_cpu.MIN_SHARE_FLOPS
-    assert linalg_cpu._shares(M, K, N, M, 4) == min(get_num_threads(), 12)
+    assert linalg_cpu._shares(M, K, N, M, 4) == min(get_num_threads(), (M * K + K + M) * 4 // linalg_cpu.MIN_SHARE_BYTES)
+    assert (M * K + K + M) * 4 // linalg_cpu.MIN_SHARE_BYTES >= 2
     assert linalg_cpu._shares(1000, 64, 1, 1000, 4) == 1  # 0.25 MB
     assert linalg_cpu._shares(M, K, N, 1, 4) == 1  # never more than the split allows
 

@@ -3,10 +3,10 @@
 The sequences of a batch are independent, so each thread takes a share of them and runs the whole
 time loop over it: one parallel region per call, no synchronisation per step. The variants differ in
 how a share's recurrent products are formed:
-``loops``: tiles of 4 sequences, the products written as register-blocked dot products the compiler
-vectorises.
-``blas``: one BLAS product per step for the thread's whole slice (SciPy's BLAS through Numba's
-``np.dot``), then the pointwise work. Where it wins depends on the BLAS (``choose``): with OpenBLAS's
+``loops``: tiles of 4 sequences, the products written as register-blocked loops the compiler
+vectorises (dot products on Ws in forward, sums of rows of Ws in backward).
+``blas``: BLAS products per step for the thread's whole slice, one or pieces of rows that fit a
+small product (``piece_rows``; SciPy's BLAS through Numba's ``np.dot``), then the pointwise work. Where it wins depends on the BLAS (``choose``): with OpenBLAS's
 AVX-512 small-product kernels, at most shapes of more than one sequence a thread; with others, for
 small H and many sequences a thread.
 

@@ -5,7 +5,7 @@ weight-gradient sums over time) is one large matrix product done by the caller; 
 only the time loops, with the pointwise work (activation, derivative, clipping) fused in. Same
 arguments, same order as the CUDA twins in ``elman_cuda.py``. Two ways to split the work
 (``cpu_variants.py``): per-thread shares of the batch with the time loop inside (``loops``), or
-one batched BLAS product per step (``blas``); the functions at the bottom choose.
+BLAS products per step for the whole share (``blas``); the functions at the bottom choose.
 
 Conventions shared by every cell's kernels:
 - ``lengths [B]``: sequence b has steps 0..lengths[b]-1; ``reverse`` (0/1) runs each sequence from its

@@ -23,6 +23,10 @@ How a product is shared among threads:
 - one call when the product is too small for a second thread to pay: fewer than ``MIN_SHARE_FLOPS``
   and fewer than ``MIN_SHARE_BYTES`` a thread (thin products, such as the output layer's with a few
   outputs, do little arithmetic on much memory, and are worth a second thread for its bandwidth).
+
+With a BLAS that has small-product kernels (``cpu_variants.BLAS_SMALL_KERNELS``), a share too large
+for them runs as pieces that fit (``_piece``): a sum of products over pieces of K (inner shares and
+the weight gradients) or a stack of products over pieces of rows, each packing nothing.
 """
 import llvmlite.binding as llvm
 import numpy as np
@@ -49,6 +53,18 @@ MIN_INNER_ROWS = 64
 # gradients of H = 512 over a chunk of 832 rows would need a 1 MB partial beside a 1.7 MB operand
 INNER_PARTIAL_SHARE = 0.125
 MIN_SUM_SHARE = 16384  # values a thread sums at least
+# Pieces of a share (with small-product kernels): K or rows of a piece, as many as fit
+# cpu_variants.SMALL_PRODUCT up to the most below, in multiples of PIECE_MULTIPLE, and only when at
+# least the least below fit. Measured on 2 cores of an AVX-512 VM (OpenBLAS 0.3.30 SkylakeX), float32,
+# µs, whole shares / pieces of 64, 128 K: the weight gradients [6400,64]ᵀ[6400,64] 298 / 176, 181;
+# [25600,64]ᵀ[25600,64] 1306 / 824, 864; [6400,64]ᵀ[6400,16] 111 / 57, 54; [6400,128]ᵀ[6400,64] 567 /
+# 368, 548 (128 no longer small); [6400,128]ᵀ[6400,128] 974 / 743 in pieces of 32, 1006 of 64 (not
+# small); 8 or 16 K a piece lost at [3200,256]ᵀ[3200,256] (1674 / 2335, 2680). Pieces of 512 rows:
+# [6400,64]·[64,16] 77 / 51, [25600,16]·[16,64] + bias 480 / 450, 1024 rows 72 and 430; no gain for
+# N = 1 or K = 1 (the output layer), a loss below 128 rows ([6400,128]·[128,256] 1528 / 2027 in 64).
+PIECE_MULTIPLE = 16
+PIECE_MAX_INNER, PIECE_MIN_INNER = 128, 32
+PIECE_MAX_ROWS, PIECE_MIN_ROWS = 512, 128
 
 # Fortran BLAS: every argument by reference (transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c,
 # ldc). Bound by symbol name (an address in a ctypes function would keep Numba from caching the kernels).
@@ -101,28 +117,43 @@ def _add_row(out, lo, hi, bias):
             out[i, j] += bias[j]
 
 
+@njit(**cpu_variants.JIT_OPTIONS)
+def _gemm_pieces(A, B, C, codes, lda, ldb, ldc, beta, piece, inner):
+    """C = A B + beta C in products of ``piece`` K (``inner``: each added to C) or ``piece`` rows."""
+    if inner:
+        K = A.shape[1]
+        for k in range(0, K, piece):
+            _gemm(A[:, k:k + piece], B[k:k + piece], C, codes, lda, ldb, ldc, beta if k == 0 else 1.0)
+    else:
+        M = A.shape[0]
+        for m in range(0, M, piece):
+            _gemm(A[m:m + piece], B, C[m:m + piece], codes, lda, ldb, ldc, beta)
+
+
 @njit(parallel=True, **cpu_variants.JIT_OPTIONS)
-def _gemm_rows(A, B, C, codes, lda, ldb, ldc, beta, bias, shares):
-    """Each share's rows of C = A B (+ beta C), the bias added while they are in cache (a separate
-    pass over a [25600,64] float32 result took 0.42 ms, the product itself 0.54)."""
+def _gemm_rows(A, B, C, codes, lda, ldb, ldc, beta, bias, piece, shares):
+    """Each share's rows of C = A B (+ beta C), in pieces of ``piece`` rows, the bias added while they
+    are in cache (a separate pass over a [25600,64] float32 result took 0.42 ms, the product itself
+    0.54)."""
     for s in prange(shares):
         lo, hi = cpu_variants.share_of(s, shares, A.shape[0], 1)
-        _gemm(A[lo:hi], B, C[lo:hi], codes, lda, ldb, ldc, beta)
+        _gemm_pieces(A[lo:hi], B, C[lo:hi], codes, lda, ldb, ldc, beta, piece, False)
         if bias is not None:
             _add_row(C, lo, hi, bias)
 
 
 @njit(parallel=True, **cpu_variants.JIT_OPTIONS)
-def _gemm_inner(A, B, C, codes, lda, ldb, ldc, beta, partial, shares):
-    """C = A B (+ beta C) with the K columns of A and rows of B shared; partial [shares-1, M, N] for
-    all but the first share."""
+def _gemm_inner(A, B, C, codes, lda, ldb, ldc, beta, partial, piece, shares):
+    """C = A B (+ beta C) with the K columns of A and rows of B shared, in pieces of ``piece`` K;
+    partial [shares-1, M, N] for all but the first share."""
     K = A.shape[1]
     for s in prange(shares):
         lo, hi = cpu_variants.share_of(s, shares, K, 1)
         if s == 0:
-            _gemm(A[:, lo:hi], B[lo:hi], C, codes, lda, ldb, ldc, beta)
+            _gemm_pieces(A[:, lo:hi], B[lo:hi], C, codes, lda, ldb, ldc, beta, piece, True)
         else:
-            _gemm(A[:, lo:hi], B[lo:hi], partial[s - 1], codes, lda, ldb, partial.shape[2], 0.0)
+            _gemm_pieces(A[:, lo:hi], B[lo:hi], partial[s - 1], codes, lda, ldb, partial.shape[2], 0.0, piece,
+                         True)
     for s in range(shares - 1):
         for i in range(C.shape[0]):
             for j in range(C.shape[1]):
@@ -132,6 +163,15 @@ def _gemm_inner(A, B, C, codes, lda, ldb, ldc, beta, partial, shares):
 def _shares(M, K, N, split, itemsize):
     most = min(split, max((2 * M * K * N) // MIN_SHARE_FLOPS, (M * K + K * N + M * N) * itemsize // MIN_SHARE_BYTES))
     return 1 if most < 2 else min(get_num_threads(), most)  # Numba's count read only when it matters (~2 µs)
+
+
+def _piece(extent, other, most, least):
+    """The K (or rows) of each piece of a share's product of ``extent`` K (rows) by ``other`` = M·N
+    (K·N), ``extent`` itself for one product (``PIECE_*`` above)."""
+    if not cpu_variants.BLAS_SMALL_KERNELS:
+        return extent
+    piece = min(most, cpu_variants.SMALL_PRODUCT // other) // PIECE_MULTIPLE * PIECE_MULTIPLE
+    return piece if least <= piece < extent else extent
 
 
 def matmul(a, b, trans_a=False, trans_b=False, out=None, bias=None, accumulate=False):
@@ -176,13 +216,20 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None, bias=None, accumulate=F
     beta = 1.0 if accumulate else 0.0
     inner = _shares(M, K, N, K // MIN_INNER_ROWS, dtype.itemsize) if trans_a else 1
     if inner > 1 and (inner - 1) * M * N <= INNER_PARTIAL_SHARE * K * (M + N):
-        _gemm_inner(A, B, out, codes, lda, ldb, ldc, beta, np.empty((inner - 1, M, N), dtype=dtype), inner)
+        piece = _piece(-(-K // inner), M * N, PIECE_MAX_INNER, PIECE_MIN_INNER)
+        _gemm_inner(A, B, out, codes, lda, ldb, ldc, beta, np.empty((inner - 1, M, N), dtype=dtype), piece, inner)
         if bias is not None:
             out += bias
     elif (shares := _shares(M, K, N, M, dtype.itemsize)) > 1:
-        _gemm_rows(A, B, out, codes, lda, ldb, ldc, beta, bias, shares)
-    else:  # without a parallel region
-        _gemm(A, B, out, codes, lda, ldb, ldc, beta)
+        piece = _piece(-(-M // shares), K * N, PIECE_MAX_ROWS, PIECE_MIN_ROWS)
+        _gemm_rows(A, B, out, codes, lda, ldb, ldc, beta, bias, piece, shares)
+    else:  # without a parallel region: the weight gradients in pieces of K, others in pieces of rows
+        if trans_a:
+            _gemm_pieces(A, B, out, codes, lda, ldb, ldc, beta, _piece(K, M * N, PIECE_MAX_INNER, PIECE_MIN_INNER),
+                         True)
+        else:
+            _gemm_pieces(A, B, out, codes, lda, ldb, ldc, beta, _piece(M, K * N, PIECE_MAX_ROWS, PIECE_MIN_ROWS),
+                         False)
         if bias is not None:
             _add_row(out, 0, M, bias)
     return out

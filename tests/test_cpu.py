@@ -263,18 +263,32 @@ def test_matmul_shares_thin_products_by_their_bytes():
     assert linalg_cpu._shares(M, K, N, 1, 4) == 1  # never more than the split allows
 
 
-@pytest.mark.parametrize("split", ["one call", "shared"])
+def _pieces_of(linalg_cpu, monkeypatch, size):
+    """Every share's product in pieces of ``size`` K or rows (as with small-product kernels)."""
+    from gpubptt.kernels import cpu_variants
+
+    monkeypatch.setattr(cpu_variants, "BLAS_SMALL_KERNELS", True)
+    monkeypatch.setattr(linalg_cpu, "PIECE_MULTIPLE", 1)
+    for name in ("PIECE_MAX_INNER", "PIECE_MIN_INNER", "PIECE_MAX_ROWS", "PIECE_MIN_ROWS"):
+        monkeypatch.setattr(linalg_cpu, name, size)
+    assert linalg_cpu._piece(size + 1, 1, size, size) == size
+
+
+@pytest.mark.parametrize("split", ["one call", "shared", "one call in pieces", "shared in pieces"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_matmul_strided_operands_and_accumulate(split, dtype, monkeypatch):
     """matmul reads column slices as they lie (BLAS's leading dimension), writes into and adds to a
     column slice of a larger array and leaves the rest of it alone; one call or shared among threads
-    (rows and inner shares, the partial limit lifted)."""
+    (rows and inner shares, the partial limit lifted), each share whole or in pieces of K or rows
+    (5, so that the last piece is shorter)."""
     from gpubptt.kernels import linalg_cpu
 
-    if split == "shared":
+    if split.startswith("shared"):
         monkeypatch.setattr(linalg_cpu, "MIN_SHARE_FLOPS", 1)
         monkeypatch.setattr(linalg_cpu, "MIN_INNER_ROWS", 1)
         monkeypatch.setattr(linalg_cpu, "INNER_PARTIAL_SHARE", 1e9)
+    if split.endswith("pieces"):
+        _pieces_of(linalg_cpu, monkeypatch, 5)
     rng = np.random.default_rng(7)
     big_a = rng.standard_normal((41, 30)).astype(dtype)
     big_b = rng.standard_normal((41, 25)).astype(dtype)

@@ -310,6 +310,10 @@ def test_matmul_strided_operands_and_accumulate(split, dtype, monkeypatch):
         linalg_cpu.matmul(x, y, trans_a=ta, trans_b=tb, out=window, accumulate=True)
         assert_close(window, 2 * expected, tol, "matmul accumulated")
         assert np.array_equal(canvas[outside], before[outside])
+    bias = np.arange(17, dtype=dtype)
+    for x, y, ta in ((a, b, True), (a.T, b, False)):
+        expected = (x.T if ta else x).astype(f64) @ y.astype(f64) + bias
+        assert_close(linalg_cpu.matmul(x, y, trans_a=ta, bias=bias), expected, tol, "matmul + bias")
     assert_close(linalg_cpu.matmul(a[:0], b[:0], trans_a=True), np.zeros((12, 17)), 0, "K = 0")
     with pytest.raises(ValueError, match="accumulate needs out"):
         linalg_cpu.matmul(a, b, trans_a=True, accumulate=True)

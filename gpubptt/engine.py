@@ -4,6 +4,8 @@ Only the recurrence is sequential. Everything else is one large matrix product o
 the backend's BLAS (NumPy's on the CPU, cuBLAS through CuPy on the GPU). Per layer and direction:
 
     forward:  U = input Wxᵀ + bx (+ bs)  ->  kernel: the recurrence over time, gates fused
+              (Elman with a one-part input: the kernels take the input and Wx, ``from_input``; the CPU
+              kernels form each step's input product in the time loop when D is small enough)
     backward: kernel: the reverse-time recurrence  ->  dWs = Σ_t dRec_tᵀ S_{t-1},
               dWx = Σ_t dU_tᵀ input_t, d input = dU Wx : one product each
 and once: Z = S Wyᵀ + by, Y = g2(Z); dWy = Σ_t dZ_tᵀ S_t, dS = dZ Wy.
@@ -50,11 +52,16 @@ class _Elman:
     and dL/d(the state before the chunk). ``chunks``: whether the cell's state is the h alone, so
     that dL/dh passes from chunk to chunk through dH (LSTM's c would need a kernel input too)."""
 
-    family, fuse_bs, chunks = "elman", True, True
+    family, fuse_bs, chunks, from_input = "elman", True, True, True
 
     def forward(self, k, U, p, sfx, s0, lengths, reverse, cell, xp):
         k.forward_recurrence(U, p["Ws" + sfx], s0, lengths, reverse, CODES[cell], U)
         return {"h": U}
+
+    def forward_from_input(self, k, X, bias, p, sfx, s0, lengths, reverse, cell, xp):
+        S = xp.empty(X.shape[:2] + s0.shape[1:], dtype=X.dtype)
+        k.forward_recurrence_from_input(X, p["Wx" + sfx], bias, p["Ws" + sfx], s0, lengths, reverse, CODES[cell], S)
+        return {"h": S}
 
     def backward(self, k, dH, st, pos, p, sfx, s0, lengths, reverse, cell, truncate, clip, xp):
         ds0 = xp.empty_like(s0)
@@ -63,7 +70,7 @@ class _Elman:
 
 
 class _LSTM:
-    family, fuse_bs, chunks = "lstm", True, False
+    family, fuse_bs, chunks, from_input = "lstm", True, False, False
 
     def forward(self, k, U, p, sfx, s0, lengths, reverse, cell, xp):
         h0, c0 = s0
@@ -83,7 +90,7 @@ class _LSTM:
 class _GRU:
     """bs stays out of U: bs_n sits inside the reset gate, n = tanh(U_n + r ⊙ (Ws_n h + bs_n))."""
 
-    family, fuse_bs, chunks = "gru", False, True
+    family, fuse_bs, chunks, from_input = "gru", False, True, False
 
     def forward(self, k, U, p, sfx, s0, lengths, reverse, cell, xp):
         H = s0.shape[1]
@@ -143,9 +150,12 @@ def forward(params, x, states0, lengths, structure, output_activation, be):
             bias = None
             if st.bias:
                 bias = p["bx" + sfx] + p["bs" + sfx] if ops.fuse_bs else p["bx" + sfx]
+            s0 = states0[layer * st.dirs + direction]
+            if ops.from_input and len(parts) == 1:  # the kernels take the input product (in the time loop)
+                layer_saved.append(ops.forward_from_input(k, parts[0], bias, p, sfx, s0, lengths, direction, st.cell, xp))
+                continue
             U = _product_with_parts(parts, p["Wx" + sfx], mm, bias)  # [T·B, G·H]: every step's input product at once
             U = U.reshape(T, B, G * H)
-            s0 = states0[layer * st.dirs + direction]
             layer_saved.append(ops.forward(k, U, p, sfx, s0, lengths, direction, st.cell, xp))
         saved.append(layer_saved)
         parts = [s["h"] for s in layer_saved]

@@ -18,7 +18,7 @@ Conventions shared by every cell's kernels:
 import numpy as np
 from numba import njit, prange
 
-from . import activations, cpu_variants
+from . import activations, cpu_variants, linalg_cpu
 
 _scalar = cpu_variants.compile_activations()
 activate = _scalar.activate
@@ -29,15 +29,13 @@ clip_scale = _scalar.clip_scale
 
 
 @njit(inline="always", **cpu_variants.JIT_OPTIONS)
-def _activate_row(act, U, t, b, rec, q, S, prev, one):
-    """S[t, b] = prev[q] = g1(U[t, b] + rec[q]), one loop per activation: with the code a constant
-    inside each loop the compiler vectorises it (a code read per element would keep it scalar). U
-    is added into rec first, in a loop of its own: the engine passes S = U, and a loop reading U
-    and writing S fails the compiler's overlap check and runs scalar (measured: forward at (B,T,H)
-    = (256,100,64) on one thread, 4.7 ms with S = U against 2.4 ms with S apart)."""
-    H = U.shape[2]
-    for j in range(H):
-        rec[q, j] += U[t, b, j]
+def _activate_row(act, t, b, rec, q, S, prev, one):
+    """S[t, b] = prev[q] = g1(rec[q]), one loop per activation: with the code a constant inside each
+    loop the compiler vectorises it (a code read per element would keep it scalar). The callers add
+    the input term into rec first, in a loop of their own: the engine passes S = U, and a loop
+    reading U and writing S fails the compiler's overlap check and runs scalar (measured: forward at
+    (B,T,H) = (256,100,64) on one thread, 4.7 ms with S = U against 2.4 ms with S apart)."""
+    H = S.shape[2]
     if act == activations.TANH:
         for j in range(H):
             S[t, b, j] = prev[q, j] = activate(activations.TANH, rec[q, j], one)
@@ -127,11 +125,80 @@ def _forward_blas(U, WsT, S0, lengths, reverse, act, S, piece, shares):
 def _forward_step(U, lengths, reverse, act, S, i, first, prev, rec, n, one):
     """Step i of sequences first..first+n-1 from their recurrent products rec[q] = prev[q] Wsᵀ (those
     not past their end)."""
+    H = S.shape[2]
     for q in range(n):
         b = first + q
         L = lengths[b]
         if i < L:
-            _activate_row(act, U, position(i, L, reverse), b, rec, q, S, prev, one)
+            t = position(i, L, reverse)
+            for j in range(H):
+                rec[q, j] += U[t, b, j]
+            _activate_row(act, t, b, rec, q, S, prev, one)
+
+
+# Forward from the input (blas variant): each step's input product X_t Wxᵀ formed in the time loop,
+# beside the recurrent one, instead of U = X Wxᵀ + bias for all steps first, a product bound by
+# memory when D is small (it writes [T,B,H] from [T,B,D]). A step's input rows are gathered first
+# (each sequence's own time index in the reverse direction). Forward alone, 2 threads, with U /
+# fused, ms: (B,T,D,H) = (256,100,16,64) 1.71 (0.46 of it the product) / 1.27; (32,200,32,128) 1.48 /
+# 1.27; (256,100,64,64) 2.34 / 1.75. Forward + BPTT, same process alternating: (256,100,16,64) 5.7-6.0
+# / 5.2-5.6; (32,200,32,128) 4.79-4.88 / 4.69-4.77; but from D = 64 no gain or a loss:
+# (256,100,64,64) 7.65-7.85 / 7.47-7.84, (64,100,64,256) 15.1-16.2 / 16.0-16.5, (64,50,128,128)
+# 3.70-3.87 / 3.93-3.96, (16,50,128,512) 9.2-9.4 / 9.8, (64,100,512,512) 100 / 111-114; and the loops
+# variant lost too ((1,1000,8,64) 0.97-0.99 / 1.00-1.01, tiles' dot products of length D). So fused
+# for the blas variant while D <= FUSE_MAX_INPUT.
+FUSE_MAX_INPUT = 32
+
+
+@njit(**cpu_variants.JIT_OPTIONS)
+def _input_rows(X, lengths, reverse, i, first, n, rows):
+    """rows[q] = X[t, first + q] for q < n, t the time index of processing step i of that sequence;
+    zeros past its end."""
+    D = X.shape[2]
+    zero = rows.dtype.type(0.0)
+    for q in range(n):
+        b = first + q
+        L = lengths[b]
+        if i < L:
+            t = position(i, L, reverse)
+            for k in range(D):
+                rows[q, k] = X[t, b, k]
+        else:
+            for k in range(D):
+                rows[q, k] = zero
+
+
+@njit(inline="always", **cpu_variants.JIT_OPTIONS)
+def _forward_step_input(xin, bias, lengths, reverse, act, S, i, first, prev, rec, n, one):
+    """_forward_step with the input term xin[q] + bias (xin[q] = the step's input row Wxᵀ)."""
+    H = S.shape[2]
+    for q in range(n):
+        b = first + q
+        L = lengths[b]
+        if i < L:
+            for j in range(H):
+                rec[q, j] += xin[q, j] + bias[j]
+            _activate_row(act, position(i, L, reverse), b, rec, q, S, prev, one)
+
+
+def _forward_blas_input(X, WxT, bias, WsT, S0, lengths, reverse, act, S, piece, shares):
+    """_forward_blas from the input, both step products in BLAS products of ``piece`` rows."""
+    T, B, H = S.shape
+    one = S.dtype.type(1.0)
+    for share in prange(shares):
+        first, end = cpu_variants.share_of(share, shares, B, 1)
+        prev = S0[first:end].copy()
+        rec = np.empty_like(prev)  # prev Wsᵀ
+        xin = np.empty_like(prev)  # the input rows Wxᵀ
+        rows = np.empty((end - first, X.shape[2]), dtype=S.dtype)
+        shortest = lengths[first:end].min()
+        for i in range(T):
+            _input_rows(X, lengths, reverse, i, first, end - first, rows)
+            cpu_variants.products(rows, WxT, xin, piece)
+            cpu_variants.products(prev, WsT, rec, piece)
+            _forward_step_input(xin, bias, lengths, reverse, act, S, i, first, prev, rec, end - first, one)
+            if i >= shortest:
+                cpu_variants.past_end(S0, lengths, reverse, S, i, first, prev, end - first)
 
 
 def _backward_loops(dS_out, W, W_transposed, S, lengths, reverse, act, truncate, clip, delta, dS0, tile, shares):
@@ -202,6 +269,7 @@ def _backward_step(dS_out, S, lengths, reverse, act, clip, delta, i, first, last
 
 _forward_kernels = {"loops": cpu_variants.compile_both(_forward_loops),
                     "blas": cpu_variants.compile_both(_forward_blas)}
+_forward_input_kernels = cpu_variants.compile_both(_forward_blas_input)
 _backward_kernels = {"loops": cpu_variants.compile_both(_backward_loops),
                      "blas": cpu_variants.compile_both(_backward_blas)}
 
@@ -223,6 +291,28 @@ def forward_recurrence(U, Ws, S0, lengths, reverse, act, S):
         kernel(U, Ws, S0, lengths, reverse, act, S, tile, shares)
     else:
         kernel(U, cpu_variants.transposed(Ws), S0, lengths, reverse, act, S, tile, shares)
+
+
+def forward_recurrence_from_input(X, Wx, bias, Ws, S0, lengths, reverse, act, S):
+    """S_t = g1(X_t Wxᵀ + bias + S_{t-1} Wsᵀ): ``forward_recurrence`` with the input product of
+    each step formed inside the time loop (blas variant, D <= FUSE_MAX_INPUT), else as one product
+    before it (U written into S).
+
+    X       [T,B,D]  the layer's input, contiguous
+    Wx      [H,D]    contiguous
+    bias    [H]      bx + bs, or None
+    Ws, S0, lengths, reverse, act as ``forward_recurrence``; S [T,B,H] out, apart from X
+    """
+    T, B, D = X.shape
+    H = Ws.shape[1]
+    variant, piece, shares = cpu_variants.plan(B, Ws)
+    if variant != "blas" or D > FUSE_MAX_INPUT:
+        linalg_cpu.matmul(X.reshape(T * B, D), Wx, trans_b=True, bias=bias, out=S.reshape(T * B, H))
+        forward_recurrence(S, Ws, S0, lengths, reverse, act, S)
+        return
+    bias = np.zeros(H, dtype=S.dtype) if bias is None else bias
+    cpu_variants.pick(_forward_input_kernels, shares)(X, cpu_variants.transposed(Wx), bias, cpu_variants.transposed(Ws),
+                                                       S0, lengths, reverse, act, S, piece, shares)
 
 
 def backward_recurrence(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta, dS0):

@@ -18,7 +18,7 @@ The variants differ only in the order of the floating-point sums. The input prod
 weight-gradient sums are cuBLAS products done by the caller. The Python functions launch on the
 stream of their arrays (CuPy's current one) and never wait for the GPU.
 """
-from . import activations
+from . import activations, linalg_cuda
 from .cuda_blocks import MAX_THREADS, TILES, Footprint, block_sum, block_sums, device_empty, run, split_sum
 from .cuda_compat import cuda, device_jit, kernel_jit
 from .scalar import compile_scalar_functions
@@ -411,6 +411,15 @@ def forward_recurrence(U, Ws, S0, lengths, reverse, act, S):
         return forward_kernel, args + (S,)
 
     return run(B, H, 1, U.dtype.itemsize, FORWARD_FOOTPRINT, build, U)
+
+
+def forward_recurrence_from_input(X, Wx, bias, Ws, S0, lengths, reverse, act, S):
+    """S_t = g1(X_t Wxᵀ + bias + S_{t-1} Wsᵀ); arguments as ``elman_cpu.forward_recurrence_from_input``.
+    U = X Wxᵀ + bias is one cuBLAS product first, written into S, then ``forward_recurrence`` runs in
+    place. Returns the Plan it launched."""
+    T, B, D = X.shape
+    linalg_cuda.matmul(X.reshape(T * B, D), Wx, trans_b=True, bias=bias, out=S.reshape(T * B, S.shape[2]))
+    return forward_recurrence(S, Ws, S0, lengths, reverse, act, S)
 
 
 def backward_recurrence(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta, dS0):

@@ -90,6 +90,42 @@ def test_cpu_layers_directions_lengths_truncation_clipping(case, dtype, variant)
             bidirectional=bidirectional, lengths=lengths, **options)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_elman_forward_from_input(fused, bias, monkeypatch):
+    """The Elman forward of a layer with one input part takes x and Wx: the blas variant forms each
+    step's input product in its time loop (D <= FUSE_MAX_INPUT), or U = x Wxᵀ + bias is one product
+    first; either way the reference's results, with and without biases, in both directions of
+    sequences of several lengths (the reverse direction gathers each sequence's own input rows) and
+    with two layers (the second takes the first's states)."""
+    from gpubptt.kernels import elman_cpu
+
+    monkeypatch.setenv("GPUBPTT_CPU_VARIANT", "blas")
+    monkeypatch.setattr(elman_cpu, "FUSE_MAX_INPUT", 8 if fused else 0)
+    ran = []
+
+    def spy(kernel):
+        return lambda *args: ran.append(args[6]) or kernel(*args)  # args[6]: reverse
+
+    monkeypatch.setattr(elman_cpu, "_forward_input_kernels", tuple(spy(k) for k in elman_cpu._forward_input_kernels))
+    for bidirectional, lengths in ((False, None), (True, [7, 2, 5, 1, 6])):
+        params, x, s0, d = make_problem(7, 5, 3, 6, 2, dtype=np.float64, seed=3, bias=bias, num_layers=2,
+                                        bidirectional=bidirectional)
+        kw = dict(num_layers=2, bidirectional=bidirectional, lengths=lengths)
+        tol = TOLERANCE["float64"]
+        for name, ours, ref in zip(("Y", "S"), gpubptt.forward(params, x, s0, backend="cpu", **kw),
+                                   gpubptt.forward(params, x, s0, backend="reference", **kw)):
+            assert_close(ours, ref, tol, name)
+        L, g = gpubptt.bptt(params, x, d, s0, backend="cpu", **kw)
+        rL, rg = gpubptt.bptt(params, x, d, s0, backend="reference", **kw)
+        assert_close(L, rL, tol, "L")
+        for k in rg:
+            assert_close(g[k], rg[k], tol, f"d{k}")
+    # fused, in forward and again in bptt: both unidirectional layers, then the bidirectional layer 0's
+    # two directions (layer 1 there has two input parts: U first)
+    assert ran == ([0, 0, 0, 0, 0, 1, 0, 1] if fused else [])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", range(len(STRUCTURES)), ids=lambda i: "{}-L{}-bi{}-len{}-{}".format(*STRUCTURES[i]))
 def test_backward_in_rows_of_ws(case, dtype, monkeypatch):

@@ -2,7 +2,9 @@
 
 Everything that does not depend on the previous step (the input products, the output layer, the
 weight-gradient sums over time) is one large matrix product done by the caller; these functions run
-only the time loops, with the pointwise work (activation, derivative, clipping) fused in. Same
+only the time loops, with the pointwise work (activation, derivative, clipping) fused in. The one
+exception, ``forward_recurrence_from_input``, takes the input product too: for small D the blas
+variant forms each step's in its time loop (``FUSE_MAX_INPUT``). Same
 arguments, same order as the CUDA twins in ``elman_cuda.py``. Two ways to split the work
 (``cpu_variants.py``): per-thread shares of the batch with the time loop inside (``loops``), or
 BLAS products per step for the whole share (``blas``); the functions at the bottom choose.

@@ -15,7 +15,8 @@ tiled|cooperative|auto``; the variants and the rule are described in ``cuda_bloc
   and the grid synchronises once per step.
 
 The variants differ only in the order of the floating-point sums. The input products and the
-weight-gradient sums are cuBLAS products done by the caller. The Python functions launch on the
+weight-gradient sums are cuBLAS products, done by the caller or, in ``forward_recurrence_from_input``,
+before the forward kernel (the CPU twin can fuse it). The Python functions launch on the
 stream of their arrays (CuPy's current one) and never wait for the GPU.
 """
 from . import activations, linalg_cuda

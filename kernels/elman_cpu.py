@@ -287,7 +287,11 @@ def forward_recurrence(U, Ws, S0, lengths, reverse, act, S):
     act     int      activation code of g1 (kernels/activations.py)
     S       [T,B,H]  out: the hidden states; may be the same array as U
     """
-    variant, tile, shares = cpu_variants.plan(U.shape[1], Ws)
+    _forward(U, Ws, S0, lengths, reverse, act, S, *cpu_variants.plan(U.shape[1], Ws))
+
+
+def _forward(U, Ws, S0, lengths, reverse, act, S, variant, tile, shares):
+    """forward_recurrence on the plan (cpu_variants.plan) its caller made."""
     kernel = cpu_variants.pick(_forward_kernels[variant], shares)
     if variant == "loops":
         kernel(U, Ws, S0, lengths, reverse, act, S, tile, shares)
@@ -310,7 +314,7 @@ def forward_recurrence_from_input(X, Wx, bias, Ws, S0, lengths, reverse, act, S)
     variant, piece, shares = cpu_variants.plan(B, Ws)
     if variant != "blas" or D > FUSE_MAX_INPUT:
         linalg_cpu.matmul(X.reshape(T * B, D), Wx, trans_b=True, bias=bias, out=S.reshape(T * B, H))
-        forward_recurrence(S, Ws, S0, lengths, reverse, act, S)
+        _forward(S, Ws, S0, lengths, reverse, act, S, variant, piece, shares)  # the plan made once
         return
     bias = np.zeros(H, dtype=S.dtype) if bias is None else bias
     cpu_variants.pick(_forward_input_kernels, shares)(X, cpu_variants.transposed(Wx), bias, cpu_variants.transposed(Ws),

@@ -3,7 +3,8 @@
     python benchmarks/profile_cpu.py [BxTxDxH,...] [THREADS]      (default: the issue's CPU floor shapes, 1)
 
 Written against the engine and kernels of commit 0a0681f (engine.forward / engine.backward,
-kernels/elman_cpu.py's forward_recurrence / backward_recurrence): it wraps those functions with
+kernels/elman_cpu.py's forward_recurrence / backward_recurrence; forward_recurrence_from_input since
+5eb2d12, timed with the input product it takes): it wraps those functions with
 timers, so it follows them only as long as their names do. It profiles the gpubptt that Python
 imports (printed first): put a checkout first on PYTHONPATH to profile that one.
 With one thread every piece runs on the calling thread and is timed by ``time.thread_time`` (that
@@ -49,6 +50,7 @@ def timed(name, fn):
 
 
 elman_cpu.forward_recurrence = timed("fwd kernel", elman_cpu.forward_recurrence)
+elman_cpu.forward_recurrence_from_input = timed("fwd kernel", elman_cpu.forward_recurrence_from_input)
 elman_cpu.backward_recurrence = timed("bwd kernel", elman_cpu.backward_recurrence)
 engine.forward = timed("engine.forward", engine.forward)
 engine.backward = timed("engine.backward", engine.backward)
@@ -100,7 +102,7 @@ def main():
             pieces = [
                 ("validation and copies (model._Call)", med["validate"]),
                 ("forward outside the kernel: x·Wxᵀ, biases, output layer", med["engine.forward"] - fk),
-                ("forward recurrence kernel", fk),
+                ("forward recurrence kernel (with x·Wxᵀ when from the input)", fk),
                 ("loss and dZ", med["loss"]),
                 ("backward recurrence kernel", bk),
                 ("backward outside the kernel: dWy, dZ·Wy, dWs, dWx, dx, sums", med["engine.backward"] - bk),

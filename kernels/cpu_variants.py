@@ -5,10 +5,12 @@ time loop over it: one parallel region per call, no synchronisation per step. Th
 how a share's recurrent products are formed:
 ``loops``: tiles of 4 sequences, the products written as register-blocked loops the compiler
 vectorises (dot products on Ws in forward, sums of rows of Ws in backward).
-``blas``: BLAS products per step for the thread's whole slice, one or pieces of rows that fit a
-small product (``piece_rows``; SciPy's BLAS through Numba's ``np.dot``), then the pointwise work. Where it wins depends on the BLAS (``choose``): with OpenBLAS's
-AVX-512 small-product kernels, at most shapes of more than one sequence a thread; with others, for
-small H and many sequences a thread.
+``blas``: matrix products per step for the thread's whole slice, then the pointwise work: on a host
+with AVX-512, in float32 with H a multiple of 32, one register-blocked product (``register_gemm``)
+once the slice has its MIN_ROWS sequences; else BLAS products, one or pieces of rows that fit a
+small product (``piece_rows``; SciPy's BLAS through Numba's ``np.dot``). Where BLAS wins depends on the BLAS
+(``choose``): with OpenBLAS's AVX-512 small-product kernels, at most shapes of more than one
+sequence a thread; with others, for small H and many sequences a thread.
 
 BLAS runs on the calling thread (``_numba_blas_on_one_thread``): concurrent calls from the kernels'
 threads scale (measured on 2 cores: two threads each multiplying half of [6400,256]x[256,256], 3.4
@@ -16,6 +18,7 @@ ms against 6.6 ms for one thread alone), while a BLAS pool of its own would spin
 starve the kernels' threads.
 
 ``GPUBPTT_CPU_VARIANT=loops|blas`` (read at each call) overrides the choice; ``auto`` or unset chooses.
+``GPUBPTT_REGISTER_GEMM=0`` keeps BLAS for the blas variant's step products.
 The thread count is Numba's (``numba.set_num_threads``, ``NUMBA_NUM_THREADS``); with one share
 (one thread, or a single sequence) the kernels run without a parallel region.
 """
@@ -27,7 +30,7 @@ import numpy as np
 from numba import get_num_threads, njit, types as nb_types
 from numba.extending import overload
 
-from . import activations
+from . import activations, register_gemm
 from .scalar import compile_scalar_functions
 
 # Options of every CPU kernel and of the scalar math compiled for them. error_model="numpy": a float
@@ -82,16 +85,20 @@ PIECE_MULTIPLE = 4
 PIECES_BELOW_SHARE = 64
 
 
-def choose(batch, hidden, threads=None, gates=1, small_kernels=None):
+def choose(batch, hidden, threads=None, gates=1, small_kernels=None, register=False):
     """'loops' or 'blas' for a recurrence over ``batch`` sequences of ``hidden`` units and ``gates``
     blocks of Ws on ``threads`` threads (Numba's count by default); ``small_kernels``: whether the
-    BLAS has small-product kernels (default: as found, ``BLAS_SMALL_KERNELS``)."""
+    BLAS has small-product kernels (default: as found, ``BLAS_SMALL_KERNELS``); ``register``: whether
+    the register-blocked product (``register_gemm``) takes the step products (``uses_register``),
+    which makes ``blas`` the choice from its MIN_ROWS sequences a thread."""
     forced = os.environ.get("GPUBPTT_CPU_VARIANT", "auto")
     if forced not in VARIANTS:
         raise ValueError(f"GPUBPTT_CPU_VARIANT: expected one of {', '.join(VARIANTS)}, got {forced!r}")
     if forced != "auto":
         return forced
     share = -(-batch // (get_num_threads() if threads is None else threads))
+    if register and share >= register_gemm.MIN_ROWS:
+        return "blas"
     if BLAS_SMALL_KERNELS if small_kernels is None else small_kernels:
         small = share * hidden * gates * hidden <= SMALL_PRODUCT
         pieces = piece_rows(share, hidden, gates, True) < share
@@ -99,9 +106,11 @@ def choose(batch, hidden, threads=None, gates=1, small_kernels=None):
     return "blas" if share >= BLAS_MIN_SHARE_PER_UNIT * hidden else "loops"
 
 
-def piece_rows(share, hidden, gates=1, small_kernels=None):
-    """The rows of each BLAS product in the blas variant's step, for a thread's ``share`` of sequences
-    (``share`` itself: one product)."""
+def piece_rows(share, hidden, gates=1, small_kernels=None, register=False):
+    """The rows of each product in the blas variant's step, for a thread's ``share`` of sequences:
+    ``share`` itself for one BLAS product, REGISTER for one register-blocked product."""
+    if register and share >= register_gemm.MIN_ROWS:
+        return REGISTER
     if not (BLAS_SMALL_KERNELS if small_kernels is None else small_kernels):
         return share
     product = gates * hidden * hidden
@@ -111,10 +120,32 @@ def piece_rows(share, hidden, gates=1, small_kernels=None):
     return rows
 
 
+# The register-blocked product (register_gemm) against the blas variant's BLAS products, forward +
+# BPTT, float32, 2 threads, GPUBPTT_REGISTER_GEMM=1 / 0 in one process alternating, ms: see
+# benchmarks/README.md (2026-12-06, fourth session). ``GPUBPTT_REGISTER_GEMM=0`` (read at each call)
+# keeps BLAS for every step product.
+REGISTER = 0  # the blas variant's piece that stands for one register-blocked product of the whole share
+
+
+def uses_register(Ws):
+    """Whether the step products of a recurrence with Ws [G·H, H] go to register_gemm: on a host with
+    AVX-512, in float32, H a multiple of its COLUMNS, unless GPUBPTT_REGISTER_GEMM=0."""
+    if os.environ.get("GPUBPTT_REGISTER_GEMM", "1") not in ("0", "1"):
+        raise ValueError(f"GPUBPTT_REGISTER_GEMM: expected 0 or 1, got {os.environ['GPUBPTT_REGISTER_GEMM']!r}")
+    return (register_gemm.AVAILABLE and os.environ.get("GPUBPTT_REGISTER_GEMM", "1") == "1"
+            and Ws.dtype == np.float32 and Ws.shape[1] % register_gemm.COLUMNS == 0)
+
+
 @njit(inline="always", **JIT_OPTIONS)
 def products(X, W, out, piece):
-    """out = X W (np.dot through BLAS) in products of ``piece`` rows."""
+    """out = X W: one register-blocked product (piece = REGISTER, where register_gemm takes the
+    arrays), else np.dot through BLAS in products of ``piece`` rows."""
     n = X.shape[0]
+    if piece == REGISTER:
+        if register_gemm.applies(X, W, out):
+            register_gemm.product(X, W, out)
+            return
+        piece = max(n, 1)
     for a in range(0, n, piece):
         b = min(a + piece, n)
         np.dot(X[a:b], W, out[a:b])
@@ -146,11 +177,12 @@ def plan(batch, Ws):
     variant, the sequences per tile (loops) or per BLAS product (blas), and the threads used."""
     threads = get_num_threads()
     hidden, gates = Ws.shape[1], Ws.shape[0] // Ws.shape[1]
-    variant = choose(batch, hidden, threads, gates)
+    register = uses_register(Ws)
+    variant = choose(batch, hidden, threads, gates, register=register)
     if variant == "loops":
         tile = max(1, min(TILE, -(-batch // threads)))
         return variant, tile, min(-(-batch // tile), threads)
-    return variant, piece_rows(-(-batch // threads), hidden, gates), min(batch, threads)
+    return variant, piece_rows(-(-batch // threads), hidden, gates, register=register), min(batch, threads)
 
 
 @njit(**JIT_OPTIONS)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import gpubptt
+from gpubptt.kernels import register_gemm
 from gpubptt.params import CELLS
 from gpubptt.selfcheck import TOLERANCE
 
@@ -30,7 +31,7 @@ def variant(request, monkeypatch):
     if request.param != "blas-pieces":
         yield request.param
         return
-    monkeypatch.setattr(cpu_variants, "piece_rows", lambda share, hidden, gates=1, small_kernels=None:
+    monkeypatch.setattr(cpu_variants, "piece_rows", lambda share, hidden, gates=1, small_kernels=None, register=False:
                         max(1, share - 1))
     threads = numba.get_num_threads()
     numba.set_num_threads(1)
@@ -174,6 +175,83 @@ def test_row_products(n, K, J):
     assert np.isnan(out[n:]).all()  # rows past n untouched
 
 
+needs_register = pytest.mark.skipif(not register_gemm.AVAILABLE,
+                                    reason="the register-blocked product runs only on a host with AVX-512")
+
+
+@needs_register
+@pytest.mark.parametrize("M", [8, 13, 20, 31])
+@pytest.mark.parametrize("K,N", [(1, 32), (7, 96), (300, 32), (513, 64)])
+def test_register_gemm_matches_numpy(M, K, N):
+    """register_gemm.product against NumPy in float64: blocks of 8, 4 and 1 rows, K across strips of
+    STRIP rows, operands and result with leading dimensions wider than their rows; nothing outside
+    out's columns written."""
+    from numba import njit
+
+    @njit
+    def run(X, W, out):
+        if not register_gemm.applies(X, W, out):
+            return False
+        register_gemm.product(X, W, out)
+        return True
+
+    rng = np.random.default_rng(M * K + N)
+    X = rng.standard_normal((M, K + 5)).astype(np.float32)[:, 2:K + 2]
+    W = rng.standard_normal((K, N + 32)).astype(np.float32)[:, :N]
+    out = np.full((M, N + 7), np.nan, np.float32)
+    assert run(X, W, out[:, :N])
+    assert_close(out[:, :N], X.astype(np.float64) @ W, 1e-6, "register product")
+    assert np.isnan(out[:, N:]).all()
+
+
+def test_register_gemm_applies_only_where_it_can():
+    from numba import njit
+
+    applies = njit(lambda X, W, out: register_gemm.applies(X, W, out))
+    M, K, N = register_gemm.MIN_ROWS, 16, register_gemm.COLUMNS
+    f32 = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
+    assert applies(f32(M, K), f32(K, N), f32(M, N)) == register_gemm.AVAILABLE
+    assert not applies(f32(M - 1, K), f32(K, N), f32(M - 1, N))  # too few rows for it
+    assert not applies(f32(M, K), f32(K, N + 16), f32(M, N + 16))  # columns not a multiple of COLUMNS
+    assert not applies(f32(M, K), f32(K, 2 * N)[:, ::2], f32(M, N))  # W's rows not of unit stride
+    assert not applies(f32(M, K)[::-1], f32(K, N), f32(M, N))  # rows backwards
+    assert not applies(f32(M, K + 1), f32(K, N), f32(M, N))  # shapes that do not multiply
+    assert not applies(f32(M, 0), f32(0, N), f32(M, N))  # no K: out would not be written
+    f64 = np.zeros((M, K)), np.zeros((K, N)), np.zeros((M, N))
+    assert not applies(*f64)
+
+
+@needs_register
+@pytest.mark.parametrize("cell", ["tanh", "lstm", "gru"])
+def test_cpu_register_product_matches_reference(cell, monkeypatch):
+    """The cells' blas kernels with the register product (float32, H = 32, 16 sequences on one
+    thread), both directions, sequences of different lengths, clipping and truncation: the same
+    results as the reference, and as with BLAS's products."""
+    import numba
+
+    from gpubptt.kernels import cpu_variants
+
+    monkeypatch.delenv("GPUBPTT_CPU_VARIANT", raising=False)
+    params, x, s0, d = make_problem(9, 16, 5, 32, 2, dtype=np.float32, seed=4, cell=cell, bidirectional=True)
+    lengths = [9, 3, 7, 1, 9, 8, 2, 9, 5, 9, 6, 9, 4, 9, 9, 7]
+    options = dict(bidirectional=True, lengths=lengths, clip_step=0.5, truncate=4)
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        assert cpu_variants.plan(16, params["Ws_l0"])[:2] == ("blas", cpu_variants.REGISTER)
+        L, g = gpubptt.bptt(params, x, d, s0, cell, backend="cpu", **options)
+        monkeypatch.setenv("GPUBPTT_REGISTER_GEMM", "0")
+        assert cpu_variants.plan(16, params["Ws_l0"])[1] != cpu_variants.REGISTER
+        bL, bg = gpubptt.bptt(params, x, d, s0, cell, backend="cpu", **options)
+    finally:
+        numba.set_num_threads(threads)
+    rL, rg = gpubptt.bptt(params, x, d, s0, cell, backend="reference", **options)
+    assert_close(L, rL, TOLERANCE["float32"], "L")
+    for k in rg:
+        assert_close(g[k], rg[k], TOLERANCE["float32"], f"d{k}")
+        assert_close(g[k], bg[k], TOLERANCE["float32"], f"d{k} against BLAS's products")
+
+
 @pytest.mark.parametrize("out,loss,steps", [
     ("tanh", "squared", "last"), ("sigmoid", "squared", "all"), ("softmax", "squared", "all"),
     ("softmax", "cross_entropy", "all"), ("softmax", "cross_entropy", "last"),
@@ -212,6 +290,7 @@ def test_variant_choice_and_override(monkeypatch):
     from gpubptt.kernels import cpu_variants
 
     monkeypatch.delenv("GPUBPTT_CPU_VARIANT", raising=False)
+    monkeypatch.setenv("GPUBPTT_REGISTER_GEMM", "0")  # the BLAS rules first (the register product below)
 
     def choose(batch, hidden, threads, gates=1, small=False):
         return cpu_variants.choose(batch, hidden, threads, gates, small_kernels=small)
@@ -246,6 +325,21 @@ def test_variant_choice_and_override(monkeypatch):
     batch = most * cpu_variants.get_num_threads()  # a share of `most` sequences
     assert cpu_variants.plan(batch, np.empty((256, 256), np.float32))[0] == "blas"
     assert cpu_variants.plan(batch, np.empty((1024, 256), np.float32))[0] == "loops"
+    # the register-blocked product: blas from MIN_ROWS sequences a thread, one product of the share
+    least = cpu_variants.register_gemm.MIN_ROWS
+    assert cpu_variants.choose(2 * least, 512, 2, small_kernels=True, register=True) == "blas"
+    assert choose(2 * least, 512, 2, small=True) == "loops"
+    assert cpu_variants.choose(2 * least - 2, 512, 2, small_kernels=True, register=True) == "loops"
+    assert cpu_variants.piece_rows(least, 256, 1, True, register=True) == cpu_variants.REGISTER
+    assert cpu_variants.piece_rows(least - 1, 256, 1, True, register=True) == least - 1
+    f32, f64 = np.empty((64, 64), np.float32), np.empty((64, 64), np.float64)
+    assert not cpu_variants.uses_register(f32)  # GPUBPTT_REGISTER_GEMM=0
+    monkeypatch.setenv("GPUBPTT_REGISTER_GEMM", "1")
+    assert cpu_variants.uses_register(f32) == cpu_variants.register_gemm.AVAILABLE
+    assert not cpu_variants.uses_register(f64) and not cpu_variants.uses_register(np.empty((48, 48), np.float32))
+    monkeypatch.setenv("GPUBPTT_REGISTER_GEMM", "yes")
+    with pytest.raises(ValueError, match="GPUBPTT_REGISTER_GEMM: expected 0 or 1, got 'yes'"):
+        cpu_variants.plan(64, f32)
     monkeypatch.setenv("GPUBPTT_CPU_VARIANT", "loops")
     assert cpu_variants.choose(1024, 512) == "loops"
     monkeypatch.setenv("GPUBPTT_CPU_VARIANT", "fast")

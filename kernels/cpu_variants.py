@@ -129,7 +129,8 @@ REGISTER = 0  # the blas variant's piece that stands for one register-blocked pr
 
 def uses_register(Ws):
     """Whether the step products of a recurrence with Ws [G·H, H] go to register_gemm: on a host with
-    AVX-512, in float32, H a multiple of its COLUMNS, unless GPUBPTT_REGISTER_GEMM=0."""
+    AVX-512, in float32, H a multiple of its COLUMNS (so the products' N, H or G·H, and their rows'
+    unit stride: every operand is a fresh array or rows of one), unless GPUBPTT_REGISTER_GEMM=0."""
     if os.environ.get("GPUBPTT_REGISTER_GEMM", "1") not in ("0", "1"):
         raise ValueError(f"GPUBPTT_REGISTER_GEMM: expected 0 or 1, got {os.environ['GPUBPTT_REGISTER_GEMM']!r}")
     return (register_gemm.AVAILABLE and os.environ.get("GPUBPTT_REGISTER_GEMM", "1") == "1"
@@ -138,17 +139,21 @@ def uses_register(Ws):
 
 @njit(inline="always", **JIT_OPTIONS)
 def products(X, W, out, piece):
-    """out = X W: one register-blocked product (piece = REGISTER, where register_gemm takes the
-    arrays), else np.dot through BLAS in products of ``piece`` rows."""
-    n = X.shape[0]
+    """out = X W: one register-blocked product (piece = REGISTER; W as ``step_weight`` packed it), else
+    np.dot through BLAS in products of ``piece`` rows."""
     if piece == REGISTER:
-        if register_gemm.applies(X, W, out):
-            register_gemm.product(X, W, out)
-            return
-        piece = max(n, 1)
+        register_gemm.product(X, W, out)
+        return
+    n = X.shape[0]
     for a in range(0, n, piece):
         b = min(a + piece, n)
         np.dot(X[a:b], W, out[a:b])
+
+
+def step_weight(W, piece):
+    """W [K,N] as the blas variant's ``products`` take it for ``piece``: packed once per kernel call for
+    the register-blocked product (REGISTER), else as it is."""
+    return register_gemm.packed(W) if piece == REGISTER else W
 
 
 @overload(activations.single_precision, inline="always")

@@ -107,8 +107,8 @@ def _forward_loops(U, Ws, S0, lengths, reverse, act, S, tile, shares):
 
 
 def _forward_blas(U, WsT, S0, lengths, reverse, act, S, piece, shares):
-    """Each of ``shares`` threads runs a contiguous slice of the batch, its step products in BLAS
-    products of ``piece`` rows (``cpu_variants.products``)."""
+    """Each of ``shares`` threads runs a contiguous slice of the batch, its step products as
+    ``cpu_variants.products`` forms them for ``piece`` (the weight as ``step_weight`` gave it)."""
     T, B, H = U.shape
     one = U.dtype.type(1.0)
     for share in prange(shares):
@@ -184,7 +184,7 @@ def _forward_step_input(xin, bias, lengths, reverse, act, S, i, first, prev, rec
 
 
 def _forward_blas_input(X, WxT, bias, WsT, S0, lengths, reverse, act, S, piece, shares):
-    """_forward_blas from the input, both step products in BLAS products of ``piece`` rows."""
+    """_forward_blas from the input, both step products as ``cpu_variants.products`` forms them."""
     T, B, H = S.shape
     one = S.dtype.type(1.0)
     for share in prange(shares):
@@ -231,8 +231,8 @@ def _backward_loops(dS_out, W, W_transposed, S, lengths, reverse, act, truncate,
 
 
 def _backward_blas(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta, dS0, piece, shares):
-    """Each of ``shares`` threads runs a contiguous slice of the batch, its step products in BLAS
-    products of ``piece`` rows (``cpu_variants.products``)."""
+    """Each of ``shares`` threads runs a contiguous slice of the batch, its step products as
+    ``cpu_variants.products`` forms them for ``piece`` (the weight as ``step_weight`` gave it)."""
     T, B, H = S.shape
     for share in prange(shares):
         first, end = cpu_variants.share_of(share, shares, B, 1)
@@ -296,7 +296,8 @@ def _forward(U, Ws, S0, lengths, reverse, act, S, variant, tile, shares):
     if variant == "loops":
         kernel(U, Ws, S0, lengths, reverse, act, S, tile, shares)
     else:
-        kernel(U, cpu_variants.transposed(Ws), S0, lengths, reverse, act, S, tile, shares)
+        kernel(U, cpu_variants.step_weight(cpu_variants.transposed(Ws), tile), S0, lengths, reverse, act, S, tile,
+               shares)
 
 
 def forward_recurrence_from_input(X, Wx, bias, Ws, S0, lengths, reverse, act, S):
@@ -317,8 +318,8 @@ def forward_recurrence_from_input(X, Wx, bias, Ws, S0, lengths, reverse, act, S)
         _forward(S, Ws, S0, lengths, reverse, act, S, variant, piece, shares)  # the plan made once
         return
     bias = np.zeros(H, dtype=S.dtype) if bias is None else bias
-    cpu_variants.pick(_forward_input_kernels, shares)(X, cpu_variants.transposed(Wx), bias, cpu_variants.transposed(Ws),
-                                                       S0, lengths, reverse, act, S, piece, shares)
+    WxT, WsT = (cpu_variants.step_weight(cpu_variants.transposed(W), piece) for W in (Wx, Ws))
+    cpu_variants.pick(_forward_input_kernels, shares)(X, WxT, bias, WsT, S0, lengths, reverse, act, S, piece, shares)
 
 
 def backward_recurrence(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta, dS0):
@@ -340,4 +341,5 @@ def backward_recurrence(dS_out, Ws, S, lengths, reverse, act, truncate, clip, de
         kernel(dS_out, *cpu_variants.backward_weight(Ws, tile), S, lengths, reverse, act, truncate, clip, delta, dS0,
                tile, shares)
     else:
-        kernel(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta, dS0, tile, shares)
+        kernel(dS_out, cpu_variants.step_weight(Ws, tile), S, lengths, reverse, act, truncate, clip, delta, dS0, tile,
+               shares)

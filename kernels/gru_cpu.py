@@ -92,8 +92,8 @@ def _forward_loops(U, Ws, bs, H0, lengths, reverse, Hs, Gn, tile, shares):
 
 
 def _forward_blas(U, WsT, bs, H0, lengths, reverse, Hs, Gn, piece, shares):
-    """Each of ``shares`` threads runs a contiguous slice of the batch, its step products in BLAS
-    products of ``piece`` rows (``cpu_variants.products``)."""
+    """Each of ``shares`` threads runs a contiguous slice of the batch, its step products as
+    ``cpu_variants.products`` forms them for ``piece`` (the weight as ``step_weight`` gave it)."""
     T, B, G = U.shape
     one = U.dtype.type(1.0)
     for share in prange(shares):
@@ -155,8 +155,8 @@ def _backward_loops(dH_out, W, W_transposed, G, Gn, Hs, H0, lengths, reverse, tr
 
 
 def _backward_blas(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0, piece, shares):
-    """Each of ``shares`` threads runs a contiguous slice of the batch, its step products in BLAS
-    products of ``piece`` rows (``cpu_variants.products``)."""
+    """Each of ``shares`` threads runs a contiguous slice of the batch, its step products as
+    ``cpu_variants.products`` forms them for ``piece`` (the weight as ``step_weight`` gave it)."""
     T, B, Gs = G.shape
     H = Gs // 3
     for share in prange(shares):
@@ -218,7 +218,8 @@ def forward_recurrence(U, Ws, bs, H0, lengths, reverse, Hs, Gn):
     if variant == "loops":
         kernel(U, Ws, bs, H0, lengths, reverse, Hs, Gn, tile, shares)
     else:
-        kernel(U, cpu_variants.transposed(Ws), bs, H0, lengths, reverse, Hs, Gn, tile, shares)
+        kernel(U, cpu_variants.step_weight(cpu_variants.transposed(Ws), tile), bs, H0, lengths, reverse, Hs, Gn, tile,
+               shares)
 
 
 def backward_recurrence(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0):
@@ -239,4 +240,5 @@ def backward_recurrence(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, c
         kernel(dH_out, *cpu_variants.backward_weight(Ws, tile), G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec,
                dNx, dH0, tile, shares)
     else:
-        kernel(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0, tile, shares)
+        kernel(dH_out, cpu_variants.step_weight(Ws, tile), G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx,
+               dH0, tile, shares)

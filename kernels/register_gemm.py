@@ -1,26 +1,29 @@
-"""A register-blocked matrix product for the CPU kernels' step products: out = X W, W row-major.
+"""A register-blocked matrix product for the CPU kernels' step products: out = X W.
 
 The blas variant's step product (a share's [rows, K] states times Ws [K, N]) is small in rows and
-the same W every step. OpenBLAS packs W on every call of its large-product path, and its small-
-product kernels are for M·N·K <= 1e6; measured on one core of a 2-vCPU AVX-512 VM (float32, µs,
-OpenBLAS 0.3.30 SkylakeX / this product): [32,256]·[256,1024] 197 / 131, [32,1024]·[1024,256] 196 /
-115, [64,512]·[512,512] 283 / 249, [16,512]·[512,512] 118 / 51, [32,128]·[128,512] 44 / 28,
-[64,64]·[64,256] 19 / 13; [64,64]·[64,64] 3.4 / 3.2, [128,64]·[64,64] 6.7 / 6.6 (small products:
-equal).
+has the same W at every step. OpenBLAS packs W on every call of its large-product path, and its
+small-product kernels are for M·N·K <= 1e6. Here W is packed once per kernel call (``packed``: the K
+rows of each block of COLUMNS columns one after the other), and each product keeps a block of ROWS
+rows of out by 2 vectors of columns (8 x 32 float32) in registers over a strip of K, reading each
+vector of W once per block and each x once per vector: all of the arithmetic in fused multiply-adds
+on 512-bit registers. Rows past the last block of ROWS run in blocks of 4, then 1 (a single row has
+2 sums in flight, slower than BLAS: ``MIN_ROWS``).
 
-This product keeps a block of ROWS rows of out by 2 vectors of columns (8 x 32 float32) in registers
-over all of K, reading each vector of W once per block and each x once per vector: the whole of the
-arithmetic in fused multiply-adds on 512-bit registers, nothing packed. Rows past the last block of
-ROWS run in blocks of 4, then 1 (a single row has 2 sums in flight, slower than BLAS: ``MIN_ROWS``).
+Measured on one core of a 2-vCPU AVX-512 VM (float32, µs, OpenBLAS 0.3.30 SkylakeX / this product
+on packed W): [32,256]·[256,1024] 219 / 107, [32,1024]·[1024,256] 196 / 113, [64,512]·[512,512] 285 /
+214, [16,512]·[512,512] 136 / 56, [64,512]·[512,2048] 1360 / 924, [16,2048]·[2048,512] 734 / 278;
+[128,64]·[64,64] 7 / 7 (a small product: equal). On W as it lies, rows N floats apart, [64,512]·
+[512,2048] took 1174 and [16,2048]·[2048,512] 375 (every row of a strip on another page).
 
 It is written in LLVM IR (llvmlite) and compiled once per process for the host CPU with 512-bit
 vectors allowed: Numba compiles for LLVM's tuning of the host, which on this CPU prefers 256-bit
 vectors and splits wider ones, halving the multiply-adds per cycle. The kernels call it by symbol
 name (``product``), like SciPy's BLAS in ``linalg_cpu``, so their cached machine code stays valid.
-It is used only where the host has AVX-512 (``AVAILABLE``); elsewhere ``product`` is never reached
-(cpu_variants decides) but the symbols still exist, so that the kernels link.
+It is used only where the host has AVX-512 (``AVAILABLE``; cpu_variants decides); elsewhere the
+symbol still exists, so that the kernels link.
 """
 import llvmlite.binding as llvm
+import numpy as np
 from llvmlite import ir
 from numba import njit, types
 
@@ -28,10 +31,12 @@ ROWS = 8  # rows of out a block keeps in registers (with 2 vectors of columns: 1
 VECTORS = 2  # vectors of columns a block keeps
 VECTOR_BYTES = 64  # 512-bit registers
 COLUMNS = VECTORS * VECTOR_BYTES // 4  # columns of out a block covers (float32): N must be a multiple of it
-# rows of W a strip of the block's columns takes (2 x 64 bytes each): 32 KiB, to stay in a 48 KiB L1 while
-# every block of rows reads it
+# rows of packed W a strip takes (2 x 64 bytes each): 32 KiB, to stay in a 48 KiB L1 while every block of
+# rows reads it (strips of 64, 128 or all K rows: within 5 % at the shapes above)
 STRIP = 32768 // (VECTORS * VECTOR_BYTES)
-MIN_ROWS = 8  # fewer rows: BLAS (one row's 2 sums in flight: [2,256]·[256,256] 3.7 µs in BLAS, 8.3 here)
+# fewer rows a thread: BLAS (cpu_variants). One row has 2 sums in flight: [2,256]·[256,256] 3.7 µs in
+# BLAS, 8.3 here (W as it lies)
+MIN_ROWS = 8
 
 _I64 = ir.IntType(64)
 _NAME = "gpubptt_register_gemm_f32"
@@ -54,14 +59,14 @@ def _loop(b, start, stop, step, body):
 
 
 def _define(module):
-    """void _NAME(X*, ldx, W*, ldw, out*, ldo, M, K, N): out[M,N] = X[M,K] W[K,N] in float32, leading
-    dimensions in elements, N a multiple of COLUMNS."""
+    """void _NAME(X*, ldx, Wp*, out*, ldo, M, K, N): out[M,N] = X[M,K] W[K,N] in float32, W packed
+    (``packed``), leading dimensions in elements, N a multiple of COLUMNS."""
     fty, itemsize = ir.FloatType(), 4
     width = VECTOR_BYTES // itemsize
     vty = ir.VectorType(fty, width)
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [fty.as_pointer(), _I64] * 3 + [_I64] * 3),
-                     _NAME)
-    X, ldx, W, ldw, O, ldo, M, K, N = fn.args
+    ptr = fty.as_pointer()
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr, _I64, ptr, ptr, _I64] + [_I64] * 3), _NAME)
+    X, ldx, W, O, ldo, M, K, N = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     fma = ir.Function(module, ir.FunctionType(vty, [vty] * 3), f"llvm.fmuladd.v{width}f{8 * itemsize}")
     zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * width)
@@ -82,8 +87,8 @@ def _define(module):
                 b.store(start, sums[r][c])
 
         def step(k):
-            w = [b.load(vector_at(W, b.add(b.add(b.mul(k, ldw), j0), const(c * width))), align=itemsize)
-                 for c in range(VECTORS)]
+            w = [b.load(vector_at(W, b.add(b.add(b.mul(j0, K), b.mul(k, const(VECTORS * width))), const(c * width))),
+                        align=itemsize) for c in range(VECTORS)]
             for r in range(rows):
                 x = b.load(b.gep(X, [b.add(b.mul(b.add(r0, const(r)), ldx), k)]))
                 xs = b.shuffle_vector(b.insert_element(undef, x, ir.Constant(ir.IntType(32), 0)), undef, splat)
@@ -103,7 +108,7 @@ def _define(module):
             _loop(b, start, end, const(rows), lambda r0, rows=rows: block(k0, k1, r0, j0, rows))
             start = end
 
-    def strips(k0):  # the rows k0.. of W in strips of the block's columns, each read from L1 by every block of rows
+    def strips(k0):  # rows k0.. of W, each block of columns read from L1 by every block of rows
         k1 = b.select(b.icmp_signed("<", b.add(k0, const(STRIP)), K), b.add(k0, const(STRIP)), K)
         _loop(b, const(0), N, const(VECTORS * width), lambda j0: rows_in_blocks(k0, k1, j0))
 
@@ -137,26 +142,27 @@ def _compile():
 _ENGINE = _compile()
 AVAILABLE = bool(llvm.get_host_cpu_features().get("avx512f", False))
 
-_signature = types.void(*[types.voidptr, types.int64] * 3, *[types.int64] * 3)
+_signature = types.void(types.voidptr, types.int64, types.voidptr, types.voidptr, *[types.int64] * 4)
 _product = types.ExternalFunction(_NAME, _signature)
 
 
-@njit(inline="always", cache=True)
-def applies(X, W, out):
-    """Whether ``product`` takes these: AVAILABLE, float32, shapes that multiply into out's, at least
-    MIN_ROWS rows and one K, N a multiple of COLUMNS, rows of unit stride that lie apart. (In float64
-    it lost to OpenBLAS at most shapes: [64,512]·[512,512] 580 / 704 µs, [32,256]·[256,1024] 312 /
-    368.)"""
-    M, K, N = X.shape[0], X.shape[1], W.shape[1]
-    return (AVAILABLE and X.itemsize == 4 and W.itemsize == 4 and out.itemsize == 4
-            and W.shape[0] == K and out.shape[0] == M and out.shape[1] == N and M >= MIN_ROWS and K > 0
-            and N % COLUMNS == 0 and X.strides[1] == 4 and W.strides[1] == 4 and out.strides[1] == 4
-            and X.strides[0] % 4 == 0 and W.strides[0] % 4 == 0 and out.strides[0] % 4 == 0
-            and X.strides[0] >= 4 * K and W.strides[0] >= 4 * N and out.strides[0] >= 4 * N)
+@njit(cache=True)
+def packed(W):
+    """W [K,N] as ``product`` reads it: [N/COLUMNS·K, COLUMNS], the K rows of each block of COLUMNS
+    columns one after the other (each block's reads then run through contiguous memory: no page or
+    cache set is revisited, as rows N floats apart were)."""
+    K, N = W.shape
+    out = np.empty((N // COLUMNS * K, COLUMNS), dtype=W.dtype)
+    for j in range(0, N - N % COLUMNS, COLUMNS):
+        for k in range(K):
+            for c in range(COLUMNS):
+                out[j // COLUMNS * K + k, c] = W[k, j + c]
+    return out
 
 
 @njit(inline="always", cache=True)
-def product(X, W, out):
-    """out = X W for 2-D arrays of which ``applies`` holds."""
-    _product(X.ctypes, X.strides[0] // 4, W.ctypes, W.strides[0] // 4, out.ctypes, out.strides[0] // 4,
-             X.shape[0], X.shape[1], W.shape[1])
+def product(X, Wp, out):
+    """out = X W, float32, for W [K,N] packed by ``packed``, X [M,K] and out [M,N] with rows of unit
+    stride, N a multiple of COLUMNS (``cpu_variants.uses_register`` holds all of it)."""
+    _product(X.ctypes, X.strides[0] // 4, Wp.ctypes, out.ctypes, out.strides[0] // 4, X.shape[0], X.shape[1],
+             out.shape[1])

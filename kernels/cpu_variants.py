@@ -120,21 +120,25 @@ def piece_rows(share, hidden, gates=1, small_kernels=None, register=False):
     return rows
 
 
-# The register-blocked product (register_gemm) against the blas variant's BLAS products, forward +
-# BPTT, float32, 2 threads, GPUBPTT_REGISTER_GEMM=1 / 0 in one process alternating, ms: see
-# benchmarks/README.md (2026-12-06, fourth session). ``GPUBPTT_REGISTER_GEMM=0`` (read at each call)
-# keeps BLAS for every step product.
+# The register-blocked product (register_gemm) against BLAS for the blas variant's step products,
+# forward + BPTT, float32, 2 threads, register / BLAS (or loops) in one process alternating
+# (benchmarks/ab_env.py), ms: LSTM (B,T,D,H) = (64,100,64,256) 68 / 93, (128,50,128,512) 229 / 276,
+# (32,200,32,128) 19.2 / 21.0; tanh (64,100,512,512) 92 / 111, (128,50,128,512) 57 / 67; GRU
+# (64,100,512,512) 271 / 354; shares of 8 at H = 512, where the loops were chosen: tanh
+# (16,50,128,512) 8.8 / 9.9, LSTM 37 / 49; small products about equal (tanh (256,100,16,64) 5.54 /
+# 5.44). GPUBPTT_REGISTER_GEMM=0 (read at each call) keeps BLAS for every step product.
 REGISTER = 0  # the blas variant's piece that stands for one register-blocked product of the whole share
 
 
 def uses_register(Ws):
     """Whether the step products of a recurrence with Ws [G·H, H] go to register_gemm: on a host with
-    AVX-512, in float32, H a multiple of its COLUMNS (so the products' N, H or G·H, and their rows'
-    unit stride: every operand is a fresh array or rows of one), unless GPUBPTT_REGISTER_GEMM=0."""
-    if os.environ.get("GPUBPTT_REGISTER_GEMM", "1") not in ("0", "1"):
-        raise ValueError(f"GPUBPTT_REGISTER_GEMM: expected 0 or 1, got {os.environ['GPUBPTT_REGISTER_GEMM']!r}")
-    return (register_gemm.AVAILABLE and os.environ.get("GPUBPTT_REGISTER_GEMM", "1") == "1"
-            and Ws.dtype == np.float32 and Ws.shape[1] % register_gemm.COLUMNS == 0)
+    AVX-512, in float32, H a multiple of its COLUMNS (then so are the products' N, H and G·H; their
+    operands are fresh arrays or rows of them, of unit stride), unless GPUBPTT_REGISTER_GEMM=0."""
+    wanted = os.environ.get("GPUBPTT_REGISTER_GEMM", "1")
+    if wanted not in ("0", "1"):
+        raise ValueError(f"GPUBPTT_REGISTER_GEMM: expected 0 or 1, got {wanted!r}")
+    return (register_gemm.AVAILABLE and wanted == "1" and Ws.dtype == np.float32
+            and Ws.shape[1] % register_gemm.COLUMNS == 0)
 
 
 @njit(inline="always", **JIT_OPTIONS)

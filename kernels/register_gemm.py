@@ -78,32 +78,44 @@ def _define(module):
     def vector_at(base, index):
         return b.bitcast(b.gep(base, [index]), vty.as_pointer())
 
-    def block(k0, k1, r0, j0, rows):  # out[r0:r0+rows, j0:j0+columns] (+)= X[r0:r0+rows, k0:k1] W[k0:k1, j0:...]
+    def block(k0, k1, r0, j0, rows):
+        """out[r0:r0+rows, j0:j0+COLUMNS] (+)= X[r0:r0+rows, k0:k1] W[k0:k1, j0:j0+COLUMNS]: every block
+        keeps ROWS·VECTORS sums, those of fewer rows as many phases of k (k = k0 + p mod phases, added
+        up at the end), so that as many multiply-adds are in flight whatever the rows."""
+        phases = ROWS // rows
+        acc = lambda p, r, c: sums[p * rows + r][c]  # noqa: E731
         first = b.icmp_signed("==", k0, const(0))
         for r in range(rows):
             at = b.add(b.mul(b.add(r0, const(r)), ldo), j0)
             for c in range(VECTORS):
                 start = b.select(first, zero, b.load(vector_at(O, b.add(at, const(c * width))), align=itemsize))
-                b.store(start, sums[r][c])
+                b.store(start, acc(0, r, c))
+                for p in range(1, phases):
+                    b.store(zero, acc(p, r, c))
 
-        def step(k):
-            w = [b.load(vector_at(W, b.add(b.add(b.mul(j0, K), b.mul(k, const(VECTORS * width))), const(c * width))),
+        def step(k, p):
+            w = [b.load(vector_at(W, b.add(b.add(b.mul(j0, K), b.mul(k, const(COLUMNS))), const(c * width))),
                         align=itemsize) for c in range(VECTORS)]
             for r in range(rows):
                 x = b.load(b.gep(X, [b.add(b.mul(b.add(r0, const(r)), ldx), k)]))
                 xs = b.shuffle_vector(b.insert_element(undef, x, ir.Constant(ir.IntType(32), 0)), undef, splat)
                 for c in range(VECTORS):
-                    b.store(b.call(fma, [xs, w[c], b.load(sums[r][c])]), sums[r][c])
+                    b.store(b.call(fma, [xs, w[c], b.load(acc(p, r, c))]), acc(p, r, c))
 
-        _loop(b, k0, k1, const(1), step)
+        whole = b.add(k0, b.mul(b.udiv(b.sub(k1, k0), const(phases)), const(phases)))
+        _loop(b, k0, whole, const(phases), lambda k: [step(b.add(k, const(p)), p) for p in range(phases)])
+        _loop(b, whole, k1, const(1), lambda k: step(k, 0))
         for r in range(rows):
             at = b.add(b.mul(b.add(r0, const(r)), ldo), j0)
             for c in range(VECTORS):
-                b.store(b.load(sums[r][c]), vector_at(O, b.add(at, const(c * width))), align=itemsize)
+                total = b.load(acc(0, r, c))
+                for p in range(1, phases):
+                    total = b.fadd(total, b.load(acc(p, r, c)))
+                b.store(total, vector_at(O, b.add(at, const(c * width))), align=itemsize)
 
     def rows_in_blocks(k0, k1, j0):
         start = const(0)
-        for rows in (ROWS, 4, 1):  # as many blocks of ROWS rows as fit, then of 4, then single rows
+        for rows in (ROWS, 4, 2, 1):  # as many blocks of ROWS rows as fit, then of 4, 2, 1
             end = b.add(start, b.mul(b.udiv(b.sub(M, start), const(rows)), const(rows)))
             _loop(b, start, end, const(rows), lambda r0, rows=rows: block(k0, k1, r0, j0, rows))
             start = end

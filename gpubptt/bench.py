@@ -1111,6 +1111,15 @@ def _command(args=None):
     return " ".join(shlex.quote(w) for w in words)
 
 
+def _cpu_step_products():
+    """How the cpu backend's blas variant forms its step products here (kernels/cpu_variants.py)."""
+    from .kernels import cpu_variants
+
+    if cpu_variants.register_enabled():
+        return "register-blocked (kernels/register_gemm.py) in float32 for H a multiple of 32, else BLAS"
+    return "BLAS"
+
+
 def _meta(cell, dtype, threads, repeat, warmup, O, budget, tol, thread_info, quick, memory_methods):
     from . import __version__
 
@@ -1123,6 +1132,7 @@ def _meta(cell, dtype, threads, repeat, warmup, O, budget, tol, thread_info, qui
         "cell": cell, "dtype": dtype, "output_size": O, "output": "linear (identity g2)", "loss": "squared, every step",
         "repeat": repeat, "warmup": warmup, "quick": quick, "reference_budget_s": budget, "tolerance": tol,
         "threads": thread_info,
+        "cpu_step_products": _cpu_step_products(),
         "cpu": _cpu_model(), "cpu_arch": _cpu_arch(), "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "versions": {"python": platform.python_version(), "numpy": np.__version__, "numba": _version("numba"),
@@ -1164,7 +1174,7 @@ def to_markdown(result):
         f"load average (1, 5, 15 min) "
         f"{meta.get('load_average', {}).get('before')} before, {meta.get('load_average', {}).get('after')} after",
         f"- threads: requested {th.get('requested')}; Numba {th.get('numba')}; BLAS (as found) {blas}; "
-        f"torch {th.get('torch', 'not loaded')}",
+        f"torch {th.get('torch', 'not loaded')}; cpu step products: {meta.get('cpu_step_products', 'not recorded')}",
         "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val is not None),
         "- peers: " + "; ".join(
             f"{p}: {info['device']}" if info["available"] else f"{p}: unavailable ({info['reason']})"

@@ -130,15 +130,20 @@ def piece_rows(share, hidden, gates=1, small_kernels=None, register=False):
 REGISTER = 0  # the blas variant's piece that stands for one register-blocked product of the whole share
 
 
-def uses_register(Ws):
-    """Whether the step products of a recurrence with Ws [G·H, H] go to register_gemm: on a host with
-    AVX-512, in float32, H a multiple of its COLUMNS (then so are the products' N, H and G·H; their
-    operands are fresh arrays or rows of them, of unit stride), unless GPUBPTT_REGISTER_GEMM=0."""
+def register_enabled():
+    """Whether the blas variant may take the register-blocked product: on a host with AVX-512, unless
+    GPUBPTT_REGISTER_GEMM=0."""
     wanted = os.environ.get("GPUBPTT_REGISTER_GEMM", "1")
     if wanted not in ("0", "1"):
         raise ValueError(f"GPUBPTT_REGISTER_GEMM: expected 0 or 1, got {wanted!r}")
-    return (register_gemm.AVAILABLE and wanted == "1" and Ws.dtype == np.float32
-            and Ws.shape[1] % register_gemm.COLUMNS == 0)
+    return register_gemm.AVAILABLE and wanted == "1"
+
+
+def uses_register(Ws):
+    """Whether the step products of a recurrence with Ws [G·H, H] go to register_gemm: where it is
+    enabled, in float32, H a multiple of its COLUMNS (then so are the products' N, H and G·H; their
+    operands are fresh arrays or rows of them, of unit stride)."""
+    return register_enabled() and Ws.dtype == np.float32 and Ws.shape[1] % register_gemm.COLUMNS == 0
 
 
 @njit(inline="always", **JIT_OPTIONS)
@@ -154,10 +159,15 @@ def products(X, W, out, piece):
         np.dot(X[a:b], W, out[a:b])
 
 
-def step_weight(W, piece):
-    """W [K,N] as the blas variant's ``products`` take it for ``piece``: packed once per kernel call for
-    the register-blocked product (REGISTER), else as it is."""
-    return register_gemm.packed(W) if piece == REGISTER else W
+def step_weight(W, piece, transpose=False):
+    """W (Wᵀ with ``transpose``) as the blas variant's ``products`` take it for ``piece``. Wᵀ is a
+    copy, which for the register-blocked product (REGISTER) is packed (``register_gemm.packed``) at
+    no more memory; W itself is taken as it lies, as packing it would add a copy: at (B,T,D,H) =
+    (16,50,128,512) forward + BPTT's live peak was 1.51x the lower bound with Ws packed in backward,
+    1.19x with BLAS (time as it lies: see register_gemm)."""
+    if transpose:
+        return register_gemm.packed(W, True) if piece == REGISTER else transposed(W)
+    return W
 
 
 @overload(activations.single_precision, inline="always")

@@ -296,8 +296,7 @@ def _forward(U, Ws, S0, lengths, reverse, act, S, variant, tile, shares):
     if variant == "loops":
         kernel(U, Ws, S0, lengths, reverse, act, S, tile, shares)
     else:
-        kernel(U, cpu_variants.step_weight(cpu_variants.transposed(Ws), tile), S0, lengths, reverse, act, S, tile,
-               shares)
+        kernel(U, cpu_variants.step_weight(Ws, tile, True), S0, lengths, reverse, act, S, tile, shares)
 
 
 def forward_recurrence_from_input(X, Wx, bias, Ws, S0, lengths, reverse, act, S):
@@ -318,7 +317,7 @@ def forward_recurrence_from_input(X, Wx, bias, Ws, S0, lengths, reverse, act, S)
         _forward(S, Ws, S0, lengths, reverse, act, S, variant, piece, shares)  # the plan made once
         return
     bias = np.zeros(H, dtype=S.dtype) if bias is None else bias
-    WxT, WsT = (cpu_variants.step_weight(cpu_variants.transposed(W), piece) for W in (Wx, Ws))
+    WxT, WsT = (cpu_variants.step_weight(W, piece, True) for W in (Wx, Ws))
     cpu_variants.pick(_forward_input_kernels, shares)(X, WxT, bias, WsT, S0, lengths, reverse, act, S, piece, shares)
 
 

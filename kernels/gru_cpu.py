@@ -218,8 +218,7 @@ def forward_recurrence(U, Ws, bs, H0, lengths, reverse, Hs, Gn):
     if variant == "loops":
         kernel(U, Ws, bs, H0, lengths, reverse, Hs, Gn, tile, shares)
     else:
-        kernel(U, cpu_variants.step_weight(cpu_variants.transposed(Ws), tile), bs, H0, lengths, reverse, Hs, Gn, tile,
-               shares)
+        kernel(U, cpu_variants.step_weight(Ws, tile, True), bs, H0, lengths, reverse, Hs, Gn, tile, shares)
 
 
 def backward_recurrence(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0):

@@ -222,8 +222,7 @@ def forward_recurrence(U, Ws, H0, C0, lengths, reverse, Hs, Cs):
     if variant == "loops":
         kernel(U, Ws, H0, C0, lengths, reverse, Hs, Cs, tile, shares)
     else:
-        kernel(U, cpu_variants.step_weight(cpu_variants.transposed(Ws), tile), H0, C0, lengths, reverse, Hs, Cs, tile,
-               shares)
+        kernel(U, cpu_variants.step_weight(Ws, tile, True), H0, C0, lengths, reverse, Hs, Cs, tile, shares)
 
 
 def backward_recurrence(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0):

@@ -59,14 +59,15 @@ def _loop(b, start, stop, step, body):
 
 
 def _define(module):
-    """void _NAME(X*, ldx, Wp*, out*, ldo, M, K, N): out[M,N] = X[M,K] W[K,N] in float32, W packed
-    (``packed``), leading dimensions in elements, N a multiple of COLUMNS."""
+    """void _NAME(X*, ldx, W*, ldw, jstep, out*, ldo, M, K, N): out[M,N] = X[M,K] W[K,N] in float32,
+    N a multiple of COLUMNS, W[k, j] at W + j·jstep + k·ldw for j a multiple of COLUMNS (as it lies:
+    jstep 1, ldw its row stride; packed: jstep K, ldw COLUMNS), strides in elements."""
     fty, itemsize = ir.FloatType(), 4
     width = VECTOR_BYTES // itemsize
     vty = ir.VectorType(fty, width)
     ptr = fty.as_pointer()
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr, _I64, ptr, ptr, _I64] + [_I64] * 3), _NAME)
-    X, ldx, W, O, ldo, M, K, N = fn.args
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr, _I64, ptr, _I64, _I64, ptr] + [_I64] * 4), _NAME)
+    X, ldx, W, ldw, jstep, O, ldo, M, K, N = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     fma = ir.Function(module, ir.FunctionType(vty, [vty] * 3), f"llvm.fmuladd.v{width}f{8 * itemsize}")
     zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * width)
@@ -94,7 +95,7 @@ def _define(module):
                     b.store(zero, acc(p, r, c))
 
         def step(k, p):
-            w = [b.load(vector_at(W, b.add(b.add(b.mul(j0, K), b.mul(k, const(COLUMNS))), const(c * width))),
+            w = [b.load(vector_at(W, b.add(b.add(b.mul(j0, jstep), b.mul(k, ldw)), const(c * width))),
                         align=itemsize) for c in range(VECTORS)]
             for r in range(rows):
                 x = b.load(b.gep(X, [b.add(b.mul(b.add(r0, const(r)), ldx), k)]))
@@ -154,27 +155,40 @@ def _compile():
 _ENGINE = _compile()
 AVAILABLE = bool(llvm.get_host_cpu_features().get("avx512f", False))
 
-_signature = types.void(types.voidptr, types.int64, types.voidptr, types.voidptr, *[types.int64] * 4)
+_signature = types.void(types.voidptr, types.int64, types.voidptr, types.int64, types.int64, types.voidptr,
+                        *[types.int64] * 4)
 _product = types.ExternalFunction(_NAME, _signature)
 
 
 @njit(cache=True)
-def packed(W):
-    """W [K,N] as ``product`` reads it: [N/COLUMNS·K, COLUMNS], the K rows of each block of COLUMNS
-    columns one after the other (each block's reads then run through contiguous memory: no page or
-    cache set is revisited, as rows N floats apart were)."""
-    K, N = W.shape
+def packed(W, transpose):
+    """W [K,N] (Wᵀ of W [N,K] with ``transpose``) as ``product`` reads it: [N/COLUMNS·K, COLUMNS], the
+    K rows of each block of COLUMNS columns one after the other (each block's reads then run through
+    contiguous memory: no page or cache set is revisited, as rows N floats apart were). From W
+    itself when transposed: no [K,N] copy between."""
+    K, N = (W.shape[1], W.shape[0]) if transpose else W.shape
     out = np.empty((N // COLUMNS * K, COLUMNS), dtype=W.dtype)
     for j in range(0, N - N % COLUMNS, COLUMNS):
-        for k in range(K):
+        if transpose:
             for c in range(COLUMNS):
-                out[j // COLUMNS * K + k, c] = W[k, j + c]
+                for k in range(K):
+                    out[j // COLUMNS * K + k, c] = W[j + c, k]
+        else:
+            for k in range(K):
+                for c in range(COLUMNS):
+                    out[j // COLUMNS * K + k, c] = W[k, j + c]
     return out
 
 
 @njit(inline="always", cache=True)
-def product(X, Wp, out):
-    """out = X W, float32, for W [K,N] packed by ``packed``, X [M,K] and out [M,N] with rows of unit
-    stride, N a multiple of COLUMNS (``cpu_variants.uses_register`` holds all of it)."""
-    _product(X.ctypes, X.strides[0] // 4, Wp.ctypes, out.ctypes, out.strides[0] // 4, X.shape[0], X.shape[1],
+def product(X, W, out):
+    """out = X W, float32, for X [M,K], W [K,N] as it lies or as ``packed`` gave it ([N/COLUMNS·K,
+    COLUMNS]; the two are one layout when N = COLUMNS), out [M,N], every row of unit stride, N a
+    multiple of COLUMNS (``cpu_variants.uses_register`` holds all of it)."""
+    K = X.shape[1]
+    if W.shape[0] == K:  # as it lies
+        ldw, jstep = W.strides[0] // 4, 1
+    else:
+        ldw, jstep = COLUMNS, K
+    _product(X.ctypes, X.strides[0] // 4, W.ctypes, ldw, jstep, out.ctypes, out.strides[0] // 4, X.shape[0], K,
              out.shape[1])

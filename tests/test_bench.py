@@ -70,6 +70,9 @@ def test_quick_json_entries_are_complete_and_checked_against_the_reference(quick
         assert key in meta, key
     assert meta["command"].startswith("gpubptt bench") and "--quick" in meta["command"]
     assert meta["output_size"] == bench.DEFAULT_OUTPUT_SIZE and meta["repeat"] == bench.QUICK_REPEAT
+    from gpubptt.kernels import register_gemm
+
+    assert meta["cpu_step_products"].startswith("register-blocked" if register_gemm.AVAILABLE else "BLAS")
 
 
 def test_quick_markdown_has_every_column_and_row(quick):
@@ -83,7 +86,7 @@ def test_quick_markdown_has_every_column_and_row(quick):
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert len(cells) == len(cols) and cells[-1].startswith("ok")
-    for word in ("command:", "date:", "CPU:", "threads:", "versions:", "GFLOP/s:", "memory:"):
+    for word in ("command:", "date:", "CPU:", "threads:", "cpu step products:", "versions:", "GFLOP/s:", "memory:"):
         assert word in md
     assert "cuda: unavailable" in md
 

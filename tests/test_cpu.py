@@ -180,23 +180,26 @@ needs_register = pytest.mark.skipif(not register_gemm.AVAILABLE,
 
 
 @needs_register
+@pytest.mark.parametrize("layout", ["as it lies", "packed", "packed from Wᵀ"])
 @pytest.mark.parametrize("M", [1, 8, 13, 20, 31])
 @pytest.mark.parametrize("K,N", [(1, 32), (7, 96), (300, 32), (513, 64)])
-def test_register_gemm_matches_numpy(M, K, N):
-    """register_gemm.product on W packed by register_gemm.packed, against NumPy in float64: blocks
-    of 8, 4 and 1 rows, K across strips of STRIP rows, X and out with leading dimensions wider than
-    their rows; nothing outside out's columns written, W left as it was."""
+def test_register_gemm_matches_numpy(M, K, N, layout):
+    """register_gemm.product against NumPy in float64, on W as it lies (rows wider than N) or packed
+    by register_gemm.packed (from W, or from Wᵀ): blocks of 8, 4, 2 and 1 rows, K across strips of
+    STRIP rows, X and out with leading dimensions wider than their rows; nothing outside out's columns
+    written, W left as it was."""
     from numba import njit
 
-    run = njit(lambda X, Wp, out: register_gemm.product(X, Wp, out))
+    run = njit(lambda X, W, out: register_gemm.product(X, W, out))
     rng = np.random.default_rng(M * K + N)
     X = rng.standard_normal((M, K + 5)).astype(np.float32)[:, 2:K + 2]
-    W = rng.standard_normal((K, N)).astype(np.float32)
-    W_before = W.copy()
+    W = rng.standard_normal((K, N + 32)).astype(np.float32)[:, :N]
+    source = np.ascontiguousarray(W.T) if layout == "packed from Wᵀ" else W
+    before = source.copy()
     out = np.full((M, N + 7), np.nan, np.float32)
-    run(X, register_gemm.packed(W), out[:, :N])
+    run(X, W if layout == "as it lies" else register_gemm.packed(source, layout != "packed"), out[:, :N])
     assert_close(out[:, :N], X.astype(np.float64) @ W, 1e-6, "register product")
-    assert np.isnan(out[:, N:]).all() and np.array_equal(W, W_before)
+    assert np.isnan(out[:, N:]).all() and np.array_equal(source, before)
 
 
 @needs_register

@@ -121,12 +121,13 @@ def piece_rows(share, hidden, gates=1, small_kernels=None, register=False):
 
 
 # The register-blocked product (register_gemm) against BLAS for the blas variant's step products,
-# forward + BPTT, float32, 2 threads, register / BLAS (or loops) in one process alternating
-# (benchmarks/ab_env.py), ms: LSTM (B,T,D,H) = (64,100,64,256) 68 / 93, (128,50,128,512) 229 / 276,
-# (32,200,32,128) 19.2 / 21.0; tanh (64,100,512,512) 92 / 111, (128,50,128,512) 57 / 67; GRU
-# (64,100,512,512) 271 / 354; shares of 8 at H = 512, where the loops were chosen: tanh
-# (16,50,128,512) 8.8 / 9.9, LSTM 37 / 49; small products about equal (tanh (256,100,16,64) 5.54 /
-# 5.44). GPUBPTT_REGISTER_GEMM=0 (read at each call) keeps BLAS for every step product.
+# forward + BPTT, float32, 2 threads, register / BLAS (or loops) in one process alternating, ms
+# (benchmarks/cpu-2core-2026-12-06-register-ab.txt): LSTM (B,T,D,H) = (64,100,64,256) 56 / 77,
+# (128,50,128,512) 210 / 237, (64,100,512,512) 307 / 396; GRU (64,100,512,512) 266 / 320; tanh
+# (64,100,512,512) 88 / 104, (128,50,128,512) 58 / 64, (32,200,32,128) 4.47 / 4.67; shares of 8 at
+# H = 512, where the loops were chosen: tanh (16,50,128,512) 8.0 / 9.1, LSTM 42 / 44; small products
+# about equal (tanh (256,100,16,64) 5.45 / 5.41). GPUBPTT_REGISTER_GEMM=0 (read at each call) keeps
+# BLAS for every step product.
 REGISTER = 0  # the blas variant's piece that stands for one register-blocked product of the whole share
 
 

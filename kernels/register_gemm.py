@@ -1,19 +1,21 @@
 """A register-blocked matrix product for the CPU kernels' step products: out = X W.
 
-The blas variant's step product (a share's [rows, K] states times Ws [K, N]) is small in rows and
-has the same W at every step. OpenBLAS packs W on every call of its large-product path, and its
-small-product kernels are for M·N·K <= 1e6. Here W is packed once per kernel call (``packed``: the K
-rows of each block of COLUMNS columns one after the other), and each product keeps a block of ROWS
-rows of out by 2 vectors of columns (8 x 32 float32) in registers over a strip of K, reading each
-vector of W once per block and each x once per vector: all of the arithmetic in fused multiply-adds
-on 512-bit registers. Rows past the last block of ROWS run in blocks of 4, then 1 (a single row has
-2 sums in flight, slower than BLAS: ``MIN_ROWS``).
+The blas variant's step product (a share's [rows, K] states times a weight [K, N]) is small in rows
+and has the same W at every step. OpenBLAS packs W on every call of its large-product path, and its
+small-product kernels are for M·N·K <= 1e6. This product keeps a block of ROWS rows of out by 2
+vectors of columns (8 x 32 float32) in registers over a strip of K, reading each vector of W once
+per block and each x once per vector: all of the arithmetic in fused multiply-adds on 512-bit
+registers. Blocks of fewer rows (4, 2, 1, past the last block of ROWS) keep as many sums, over
+phases of k. W is read as it lies or packed (``packed``: the K rows of each block of COLUMNS columns
+one after the other, so that a block's reads run through contiguous memory); the forward kernels
+take Wsᵀ, a copy in any case, so packed, and the backward kernels Ws as it lies (cpu_variants,
+``step_weight``).
 
 Measured on one core of a 2-vCPU AVX-512 VM (float32, µs, OpenBLAS 0.3.30 SkylakeX / this product
-on packed W): [32,256]·[256,1024] 219 / 107, [32,1024]·[1024,256] 196 / 113, [64,512]·[512,512] 285 /
-214, [16,512]·[512,512] 136 / 56, [64,512]·[512,2048] 1360 / 924, [16,2048]·[2048,512] 734 / 278;
-[128,64]·[64,64] 7 / 7 (a small product: equal). On W as it lies, rows N floats apart, [64,512]·
-[512,2048] took 1174 and [16,2048]·[2048,512] 375 (every row of a strip on another page).
+on packed W / on W as it lies): [32,256]·[256,1024] 219 / 107 / 134-139, [32,1024]·[1024,256] 196 /
+113 / 99-110, [64,512]·[512,512] 285 / 214 / 247-264, [16,512]·[512,512] 136 / 56 / 61-62,
+[64,512]·[512,2048] 1360 / 924 / 1174-1223, [16,2048]·[2048,512] 734 / 278 / 375 (rows of W 2 KiB
+apart: each of a strip on another page); [128,64]·[64,64] 7 / 7 / 7 (a small product: equal).
 
 It is written in LLVM IR (llvmlite) and compiled once per process for the host CPU with 512-bit
 vectors allowed: Numba compiles for LLVM's tuning of the host, which on this CPU prefers 256-bit
@@ -34,8 +36,10 @@ COLUMNS = VECTORS * VECTOR_BYTES // 4  # columns of out a block covers (float32)
 # rows of packed W a strip takes (2 x 64 bytes each): 32 KiB, to stay in a 48 KiB L1 while every block of
 # rows reads it (strips of 64, 128 or all K rows: within 5 % at the shapes above)
 STRIP = 32768 // (VECTORS * VECTOR_BYTES)
-# fewer rows a thread: BLAS (cpu_variants). One row has 2 sums in flight: [2,256]·[256,256] 3.7 µs in
-# BLAS, 8.3 here (W as it lies)
+# sequences a thread from which cpu_variants takes this product; below, the variants' own rules (the
+# loops' tiles or BLAS), not measured against it in the kernels. Alone, in a loop where each product
+# reads the last one's result: [1,64]·[64,64] 120 ns here, 180-190 in BLAS, 150-180 in the loops'
+# tile_products; [4,256]·[256,256] 4.5 µs here, 4.3 in BLAS, 6.4 in tile_products.
 MIN_ROWS = 8
 
 _I64 = ir.IntType(64)

@@ -149,8 +149,8 @@ def uses_register(Ws):
 
 @njit(inline="always", **JIT_OPTIONS)
 def products(X, W, out, piece):
-    """out = X W: one register-blocked product (piece = REGISTER; W as ``step_weight`` packed it), else
-    np.dot through BLAS in products of ``piece`` rows."""
+    """out = X W: one register-blocked product (piece = REGISTER; W as it lies or as ``transposed_for``
+    packed it), else np.dot through BLAS in products of ``piece`` rows."""
     if piece == REGISTER:
         register_gemm.product(X, W, out)
         return
@@ -160,15 +160,13 @@ def products(X, W, out, piece):
         np.dot(X[a:b], W, out[a:b])
 
 
-def step_weight(W, piece, transpose=False):
-    """W (Wᵀ with ``transpose``) as the blas variant's ``products`` take it for ``piece``. Wᵀ is a
-    copy, which for the register-blocked product (REGISTER) is packed (``register_gemm.packed``) at
-    no more memory; W itself is taken as it lies, as packing it would add a copy: at (B,T,D,H) =
-    (16,50,128,512) forward + BPTT's live peak was 1.51x the lower bound with Ws packed in backward,
-    1.19x with BLAS (time as it lies: see register_gemm)."""
-    if transpose:
-        return register_gemm.packed(W, True) if piece == REGISTER else transposed(W)
-    return W
+def transposed_for(W, piece):
+    """Wᵀ as the blas variant's ``products`` take it for ``piece`` (the forward kernels' Wsᵀ, Wxᵀ): a
+    copy in any case, packed for the register-blocked product (REGISTER; ``register_gemm.packed``).
+    The backward kernels take Ws as it lies, in both products: packing it would add a copy (at
+    (B,T,D,H) = (16,50,128,512) forward + BPTT's live peak was 1.51x the lower bound with Ws packed in
+    backward, 1.19x with BLAS's products; for its time as it lies see register_gemm)."""
+    return register_gemm.packed(W, True) if piece == REGISTER else transposed(W)
 
 
 @overload(activations.single_precision, inline="always")

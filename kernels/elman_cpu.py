@@ -108,7 +108,7 @@ def _forward_loops(U, Ws, S0, lengths, reverse, act, S, tile, shares):
 
 def _forward_blas(U, WsT, S0, lengths, reverse, act, S, piece, shares):
     """Each of ``shares`` threads runs a contiguous slice of the batch, its step products as
-    ``cpu_variants.products`` forms them for ``piece`` (the weight as ``step_weight`` gave it)."""
+    ``cpu_variants.products`` forms them for ``piece`` (Wsᵀ from ``transposed_for``)."""
     T, B, H = U.shape
     one = U.dtype.type(1.0)
     for share in prange(shares):
@@ -232,7 +232,7 @@ def _backward_loops(dS_out, W, W_transposed, S, lengths, reverse, act, truncate,
 
 def _backward_blas(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta, dS0, piece, shares):
     """Each of ``shares`` threads runs a contiguous slice of the batch, its step products as
-    ``cpu_variants.products`` forms them for ``piece`` (the weight as ``step_weight`` gave it)."""
+    ``cpu_variants.products`` forms them for ``piece`` (Ws as it lies)."""
     T, B, H = S.shape
     for share in prange(shares):
         first, end = cpu_variants.share_of(share, shares, B, 1)
@@ -296,7 +296,7 @@ def _forward(U, Ws, S0, lengths, reverse, act, S, variant, tile, shares):
     if variant == "loops":
         kernel(U, Ws, S0, lengths, reverse, act, S, tile, shares)
     else:
-        kernel(U, cpu_variants.step_weight(Ws, tile, True), S0, lengths, reverse, act, S, tile, shares)
+        kernel(U, cpu_variants.transposed_for(Ws, tile), S0, lengths, reverse, act, S, tile, shares)
 
 
 def forward_recurrence_from_input(X, Wx, bias, Ws, S0, lengths, reverse, act, S):
@@ -317,7 +317,7 @@ def forward_recurrence_from_input(X, Wx, bias, Ws, S0, lengths, reverse, act, S)
         _forward(S, Ws, S0, lengths, reverse, act, S, variant, piece, shares)  # the plan made once
         return
     bias = np.zeros(H, dtype=S.dtype) if bias is None else bias
-    WxT, WsT = (cpu_variants.step_weight(W, piece, True) for W in (Wx, Ws))
+    WxT, WsT = (cpu_variants.transposed_for(W, piece) for W in (Wx, Ws))
     cpu_variants.pick(_forward_input_kernels, shares)(X, WxT, bias, WsT, S0, lengths, reverse, act, S, piece, shares)
 
 
@@ -340,5 +340,4 @@ def backward_recurrence(dS_out, Ws, S, lengths, reverse, act, truncate, clip, de
         kernel(dS_out, *cpu_variants.backward_weight(Ws, tile), S, lengths, reverse, act, truncate, clip, delta, dS0,
                tile, shares)
     else:
-        kernel(dS_out, cpu_variants.step_weight(Ws, tile), S, lengths, reverse, act, truncate, clip, delta, dS0, tile,
-               shares)
+        kernel(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta, dS0, tile, shares)

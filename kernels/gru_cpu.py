@@ -93,7 +93,7 @@ def _forward_loops(U, Ws, bs, H0, lengths, reverse, Hs, Gn, tile, shares):
 
 def _forward_blas(U, WsT, bs, H0, lengths, reverse, Hs, Gn, piece, shares):
     """Each of ``shares`` threads runs a contiguous slice of the batch, its step products as
-    ``cpu_variants.products`` forms them for ``piece`` (the weight as ``step_weight`` gave it)."""
+    ``cpu_variants.products`` forms them for ``piece`` (Wsᵀ from ``transposed_for``)."""
     T, B, G = U.shape
     one = U.dtype.type(1.0)
     for share in prange(shares):
@@ -156,7 +156,7 @@ def _backward_loops(dH_out, W, W_transposed, G, Gn, Hs, H0, lengths, reverse, tr
 
 def _backward_blas(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0, piece, shares):
     """Each of ``shares`` threads runs a contiguous slice of the batch, its step products as
-    ``cpu_variants.products`` forms them for ``piece`` (the weight as ``step_weight`` gave it)."""
+    ``cpu_variants.products`` forms them for ``piece`` (Ws as it lies)."""
     T, B, Gs = G.shape
     H = Gs // 3
     for share in prange(shares):
@@ -218,7 +218,7 @@ def forward_recurrence(U, Ws, bs, H0, lengths, reverse, Hs, Gn):
     if variant == "loops":
         kernel(U, Ws, bs, H0, lengths, reverse, Hs, Gn, tile, shares)
     else:
-        kernel(U, cpu_variants.step_weight(Ws, tile, True), bs, H0, lengths, reverse, Hs, Gn, tile, shares)
+        kernel(U, cpu_variants.transposed_for(Ws, tile), bs, H0, lengths, reverse, Hs, Gn, tile, shares)
 
 
 def backward_recurrence(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0):
@@ -239,5 +239,4 @@ def backward_recurrence(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, c
         kernel(dH_out, *cpu_variants.backward_weight(Ws, tile), G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec,
                dNx, dH0, tile, shares)
     else:
-        kernel(dH_out, cpu_variants.step_weight(Ws, tile), G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx,
-               dH0, tile, shares)
+        kernel(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0, tile, shares)

@@ -98,7 +98,7 @@ def _forward_loops(U, Ws, H0, C0, lengths, reverse, Hs, Cs, tile, shares):
 
 def _forward_blas(U, WsT, H0, C0, lengths, reverse, Hs, Cs, piece, shares):
     """Each of ``shares`` threads runs a contiguous slice of the batch, its step products as
-    ``cpu_variants.products`` forms them for ``piece`` (the weight as ``step_weight`` gave it)."""
+    ``cpu_variants.products`` forms them for ``piece`` (Wsᵀ from ``transposed_for``)."""
     T, B, G = U.shape
     one = U.dtype.type(1.0)
     for share in prange(shares):
@@ -163,7 +163,7 @@ def _backward_loops(dH_out, W, W_transposed, G, Hs, Cs, C0, lengths, reverse, tr
 
 def _backward_blas(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0, piece, shares):
     """Each of ``shares`` threads runs a contiguous slice of the batch, its step products as
-    ``cpu_variants.products`` forms them for ``piece`` (the weight as ``step_weight`` gave it)."""
+    ``cpu_variants.products`` forms them for ``piece`` (Ws as it lies)."""
     T, B, Gs = G.shape
     H = Gs // 4
     for share in prange(shares):
@@ -222,7 +222,7 @@ def forward_recurrence(U, Ws, H0, C0, lengths, reverse, Hs, Cs):
     if variant == "loops":
         kernel(U, Ws, H0, C0, lengths, reverse, Hs, Cs, tile, shares)
     else:
-        kernel(U, cpu_variants.step_weight(Ws, tile, True), H0, C0, lengths, reverse, Hs, Cs, tile, shares)
+        kernel(U, cpu_variants.transposed_for(Ws, tile), H0, C0, lengths, reverse, Hs, Cs, tile, shares)
 
 
 def backward_recurrence(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0):
@@ -240,5 +240,4 @@ def backward_recurrence(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, c
         kernel(dH_out, *cpu_variants.backward_weight(Ws, tile), G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG,
                dH0, dC0, tile, shares)
     else:
-        kernel(dH_out, cpu_variants.step_weight(Ws, tile), G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0,
-               dC0, tile, shares)
+        kernel(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0, tile, shares)

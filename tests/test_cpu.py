@@ -203,11 +203,12 @@ def test_register_gemm_matches_numpy(M, K, N, layout):
 
 
 @needs_register
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("cell", ["tanh", "lstm", "gru"])
-def test_cpu_register_product_matches_reference(cell, monkeypatch):
-    """The cells' blas kernels with the register product (float32, H = 32, 16 sequences on one
-    thread), both directions, sequences of different lengths, clipping and truncation: the same
-    results as the reference, and as with BLAS's products."""
+def test_cpu_register_product_matches_reference(cell, threads, monkeypatch):
+    """The cells' blas kernels with the register product (float32, H = 32, 16 sequences: one share of
+    16, or two of 8 in parallel), both directions, sequences of different lengths, clipping and
+    truncation: the same results as the reference, and as with BLAS's products."""
     import numba
 
     from gpubptt.kernels import cpu_variants
@@ -216,16 +217,18 @@ def test_cpu_register_product_matches_reference(cell, monkeypatch):
     params, x, s0, d = make_problem(9, 16, 5, 32, 2, dtype=np.float32, seed=4, cell=cell, bidirectional=True)
     lengths = [9, 3, 7, 1, 9, 8, 2, 9, 5, 9, 6, 9, 4, 9, 9, 7]
     options = dict(bidirectional=True, lengths=lengths, clip_step=0.5, truncate=4)
-    threads = numba.get_num_threads()
-    numba.set_num_threads(1)
+    before = numba.get_num_threads()
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip(f"needs {threads} Numba threads, this machine has {numba.config.NUMBA_NUM_THREADS}")
+    numba.set_num_threads(threads)
     try:
-        assert cpu_variants.plan(16, params["Ws_l0"])[:2] == ("blas", cpu_variants.REGISTER)
+        assert cpu_variants.plan(16, params["Ws_l0"]) == ("blas", cpu_variants.REGISTER, threads)
         L, g = gpubptt.bptt(params, x, d, s0, cell, backend="cpu", **options)
         monkeypatch.setenv("GPUBPTT_REGISTER_GEMM", "0")
         assert cpu_variants.plan(16, params["Ws_l0"])[1] != cpu_variants.REGISTER
         bL, bg = gpubptt.bptt(params, x, d, s0, cell, backend="cpu", **options)
     finally:
-        numba.set_num_threads(threads)
+        numba.set_num_threads(before)
     rL, rg = gpubptt.bptt(params, x, d, s0, cell, backend="reference", **options)
     assert_close(L, rL, TOLERANCE["float32"], "L")
     for k in rg:

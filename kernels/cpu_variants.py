@@ -8,9 +8,9 @@ vectorises (dot products on Ws in forward, sums of rows of Ws in backward).
 ``blas``: matrix products per step for the thread's whole slice, then the pointwise work: on a host
 with AVX-512, in float32 with H a multiple of 32, one register-blocked product (``register_gemm``)
 once the slice has its MIN_ROWS sequences; else BLAS products, one or pieces of rows that fit a
-small product (``piece_rows``; SciPy's BLAS through Numba's ``np.dot``). Where BLAS wins depends on the BLAS
-(``choose``): with OpenBLAS's AVX-512 small-product kernels, at most shapes of more than one
-sequence a thread; with others, for small H and many sequences a thread.
+small product (``piece_rows``; SciPy's BLAS through Numba's ``np.dot``). Where BLAS wins depends
+on the BLAS (``choose``): with OpenBLAS's AVX-512 small-product kernels, at most shapes of more
+than one sequence a thread; with others, for small H and many sequences a thread.
 
 BLAS runs on the calling thread (``_numba_blas_on_one_thread``): concurrent calls from the kernels'
 threads scale (measured on 2 cores: two threads each multiplying half of [6400,256]x[256,256], 3.4
@@ -97,7 +97,7 @@ def choose(batch, hidden, threads=None, gates=1, small_kernels=None, register=Fa
     if forced != "auto":
         return forced
     share = -(-batch // (get_num_threads() if threads is None else threads))
-    if register and share >= register_gemm.MIN_ROWS:
+    if piece_rows(share, hidden, gates, small_kernels, register) == REGISTER:
         return "blas"
     if BLAS_SMALL_KERNELS if small_kernels is None else small_kernels:
         small = share * hidden * gates * hidden <= SMALL_PRODUCT

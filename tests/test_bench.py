@@ -70,9 +70,9 @@ def test_quick_json_entries_are_complete_and_checked_against_the_reference(quick
         assert key in meta, key
     assert meta["command"].startswith("gpubptt bench") and "--quick" in meta["command"]
     assert meta["output_size"] == bench.DEFAULT_OUTPUT_SIZE and meta["repeat"] == bench.QUICK_REPEAT
-    from gpubptt.kernels import register_gemm
+    from gpubptt.kernels import cpu_variants
 
-    assert meta["cpu_step_products"].startswith("register-blocked" if register_gemm.AVAILABLE else "BLAS")
+    assert meta["cpu_step_products"].startswith("register-blocked" if cpu_variants.register_enabled() else "BLAS")
 
 
 def test_quick_markdown_has_every_column_and_row(quick):

@@ -7,7 +7,7 @@ how a share's recurrent products are formed:
 vectorises (dot products on Ws in forward, sums of rows of Ws in backward).
 ``blas``: matrix products per step for the thread's whole slice, then the pointwise work: on a host
 with AVX-512, in float32 with H a multiple of 32, one register-blocked product (``register_gemm``)
-once the slice has its MIN_ROWS sequences; else BLAS products, one or pieces of rows that fit a
+for most slices (``piece_rows``); else BLAS products, one or pieces of rows that fit a
 small product (``piece_rows``; SciPy's BLAS through Numba's ``np.dot``). Where BLAS wins depends
 on the BLAS (``choose``): with OpenBLAS's AVX-512 small-product kernels, at most shapes of more
 than one sequence a thread; with others, for small H and many sequences a thread.
@@ -90,7 +90,7 @@ def choose(batch, hidden, threads=None, gates=1, small_kernels=None, register=Fa
     blocks of Ws on ``threads`` threads (Numba's count by default); ``small_kernels``: whether the
     BLAS has small-product kernels (default: as found, ``BLAS_SMALL_KERNELS``); ``register``: whether
     the register-blocked product (``register_gemm``) takes the step products (``uses_register``),
-    which makes ``blas`` the choice from its MIN_ROWS sequences a thread."""
+    which makes ``blas`` the choice where ``piece_rows`` gives it the share."""
     forced = os.environ.get("GPUBPTT_CPU_VARIANT", "auto")
     if forced not in VARIANTS:
         raise ValueError(f"GPUBPTT_CPU_VARIANT: expected one of {', '.join(VARIANTS)}, got {forced!r}")
@@ -109,7 +109,7 @@ def choose(batch, hidden, threads=None, gates=1, small_kernels=None, register=Fa
 def piece_rows(share, hidden, gates=1, small_kernels=None, register=False):
     """The rows of each product in the blas variant's step, for a thread's ``share`` of sequences:
     ``share`` itself for one BLAS product, REGISTER for one register-blocked product."""
-    if register and share >= register_gemm.MIN_ROWS:
+    if register and (share >= REGISTER_MIN_SHARE or hidden <= REGISTER_SINGLE_MAX_HIDDEN):
         return REGISTER
     if not (BLAS_SMALL_KERNELS if small_kernels is None else small_kernels):
         return share
@@ -129,6 +129,21 @@ def piece_rows(share, hidden, gates=1, small_kernels=None, register=False):
 # about equal (tanh (256,100,16,64) 5.45 / 5.41). GPUBPTT_REGISTER_GEMM=0 (read at each call) keeps
 # BLAS for every step product.
 REGISTER = 0  # the blas variant's piece that stands for one register-blocked product of the whole share
+# It takes every share of REGISTER_MIN_SHARE sequences or more, and a single sequence a thread up to
+# H = REGISTER_SINGLE_MAX_HIDDEN. Forward + BPTT, 2 threads, one process alternating, register / the
+# rules below (loops, or BLAS in pieces), ms: tanh (B,T,D,H) = (1,1000,8,64) 0.97 / 1.12, (2,500,32,
+# 64) 0.74 / 0.88, (1,50,128,128) 0.35 / 0.35, (1,50,128,512) 2.24 / 1.86, (2,100,64,512) 4.46 / 3.24,
+# (4,1000,64,256) 14.2 / 15.4, (4,200,64,128) 1.41 / 1.39, (6,100,32,128) 1.02 / 1.04, (8,50,128,512)
+# 4.32 / 4.69, (12,50,128,512) 7.39 / 8.28, (4,100,64,512) 4.74 / 4.29, (4,100,64,1024) 37.7 / 57.0;
+# LSTM (1,1000,8,64) 3.19 / 3.38, (1,50,128,128) 0.98 / 0.94, (1,100,64,256) 3.33 / 3.22, (1,50,128,
+# 512) 20.6 / 17.2, (4,1000,64,256) 60.7 / 66.2, (4,200,64,128) 3.85 / 4.16, (6,100,32,128) 3.17 /
+# 3.53, (4,100,64,512) 38.1 / 52.4, (8,50,128,512) 28.0 / 24.4; GRU (1,1000,8,64) 2.79 / 2.89, (1,50,
+# 128,128) 1.00 / 0.86, (1,100,64,256) 3.64 / 3.42, (2,500,32,64) 2.33 / 2.50, (4,1000,64,256) 40.5 /
+# 44.3, (4,200,64,128) 4.06 / 4.29, (6,100,32,128) 3.15 / 3.37. Alone, in a loop where each product
+# reads the last one's result: [1,64]·[64,64] 92 ns (packed W on a cache line), 165 in BLAS, 149 in
+# the loops' tile_products.
+REGISTER_MIN_SHARE = 2
+REGISTER_SINGLE_MAX_HIDDEN = 64
 
 
 def register_enabled():
@@ -162,11 +177,17 @@ def products(X, W, out, piece):
 
 def transposed_for(W, piece):
     """Wᵀ as the blas variant's ``products`` take it for ``piece`` (the forward kernels' Wsᵀ, Wxᵀ): a
-    copy in any case, packed for the register-blocked product (REGISTER; ``register_gemm.packed``).
-    The backward kernels take Ws as it lies, in both products: packing it would add a copy (at
-    (B,T,D,H) = (16,50,128,512) forward + BPTT's live peak was 1.51x the lower bound with Ws packed in
-    backward, 1.19x with BLAS's products; for its time as it lies see register_gemm)."""
+    copy in any case, packed for the register-blocked product (REGISTER; ``register_gemm.packed``)."""
     return register_gemm.packed(W, True) if piece == REGISTER else transposed(W)
+
+
+def as_it_lies_for(W, piece):
+    """W as the blas variant's backward kernels take it for ``piece``: as it lies, in both products,
+    on a cache line for the register-blocked product (``register_gemm.aligned``: a copy only when it
+    is not). Not packed: that would be a copy in every case (at (B,T,D,H) = (16,50,128,512) forward +
+    BPTT's live peak was 1.51x the lower bound with Ws packed in backward, 1.19x with BLAS's
+    products)."""
+    return register_gemm.aligned(W) if piece == REGISTER else W
 
 
 @overload(activations.single_precision, inline="always")

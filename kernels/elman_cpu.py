@@ -148,8 +148,13 @@ def _forward_step(U, lengths, reverse, act, S, i, first, prev, rec, n, one):
 # (256,100,64,64) 7.65-7.85 / 7.47-7.84, (64,100,64,256) 15.1-16.2 / 16.0-16.5, (64,50,128,128)
 # 3.70-3.87 / 3.93-3.96, (16,50,128,512) 9.2-9.4 / 9.8, (64,100,512,512) 100 / 111-114; and the loops
 # variant lost too ((1,1000,8,64) 0.97-0.99 / 1.00-1.01, tiles' dot products of length D). So fused
-# for the blas variant while D <= FUSE_MAX_INPUT.
+# for the blas variant while D <= FUSE_MAX_INPUT, and only from FUSE_MIN_SHARE sequences a thread: a
+# step's products of a few rows cost more than their sums (forward + BPTT with the register-blocked
+# products, one process alternating, with U / fused, ms: (1,1000,8,64) 0.90 / 1.00, (8,200,16,128)
+# 1.97 / 2.02, (2,500,32,64) 0.82 / 0.84; with more rows fused still won: (32,200,32,128) 4.83 /
+# 4.75, (256,100,16,64) 5.76 / 5.48).
 FUSE_MAX_INPUT = 32
+FUSE_MIN_SHARE = 8
 
 
 @njit(**cpu_variants.JIT_OPTIONS)
@@ -301,8 +306,8 @@ def _forward(U, Ws, S0, lengths, reverse, act, S, variant, tile, shares):
 
 def forward_recurrence_from_input(X, Wx, bias, Ws, S0, lengths, reverse, act, S):
     """S_t = g1(X_t Wxᵀ + bias + S_{t-1} Wsᵀ): ``forward_recurrence`` with the input product of
-    each step formed inside the time loop (blas variant, D <= FUSE_MAX_INPUT), else as one product
-    before it (U written into S).
+    each step formed inside the time loop (blas variant, D <= FUSE_MAX_INPUT, FUSE_MIN_SHARE
+    sequences a thread or more), else as one product before it (U written into S).
 
     X       [T,B,D]  the layer's input, contiguous
     Wx      [H,D]    contiguous
@@ -312,7 +317,7 @@ def forward_recurrence_from_input(X, Wx, bias, Ws, S0, lengths, reverse, act, S)
     T, B, D = X.shape
     H = Ws.shape[1]
     variant, piece, shares = cpu_variants.plan(B, Ws)
-    if variant != "blas" or D > FUSE_MAX_INPUT:
+    if variant != "blas" or D > FUSE_MAX_INPUT or -(-B // shares) < FUSE_MIN_SHARE:
         linalg_cpu.matmul(X.reshape(T * B, D), Wx, trans_b=True, bias=bias, out=S.reshape(T * B, H))
         _forward(S, Ws, S0, lengths, reverse, act, S, variant, piece, shares)  # the plan made once
         return
@@ -340,4 +345,5 @@ def backward_recurrence(dS_out, Ws, S, lengths, reverse, act, truncate, clip, de
         kernel(dS_out, *cpu_variants.backward_weight(Ws, tile), S, lengths, reverse, act, truncate, clip, delta, dS0,
                tile, shares)
     else:
-        kernel(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta, dS0, tile, shares)
+        kernel(dS_out, cpu_variants.as_it_lies_for(Ws, tile), S, lengths, reverse, act, truncate, clip, delta, dS0,
+               tile, shares)

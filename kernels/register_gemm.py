@@ -36,11 +36,6 @@ COLUMNS = VECTORS * VECTOR_BYTES // 4  # columns of out a block covers (float32)
 # rows of packed W a strip takes (2 x 64 bytes each): 32 KiB, to stay in a 48 KiB L1 while every block of
 # rows reads it (strips of 64, 128 or all K rows: within 5 % at the shapes above)
 STRIP = 32768 // (VECTORS * VECTOR_BYTES)
-# sequences a thread from which cpu_variants takes this product; below, the variants' own rules (the
-# loops' tiles or BLAS), not measured against it in the kernels. Alone, in a loop where each product
-# reads the last one's result: [1,64]·[64,64] 120 ns here, 180-190 in BLAS, 150-180 in the loops'
-# tile_products; [4,256]·[256,256] 4.5 µs here, 4.3 in BLAS, 6.4 in tile_products.
-MIN_ROWS = 8
 
 _I64 = ir.IntType(64)
 _NAME = "gpubptt_register_gemm_f32"
@@ -165,13 +160,38 @@ _product = types.ExternalFunction(_NAME, _signature)
 
 
 @njit(cache=True)
+def aligned_empty(n, like):
+    """An uninitialised array of n values of ``like``'s dtype whose first value starts a cache line
+    (VECTOR_BYTES): then every vector of W that a block loads lies in one line. NumPy's and Numba's
+    arrays start 16 or 32 bytes into one, and a vector across two lines costs two reads: one thread
+    running [rows, H]·[H, H] products in a chain, W packed on a line / 32 bytes off it, ns: H = 64,
+    1 row 92 / 129, 8 rows 393 / 425; H = 256, 1 row 1872 / 2654, 8 rows 5992 / 6590; H = 512, 1 row
+    7453 / 11520, 8 rows 24332 / 30389 (the alignment of X and out made no such difference)."""
+    buf = np.empty(n + VECTOR_BYTES // like.itemsize, dtype=like.dtype)
+    skip = (VECTOR_BYTES - buf.ctypes.data % VECTOR_BYTES) % VECTOR_BYTES // like.itemsize
+    return buf[skip:skip + n]
+
+
+def aligned(W):
+    """W itself when its first value starts a cache line (``aligned_empty``), else a copy that does:
+    what the backward kernels read as it lies. Measured, the Elman backward kernel on one thread
+    with Ws on a line / 16 or 32 bytes off it, µs: (T,B,H) = (1000,1,64) 129 / 154-156; (200,4,128)
+    227 / 305-307; (100,16,256) 1457 / 1614-1634; (50,64,512) 12438 / 13912-14344."""
+    if W.ctypes.data % VECTOR_BYTES == 0:
+        return W
+    out = aligned_empty(W.size, W).reshape(W.shape)
+    out[...] = W
+    return out
+
+
+@njit(cache=True)
 def packed(W, transpose):
     """W [K,N] (Wᵀ of W [N,K] with ``transpose``) as ``product`` reads it: [N/COLUMNS·K, COLUMNS], the
     K rows of each block of COLUMNS columns one after the other (each block's reads then run through
     contiguous memory: no page or cache set is revisited, as rows N floats apart were). From W
     itself when transposed: no [K,N] copy between."""
     K, N = (W.shape[1], W.shape[0]) if transpose else W.shape
-    out = np.empty((N // COLUMNS * K, COLUMNS), dtype=W.dtype)
+    out = aligned_empty(N // COLUMNS * K * COLUMNS, W).reshape((N // COLUMNS * K, COLUMNS))
     for j in range(0, N - N % COLUMNS, COLUMNS):
         if transpose:
             for c in range(COLUMNS):

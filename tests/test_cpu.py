@@ -103,6 +103,7 @@ def test_elman_forward_from_input(fused, bias, monkeypatch):
 
     monkeypatch.setenv("GPUBPTT_CPU_VARIANT", "blas")
     monkeypatch.setattr(elman_cpu, "FUSE_MAX_INPUT", 8 if fused else 0)
+    monkeypatch.setattr(elman_cpu, "FUSE_MIN_SHARE", 1)
     ran = []
 
     def spy(kernel):
@@ -202,30 +203,57 @@ def test_register_gemm_matches_numpy(M, K, N, layout):
     assert np.isnan(out[:, N:]).all() and np.array_equal(source, before)
 
 
+def off_line(a):
+    """A copy of ``a`` whose data starts 16 bytes into a cache line (64 bytes)."""
+    buf = np.empty(a.size + 32, a.dtype)
+    start = ((-buf.ctypes.data) % 64 + 16) // a.itemsize
+    out = buf[start:start + a.size].reshape(a.shape)
+    out[...] = a
+    return out
+
+
+@needs_register
+def test_register_gemm_weights_on_a_cache_line():
+    """packed W, and W for the backward kernels (register_gemm.aligned), start a cache line: aligned
+    gives W itself when it does, else an equal copy that does, W left as it was."""
+    W = off_line(np.arange(96 * 64, dtype=np.float32).reshape(96, 64))
+    assert W.ctypes.data % 64 == 16
+    for transpose in (False, True):
+        P = register_gemm.packed(W, transpose)
+        assert P.ctypes.data % 64 == 0 and P.shape == ((64 if transpose else 96) // 32 * (96 if transpose else 64), 32)
+    before = W.copy()
+    A = register_gemm.aligned(W)
+    assert A is not W and A.ctypes.data % 64 == 0 and np.array_equal(A, W) and np.array_equal(W, before)
+    assert register_gemm.aligned(A) is A
+
+
 @needs_register
 @pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("batch", [16, 2])
 @pytest.mark.parametrize("cell", ["tanh", "lstm", "gru"])
-def test_cpu_register_product_matches_reference(cell, threads, monkeypatch):
-    """The cells' blas kernels with the register product (float32, H = 32, 16 sequences: one share of
-    16, or two of 8 in parallel), both directions, sequences of different lengths, clipping and
-    truncation: the same results as the reference, and as with BLAS's products."""
+def test_cpu_register_product_matches_reference(cell, batch, threads, monkeypatch):
+    """The cells' blas kernels with the register product (float32, H = 32; 16 sequences: one share of
+    16, or two of 8 in parallel; 2 sequences: a share of 2, or two of one), both directions, sequences
+    of different lengths, clipping and truncation, one Ws off a cache line (the backward kernels read
+    an aligned copy): the same results as the reference, and as with BLAS's products."""
     import numba
 
     from gpubptt.kernels import cpu_variants
 
     monkeypatch.delenv("GPUBPTT_CPU_VARIANT", raising=False)
-    params, x, s0, d = make_problem(9, 16, 5, 32, 2, dtype=np.float32, seed=4, cell=cell, bidirectional=True)
-    lengths = [9, 3, 7, 1, 9, 8, 2, 9, 5, 9, 6, 9, 4, 9, 9, 7]
+    params, x, s0, d = make_problem(9, batch, 5, 32, 2, dtype=np.float32, seed=4, cell=cell, bidirectional=True)
+    params["Ws_l0"] = off_line(params["Ws_l0"])
+    lengths = [9, 3, 7, 1, 9, 8, 2, 9, 5, 9, 6, 9, 4, 9, 9, 7][:batch]
     options = dict(bidirectional=True, lengths=lengths, clip_step=0.5, truncate=4)
     before = numba.get_num_threads()
     if threads > numba.config.NUMBA_NUM_THREADS:
         pytest.skip(f"needs {threads} Numba threads, this machine has {numba.config.NUMBA_NUM_THREADS}")
     numba.set_num_threads(threads)
     try:
-        assert cpu_variants.plan(16, params["Ws_l0"]) == ("blas", cpu_variants.REGISTER, threads)
+        assert cpu_variants.plan(batch, params["Ws_l0"]) == ("blas", cpu_variants.REGISTER, threads)
         L, g = gpubptt.bptt(params, x, d, s0, cell, backend="cpu", **options)
         monkeypatch.setenv("GPUBPTT_REGISTER_GEMM", "0")
-        assert cpu_variants.plan(16, params["Ws_l0"])[1] != cpu_variants.REGISTER
+        assert cpu_variants.plan(batch, params["Ws_l0"])[1] != cpu_variants.REGISTER
         bL, bg = gpubptt.bptt(params, x, d, s0, cell, backend="cpu", **options)
     finally:
         numba.set_num_threads(before)
@@ -309,12 +337,19 @@ def test_variant_choice_and_override(monkeypatch):
     batch = most * cpu_variants.get_num_threads()  # a share of `most` sequences
     assert cpu_variants.plan(batch, np.empty((256, 256), np.float32))[0] == "blas"
     assert cpu_variants.plan(batch, np.empty((1024, 256), np.float32))[0] == "loops"
-    # the register-blocked product: blas from MIN_ROWS sequences a thread, one product of the share
-    least = cpu_variants.register_gemm.MIN_ROWS
+    # the register-blocked product: blas from REGISTER_MIN_SHARE sequences a thread (and for one
+    # sequence a thread up to REGISTER_SINGLE_MAX_HIDDEN units), one product of the share
+    least, narrow = cpu_variants.REGISTER_MIN_SHARE, cpu_variants.REGISTER_SINGLE_MAX_HIDDEN
+    assert least == 2 and narrow >= 32  # so that the cases below are those described
+    assert cpu_variants.choose(16, 512, 2, small_kernels=True, register=True) == "blas"
+    assert choose(16, 512, 2, small=True) == "loops"  # where the BLAS rules differ
     assert cpu_variants.choose(2 * least, 512, 2, small_kernels=True, register=True) == "blas"
-    assert choose(2 * least, 512, 2, small=True) == "loops"
     assert cpu_variants.choose(2 * least - 2, 512, 2, small_kernels=True, register=True) == "loops"
+    assert cpu_variants.choose(2, narrow, 2, small_kernels=True, register=True) == "blas"
+    assert choose(2, narrow, 2, small=True) == "loops"
+    assert cpu_variants.choose(2, 2 * narrow, 2, small_kernels=True, register=True) == "loops"
     assert cpu_variants.piece_rows(least, 256, 1, True, register=True) == cpu_variants.REGISTER
+    assert cpu_variants.piece_rows(1, narrow, 1, True, register=True) == cpu_variants.REGISTER
     assert cpu_variants.piece_rows(least - 1, 256, 1, True, register=True) == least - 1
     f32, f64 = np.empty((64, 64), np.float32), np.empty((64, 64), np.float64)
     assert not cpu_variants.uses_register(f32)  # GPUBPTT_REGISTER_GEMM=0

@@ -182,12 +182,16 @@ def transposed_for(W, piece):
 
 
 def as_it_lies_for(W, piece):
-    """W as the blas variant's backward kernels take it for ``piece``: as it lies, in both products,
-    on a cache line for the register-blocked product (``register_gemm.aligned``: a copy only when it
-    is not). Not packed: that would be a copy in every case (at (B,T,D,H) = (16,50,128,512) forward +
-    BPTT's live peak was 1.51x the lower bound with Ws packed in backward, 1.19x with BLAS's
-    products)."""
-    return register_gemm.aligned(W) if piece == REGISTER else W
+    """W as the blas variant's backward kernels take it for ``piece``: as it lies, in both products;
+    for the register-blocked product on a cache line (``register_gemm.aligned``: a copy when it is
+    not) while W has at most ALIGNED_COPY_MOST bytes. Not packed, and no larger copy: a weight-sized
+    copy is a large part of the memory bound where the batch is small (at (B,T,D,H) = (16,50,128,512)
+    forward + BPTT's live peak was 1.51x the lower bound with Ws packed in backward, 1.19x with BLAS's
+    products; the peak resident set rose from 1.24x to 1.70x with an aligned copy of its 1 MB Ws)."""
+    return register_gemm.aligned(W) if piece == REGISTER and W.nbytes <= ALIGNED_COPY_MOST else W
+
+
+ALIGNED_COPY_MOST = 256 << 10
 
 
 @overload(activations.single_precision, inline="always")

@@ -159,39 +159,47 @@ _signature = types.void(types.voidptr, types.int64, types.voidptr, types.int64, 
 _product = types.ExternalFunction(_NAME, _signature)
 
 
-@njit(cache=True)
-def aligned_empty(n, like):
-    """An uninitialised array of n values of ``like``'s dtype whose first value starts a cache line
-    (VECTOR_BYTES): then every vector of W that a block loads lies in one line. NumPy's and Numba's
-    arrays start 16 or 32 bytes into one, and a vector across two lines costs two reads: one thread
-    running [rows, H]·[H, H] products in a chain, W packed on a line / 32 bytes off it, ns: H = 64,
-    1 row 92 / 129, 8 rows 393 / 425; H = 256, 1 row 1872 / 2654, 8 rows 5992 / 6590; H = 512, 1 row
-    7453 / 11520, 8 rows 24332 / 30389 (the alignment of X and out made no such difference)."""
-    buf = np.empty(n + VECTOR_BYTES // like.itemsize, dtype=like.dtype)
-    skip = (VECTOR_BYTES - buf.ctypes.data % VECTOR_BYTES) % VECTOR_BYTES // like.itemsize
-    return buf[skip:skip + n]
+def aligned_empty(shape, dtype):
+    """An uninitialised NumPy array whose first value starts a cache line (VECTOR_BYTES): then every
+    vector of W that a block loads lies in one line. NumPy's and Numba's arrays start 16 or 32 bytes
+    into one, and a vector across two lines costs two reads: one thread running [rows, H]·[H, H]
+    products in a chain, W packed on a line / 32 bytes off it, ns: H = 64, 1 row 92 / 129, 8 rows
+    393 / 425; H = 256, 1 row 1872 / 2654, 8 rows 5992 / 6590; H = 512, 1 row 7453 / 11520, 8 rows
+    24332 / 30389 (the alignment of X and out made no such difference). NumPy's, not Numba's, so
+    that the benchmark's count of live buffers (tracemalloc) sees it."""
+    n, itemsize = int(np.prod(shape)), np.dtype(dtype).itemsize
+    buf = np.empty(n + VECTOR_BYTES // itemsize, dtype=dtype)
+    skip = (-buf.ctypes.data) % VECTOR_BYTES // itemsize
+    return buf[skip:skip + n].reshape(shape)
 
 
 def aligned(W):
     """W itself when its first value starts a cache line (``aligned_empty``), else a copy that does:
     what the backward kernels read as it lies. Measured, the Elman backward kernel on one thread
     with Ws on a line / 16 or 32 bytes off it, µs: (T,B,H) = (1000,1,64) 129 / 154-156; (200,4,128)
-    227 / 305-307; (100,16,256) 1457 / 1614-1634; (50,64,512) 12438 / 13912-14344."""
+    227 / 305-307; (100,16,256) 1413-1457 / 1614-1692; (50,64,512) 12438-12613 / 13912-14693
+    (strips of 128 rows of K instead of 256 gave no better on W off a line)."""
     if W.ctypes.data % VECTOR_BYTES == 0:
         return W
-    out = aligned_empty(W.size, W).reshape(W.shape)
+    out = aligned_empty(W.shape, W.dtype)
     out[...] = W
     return out
 
 
-@njit(cache=True)
 def packed(W, transpose):
     """W [K,N] (Wᵀ of W [N,K] with ``transpose``) as ``product`` reads it: [N/COLUMNS·K, COLUMNS], the
     K rows of each block of COLUMNS columns one after the other (each block's reads then run through
-    contiguous memory: no page or cache set is revisited, as rows N floats apart were). From W
-    itself when transposed: no [K,N] copy between."""
+    contiguous memory: no page or cache set is revisited, as rows N floats apart were), starting a
+    cache line. From W itself when transposed: no [K,N] copy between."""
     K, N = (W.shape[1], W.shape[0]) if transpose else W.shape
-    out = aligned_empty(N // COLUMNS * K * COLUMNS, W).reshape((N // COLUMNS * K, COLUMNS))
+    out = aligned_empty((N // COLUMNS * K, COLUMNS), W.dtype)
+    _pack(W, transpose, out)
+    return out
+
+
+@njit(cache=True)
+def _pack(W, transpose, out):
+    K, N = (W.shape[1], W.shape[0]) if transpose else W.shape
     for j in range(0, N - N % COLUMNS, COLUMNS):
         if transpose:
             for c in range(COLUMNS):
@@ -201,7 +209,6 @@ def packed(W, transpose):
             for k in range(K):
                 for c in range(COLUMNS):
                     out[j // COLUMNS * K + k, c] = W[k, j + c]
-    return out
 
 
 @njit(inline="always", cache=True)

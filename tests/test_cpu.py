@@ -225,6 +225,13 @@ def test_register_gemm_weights_on_a_cache_line():
     A = register_gemm.aligned(W)
     assert A is not W and A.ctypes.data % 64 == 0 and np.array_equal(A, W) and np.array_equal(W, before)
     assert register_gemm.aligned(A) is A
+    # the backward kernels' Ws: an aligned copy only up to ALIGNED_COPY_MOST bytes
+    from gpubptt.kernels import cpu_variants
+
+    most, register = cpu_variants.ALIGNED_COPY_MOST, cpu_variants.REGISTER
+    assert cpu_variants.as_it_lies_for(W, register) is not W and cpu_variants.as_it_lies_for(W, 4) is W
+    large = off_line(np.zeros((most // 4 // 32 + 1, 32), np.float32))
+    assert large.nbytes > most and cpu_variants.as_it_lies_for(large, register) is large
 
 
 @needs_register

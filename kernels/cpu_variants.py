@@ -185,9 +185,12 @@ def as_it_lies_for(W, piece):
     """W as the blas variant's backward kernels take it for ``piece``: as it lies, in both products;
     for the register-blocked product on a cache line (``register_gemm.aligned``: a copy when it is
     not) while W has at most ALIGNED_COPY_MOST bytes. Not packed, and no larger copy: a weight-sized
-    copy is a large part of the memory bound where the batch is small (at (B,T,D,H) = (16,50,128,512)
-    forward + BPTT's live peak was 1.51x the lower bound with Ws packed in backward, 1.19x with BLAS's
-    products; the peak resident set rose from 1.24x to 1.70x with an aligned copy of its 1 MB Ws)."""
+    copy is a large part of the memory bound where the batch is small, and past that size it gained
+    little. Forward + BPTT, tanh (B,T,D,H) = (16,50,128,512): live peak 1.20x the lower bound without
+    a copy of its 1 MB Ws, 1.51x with one (and 1.51x with Ws packed in backward); (64,50,128,512) 1.22x
+    / 1.33x. Time with Ws off a cache line, no copy / a copy, one process alternating, 2 threads, ms:
+    tanh (64,50,128,512) 28.7 / 28.8, (128,50,128,512) 54.2 / 52.9, (16,50,128,512) 7.9 / 8.3; LSTM
+    (64,100,64,256) 59.9 / 60.3, (16,50,128,512) 41.2 / 39.5, (128,50,128,512) 222 / 217."""
     return register_gemm.aligned(W) if piece == REGISTER and W.nbytes <= ALIGNED_COPY_MOST else W
 
 

@@ -1116,7 +1116,9 @@ def _cpu_step_products():
     from .kernels import cpu_variants
 
     if cpu_variants.register_enabled():
-        return "register-blocked (kernels/register_gemm.py) in float32 for H a multiple of 32, else BLAS"
+        return (f"blas variant: register-blocked (kernels/register_gemm.py) in float32 for H a multiple of "
+                f"{cpu_variants.register_gemm.COLUMNS} (shares of {cpu_variants.REGISTER_MIN_SHARE}+ sequences a "
+                f"thread, or 1 up to H = {cpu_variants.REGISTER_SINGLE_MAX_HIDDEN}), else BLAS")
     return "BLAS"
 
 

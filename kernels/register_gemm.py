@@ -9,7 +9,7 @@ registers. Blocks of fewer rows (4, 2, 1, past the last block of ROWS) keep as m
 phases of k. W is read as it lies or packed (``packed``: the K rows of each block of COLUMNS columns
 one after the other, so that a block's reads run through contiguous memory); the forward kernels
 take Wsᵀ, a copy in any case, so packed, and the backward kernels Ws as it lies (cpu_variants,
-``transposed_for``).
+``transposed_for``, ``as_it_lies_for``); either starting a cache line where it can (``aligned_empty``).
 
 Measured on one core of a 2-vCPU AVX-512 VM (float32, µs, OpenBLAS 0.3.30 SkylakeX / this product
 on packed W / on W as it lies): [32,256]·[256,1024] 219 / 107 / 134-139, [32,1024]·[1024,256] 196 /

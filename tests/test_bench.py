@@ -72,7 +72,8 @@ def test_quick_json_entries_are_complete_and_checked_against_the_reference(quick
     assert meta["output_size"] == bench.DEFAULT_OUTPUT_SIZE and meta["repeat"] == bench.QUICK_REPEAT
     from gpubptt.kernels import cpu_variants
 
-    assert meta["cpu_step_products"].startswith("register-blocked" if cpu_variants.register_enabled() else "BLAS")
+    assert meta["cpu_step_products"].startswith("blas variant: register-blocked" if cpu_variants.register_enabled()
+                                                 else "BLAS")
 
 
 def test_quick_markdown_has_every_column_and_row(quick):

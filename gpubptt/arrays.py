@@ -10,6 +10,8 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 def is_device_array(a):
     """True for a CuPy array (data on the GPU)."""
+    if type(a) is np.ndarray:  # the common case, answered first (each call validates a dozen arrays)
+        return False
     return type(a).__module__.split(".")[0] == "cupy"
 
 

@@ -48,8 +48,12 @@ class Backend:
 
     def kernels(self, family):
         """The kernel module of a cell family ('elman', ...) for this backend."""
-        target = "cuda" if self.name == "cuda" else "cpu"
-        return importlib.import_module(f"{__package__}.kernels.{family}_{target}")
+        return _kernel_module(family, "cuda" if self.name == "cuda" else "cpu")
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_module(family, target):
+    return importlib.import_module(f"{__package__}.kernels.{family}_{target}")
 
 
 def requested_backend(backend):

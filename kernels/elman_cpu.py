@@ -2,10 +2,12 @@
 
 Everything that does not depend on the previous step (the input products, the output layer, the
 weight-gradient sums over time) is one large matrix product done by the caller; these functions run
-only the time loops, with the pointwise work (activation, derivative, clipping) fused in. The one
-exception, ``forward_recurrence_from_input``, takes the input product too: for small D the blas
-variant forms each step's in its time loop (``FUSE_MAX_INPUT``). Same
-arguments, same order as the CUDA twins in ``elman_cuda.py``. Two ways to split the work
+only the time loops, with the pointwise work (activation, derivative, clipping) fused in. Two
+exceptions: ``forward_recurrence_from_input`` takes the input product too (for small D the blas
+variant forms each step's in its time loop, ``FUSE_MAX_INPUT``), and ``backward_sequence`` runs the
+whole backward of one sequence's top layer, its products included (``takes_sequence``; CPU only,
+where the caller's time chunks cost more in calls than in work). Same arguments, same order as the
+CUDA twins in ``elman_cuda.py``. Two ways to split the work
 (``cpu_variants.py``): per-thread shares of the batch with the time loop inside (``loops``), or
 BLAS products per step for the whole share (``blas``); the functions at the bottom choose.
 
@@ -18,7 +20,7 @@ Conventions shared by every cell's kernels:
   of each sequence is rescaled to norm c when its norm exceeds c (the article's clipping); 0 is off.
 """
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
 
 from . import activations, cpu_variants, linalg_cpu
 
@@ -53,28 +55,28 @@ def _activate_row(act, t, b, rec, q, S, prev, one):
 
 
 @njit(inline="always", **cpu_variants.JIT_OPTIONS)
-def _scale_row(act, g, q, S, t, b, scale, last, delta):
-    """delta[t, b] = last[q] = g[q] ⊙ g1'(a) · scale, g1'(a) written through S[t, b] = g1(a); one
+def _scale_row(act, g, q, S, t, b, scale, last, delta, u):
+    """delta[u, b] = last[q] = g[q] ⊙ g1'(a) · scale, g1'(a) written through S[t, b] = g1(a); one
     pass. ``act`` must be a constant here (``_scale_row_for``)."""
     H = S.shape[2]
     one = S.dtype.type(1.0)
     for k in range(H):
-        delta[t, b, k] = last[q, k] = g[q, k] * scale * derivative_from_output(act, S[t, b, k], one)
+        delta[u, b, k] = last[q, k] = g[q, k] * scale * derivative_from_output(act, S[t, b, k], one)
 
 
 @njit(inline="always", **cpu_variants.JIT_OPTIONS)
-def _scale_row_for(act, g, q, S, t, b, scale, last, delta):
+def _scale_row_for(act, g, q, S, t, b, scale, last, delta, u):
     """_scale_row with ``act`` made a constant in each branch. One loop per activation inside
     _scale_row, chosen there by the run-time code, ran ~10x slower (measured at H = 64: 42 against
     4 ns a row; the compiler seems to merge the near-identical loops into one it cannot vectorise)."""
     if act == activations.TANH:
-        _scale_row(activations.TANH, g, q, S, t, b, scale, last, delta)
+        _scale_row(activations.TANH, g, q, S, t, b, scale, last, delta, u)
     elif act == activations.RELU:
-        _scale_row(activations.RELU, g, q, S, t, b, scale, last, delta)
+        _scale_row(activations.RELU, g, q, S, t, b, scale, last, delta, u)
     elif act == activations.SIGMOID:
-        _scale_row(activations.SIGMOID, g, q, S, t, b, scale, last, delta)
+        _scale_row(activations.SIGMOID, g, q, S, t, b, scale, last, delta, u)
     else:
-        _scale_row(activations.IDENTITY, g, q, S, t, b, scale, last, delta)
+        _scale_row(activations.IDENTITY, g, q, S, t, b, scale, last, delta, u)
 
 
 # The step and row functions are inlined into the kernels in Numba's IR (inline="always"): called as
@@ -226,7 +228,7 @@ def _backward_loops(dS_out, W, W_transposed, S, lengths, reverse, act, truncate,
                     cpu_variants.backward_products(W, W_transposed, la, n, g)
                 else:
                     g[:] = 0
-                _backward_step(dS_out, S, lengths, reverse, act, clip, delta, i, first, la, g, n)
+                _backward_step(dS_out, S, lengths, reverse, act, clip, delta, i, first, la, g, n, 0)
                 if i >= shortest:
                     cpu_variants.zero_past_end(lengths, i, first, n, delta, la)
         for first in range(lo, hi, tile):
@@ -249,16 +251,17 @@ def _backward_blas(dS_out, Ws, S, lengths, reverse, act, truncate, clip, delta, 
                 g[:] = 0  # step i+1 starts a chunk: no gradient flows back across it
             else:
                 cpu_variants.products(last, Ws, g, piece)
-            _backward_step(dS_out, S, lengths, reverse, act, clip, delta, i, first, last, g, end - first)
+            _backward_step(dS_out, S, lengths, reverse, act, clip, delta, i, first, last, g, end - first, 0)
             if i >= shortest:
                 cpu_variants.zero_past_end(lengths, i, first, end - first, delta, last)
         cpu_variants.products(last, Ws, dS0[first:end], piece)
 
 
 @njit(inline="always", **cpu_variants.JIT_OPTIONS)
-def _backward_step(dS_out, S, lengths, reverse, act, clip, delta, i, first, last, g, n):
+def _backward_step(dS_out, S, lengths, reverse, act, clip, delta, i, first, last, g, n, offset):
     """Step i (backwards) of sequences first..first+n-1 from g[q] = (the later step's delta) Ws;
-    writes their deltas into ``delta`` and ``last`` (those not past their end)."""
+    writes their deltas into ``delta`` and ``last`` (those not past their end). dS_out and delta
+    hold time t in their row t - ``offset`` (0: all of the time)."""
     H = S.shape[2]
     one = S.dtype.type(1.0)
     for q in range(n):
@@ -269,9 +272,108 @@ def _backward_step(dS_out, S, lengths, reverse, act, clip, delta, i, first, last
         t = position(i, L, reverse)
         sumsq = one - one
         for k in range(H):
-            g[q, k] += dS_out[t, b, k]
+            g[q, k] += dS_out[t - offset, b, k]
             sumsq += g[q, k] * g[q, k]
-        _scale_row_for(act, g, q, S, t, b, clip_scale(sumsq, clip, one), last, delta)
+        _scale_row_for(act, g, q, S, t, b, clip_scale(sumsq, clip, one), last, delta, t - offset)
+
+
+# One sequence (B = 1): the whole backward of the top layer's direction in one call. The engine's
+# time chunks (``engine.time_chunks``) keep the [T,B,H] gradient from being whole, but each costs a
+# dozen calls from Python (~40-60 µs at (B,T,D,H) = (1,1000,8,64), where a chunk's recurrence takes
+# ~50), and its products wait for its recurrence. Here the kernel runs blocks of SEQUENCE_BLOCK_BYTES
+# of that gradient: a block's dL/dS_t formed from dZ Wy and its steps run on one thread while the
+# block before's products (dWs, dWx, dL/dx, the bias sums) are formed on another. On one thread the
+# products wait their turn, which loses where they are large: so there only up to H =
+# SEQUENCE_ONE_THREAD_MAX_HIDDEN. Forward + BPTT, tanh, the engine's chunks / this (``takes_sequence``
+# switched in one process, alternating), ms: on 2 threads (1,1000,8,64) 0.858 / 0.636, (1,200,32,128)
+# 0.764 / 0.649, (1,50,128,128) 0.354 / 0.324, (1,100,64,256) 1.21 / 1.08, (1,1000,64,256) 10.1 / 8.4,
+# (1,50,128,512) 2.42 / 2.23, (1,500,32,512) 15.0 / 13.4; on 1 thread (1,1000,8,64) 0.859 / 0.671,
+# (1,100,64,256) 0.99 / 0.97, (1,1000,64,256) 10.5 / 10.2, (1,50,128,512) 2.44 / 2.57, (1,500,32,512)
+# 13.3 / 14.4. Blocks of 8, 16, 32, 64, 128 KiB, 2 threads: (1,1000,8,64) 0.605 0.558 0.561 0.569 0.592
+# ms, (1,200,32,128) 0.486 0.463 0.461 0.470 0.520, (1,100,64,128) 0.374 0.372 0.361 0.406 0.392.
+SEQUENCE_BLOCK_BYTES = 1 << 15
+SEQUENCE_ONE_THREAD_MAX_HIDDEN = 256
+
+
+@njit(**cpu_variants.JIT_OPTIONS)
+def _sequence_steps(dZ, Wy, W, transposed, loops, S, lengths, reverse, act, truncate, clip, piece, lo, hi, D, last,
+                    g):
+    """Processing steps hi-1 down to lo of the one sequence: D's rows (time t0.. of the block) take
+    dZ Wy, then the deltas; last and g carry the recurrence from block to block."""
+    L = lengths[0]
+    n = hi - lo
+    t0 = L - hi if reverse else lo
+    linalg_cpu.gemm(dZ[t0:t0 + n], False, Wy, D[:n, 0], 0.0)
+    for i in range(hi - 1, lo - 1, -1):
+        if not passes(i + 1, truncate):
+            g[:] = 0  # step i+1 starts a chunk of the truncation: no gradient flows back across it
+        elif loops:
+            cpu_variants.backward_products(W, transposed, last, 1, g)
+        else:
+            cpu_variants.products(last, W, g, piece)
+        _backward_step(D, S, lengths, reverse, act, clip, D, i, 0, last, g, 1, t0)
+
+
+@njit(**cpu_variants.JIT_OPTIONS)
+def _sequence_products(S, S0, X, Wx, lengths, reverse, lo, hi, D, first, sums, dWs, dWx, dX, add_dX):
+    """The sums over the deltas in D of processing steps lo..hi-1 (``_sequence_steps``): dWs, dWx (written
+    by the ``first`` block, added to after), dX's rows, the bias sums."""
+    T, _, H = S.shape
+    L = lengths[0]
+    n = hi - lo
+    t0 = L - hi if reverse else lo
+    rows = D[:n, 0]
+    for u in range(n):
+        for k in range(H):
+            sums[k] += rows[u, k]
+    beta = 0.0 if first else 1.0
+    # dWs: the state before time t is S_{t-1} forward, S_{t+1} in reverse (past the end of a
+    # shorter sequence the reverse direction's states hold S0), S0 before time 0 forward and
+    # T-1 in reverse; rows a..b-1 of the block have theirs saved
+    a = 1 if t0 == 0 and not reverse else 0
+    b = n - 1 if reverse and t0 + n == T else n
+    if a > 0 or b < n:
+        u = 0 if a > 0 else n - 1
+        linalg_cpu.gemm(rows[u:u + 1], True, S0, dWs, beta)
+        beta = 1.0
+    shift = 1 if reverse else -1
+    linalg_cpu.gemm(rows[a:b], True, S[t0 + a + shift:t0 + b + shift, 0], dWs, beta)
+    linalg_cpu.gemm(rows, True, X[t0:t0 + n], dWx, 0.0 if first else 1.0)
+    linalg_cpu.gemm(rows, False, Wx, dX[t0:t0 + n], 1.0 if add_dX else 0.0)
+
+
+def _backward_sequence(dZ, Wy, W, transposed, loops, S, S0, X, Wx, lengths, reverse, act, truncate, clip, piece,
+                       D, dWs, dWx, dbias, dX, add_dX, dS0):
+    """The backward recurrence of one sequence with the products of ``backward_sequence``; its step
+    products as ``_backward_loops`` forms them (``loops``; W, transposed from backward_weight) or
+    ``_backward_blas`` (W = Ws as it lies, piece); dZ [T,O], X and dX [T,D] (the sequence's rows), S
+    [T,1,H]; D [2,block,1,H]: the blocks take turns in its two halves, one block's steps run on one
+    thread while the one before's products are formed on another (in turn on one thread alone)."""
+    H = S.shape[2]
+    L = lengths[0]
+    block = D.shape[1]
+    last = np.zeros((1, H), dtype=S.dtype)  # delta of the step processed before
+    g = np.zeros((1, H), dtype=S.dtype)  # last Ws, then dL/dS_t
+    sums = np.zeros(H)
+    if not add_dX:
+        dX[L:] = 0  # past the sequence's end: no gradient
+    blocks = -(-L // block)  # blocks of processing steps, the latest first
+    for stage in range(blocks + 1):
+        for part in prange(2):
+            if part == 0 and stage < blocks:
+                hi = L - stage * block
+                _sequence_steps(dZ, Wy, W, transposed, loops, S, lengths, reverse, act, truncate, clip, piece,
+                                max(0, hi - block), hi, D[stage % 2], last, g)
+            elif part == 1 and stage > 0:
+                hi = L - (stage - 1) * block
+                _sequence_products(S, S0, X, Wx, lengths, reverse, max(0, hi - block), hi, D[(stage - 1) % 2],
+                                   stage == 1, sums, dWs, dWx, dX, add_dX)
+    for k in range(H):
+        dbias[k] = sums[k]
+    if loops:
+        cpu_variants.backward_products(W, transposed, last, 1, dS0)
+    else:
+        cpu_variants.products(last, W, dS0, piece)
 
 
 _forward_kernels = {"loops": cpu_variants.compile_both(_forward_loops),
@@ -279,6 +381,7 @@ _forward_kernels = {"loops": cpu_variants.compile_both(_forward_loops),
 _forward_input_kernels = cpu_variants.compile_both(_forward_blas_input)
 _backward_kernels = {"loops": cpu_variants.compile_both(_backward_loops),
                      "blas": cpu_variants.compile_both(_backward_blas)}
+_backward_sequence_kernels = cpu_variants.compile_both(_backward_sequence)
 
 
 def forward_recurrence(U, Ws, S0, lengths, reverse, act, S):
@@ -347,3 +450,38 @@ def backward_recurrence(dS_out, Ws, S, lengths, reverse, act, truncate, clip, de
     else:
         kernel(dS_out, cpu_variants.as_it_lies_for(Ws, tile), S, lengths, reverse, act, truncate, clip, delta, dS0,
                tile, shares)
+
+
+def takes_sequence(B, Ws):
+    """Whether ``backward_sequence`` takes the top layer's direction over B sequences with Ws [H,H]:
+    one sequence, on one thread up to H = SEQUENCE_ONE_THREAD_MAX_HIDDEN."""
+    return B == 1 and (Ws.shape[1] <= SEQUENCE_ONE_THREAD_MAX_HIDDEN or get_num_threads() > 1)
+
+
+def backward_sequence(dZ, Wy, Ws, Wx, S, S0, X, lengths, reverse, act, truncate, clip, dWs, dWx, dbias, dX,
+                      add_dX, dS0):
+    """The whole backward of the top layer's direction for one sequence (``takes_sequence``): the
+    recurrence of ``backward_recurrence`` with dS_out = dZ Wy, and the sums the engine forms from its
+    deltas, without a [T,B,H] array.
+
+    dZ      [T,1,O]  dL/dZ
+    Wy      [O,H]    this direction's columns of the output weight (rows of unit stride)
+    Ws, Wx  [H,H], [H,D]
+    S       [T,1,H]  hidden states saved by forward; S0 [1,H]; X [T,1,D] the layer's input
+    lengths, reverse, act, truncate, clip as ``backward_recurrence``
+    dWs, dWx [H,H], [H,D] out: Σ_t delta_tᵀ S_prev(t), Σ_t delta_tᵀ x_t
+    dbias   [H]      out: Σ_t delta_t
+    dX      [T,1,D]  out: delta Wx, or added to it with ``add_dX``
+    dS0     [1,H]    out: dL/dS0
+    """
+    T, _, H = S.shape
+    variant, piece, _ = cpu_variants.plan(1, Ws)
+    if variant == "loops":
+        W, transposed = cpu_variants.backward_weight(Ws, piece)
+    else:
+        W, transposed = cpu_variants.as_it_lies_for(Ws, piece), False
+    block = max(1, min(T, SEQUENCE_BLOCK_BYTES // (H * S.itemsize)))
+    D = np.empty((2, block, 1, H), dtype=S.dtype)  # NumPy's, so that the benchmark's count of live buffers sees it
+    kernel = cpu_variants.pick(_backward_sequence_kernels, min(2, get_num_threads()))
+    kernel(dZ[:, 0], Wy, W, transposed, variant == "loops", S, S0, X[:, 0], Wx, lengths, reverse, act, truncate, clip,
+           piece, D, dWs, dWx, dbias, dX[:, 0], add_dX, dS0)

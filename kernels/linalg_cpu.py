@@ -94,8 +94,33 @@ def _blas_view(x):
 def _gemm(A, B, C, codes, lda, ldb, ldc, beta):
     """C = A B + beta C through BLAS (C row-major with leading dimension ldc; A, B as ``_blas_view``
     found them): in column-major terms Cᵀ = Bᵀ Aᵀ."""
+    _blas_gemm(A.shape[0], A.shape[1], B.shape[1], A, B, C, codes, lda, ldb, ldc, beta)
+
+
+@njit(**cpu_variants.JIT_OPTIONS)
+def gemm(a, trans_a, b, c, beta):
+    """c = op(a) b + beta c through BLAS, for the kernels that form products inside their loops: a, b
+    and c 2-D, each of unit stride along its rows (any row stride), op(a) = aᵀ with ``trans_a``."""
+    M, N = c.shape
+    K = a.shape[0] if trans_a else a.shape[1]
+    codes = np.empty(2, dtype=np.uint8)
+    codes[0], codes[1] = _TRANSPOSED if trans_a else _NO, _NO
+    _blas_gemm(M, K, N, a, b, c, codes, _leading(a), _leading(b), _leading(c), beta)
+
+
+@njit(inline="always", **cpu_variants.JIT_OPTIONS)
+def _leading(x):
+    """The leading dimension under which column-major BLAS reads the row-major 2-D x (unit stride along
+    its rows) as xᵀ: its row stride; for one row or none, whose stride can be anything, at least its width."""
+    return max(1, x.shape[1], x.strides[0] // x.itemsize) if x.shape[0] <= 1 else x.strides[0] // x.itemsize
+
+
+@njit(inline="always", **cpu_variants.JIT_OPTIONS)
+def _blas_gemm(M, K, N, A, B, C, codes, lda, ldb, ldc, beta):
+    """C [M,N] = op(A) op(B) + beta C, K the inner size, through sgemm/dgemm (codes: A's and B's
+    transpose codes)."""
     ints = np.empty(6, dtype=np.int32)
-    ints[0], ints[1], ints[2] = B.shape[1], A.shape[0], A.shape[1]
+    ints[0], ints[1], ints[2] = N, M, K
     ints[3], ints[4], ints[5] = ldb, lda, ldc
     scalars = np.empty(2, dtype=C.dtype)
     scalars[0], scalars[1] = 1.0, beta

@@ -540,6 +540,62 @@ def test_bptt_in_time_chunks(case, dtype, monkeypatch):
         assert all(len(c) == (3 if options.get("truncate") == 3 else 4) for c in planned)
 
 
+SEQUENCE = [  # (cell, num_layers, bidirectional, lengths, options, bias): one sequence of T = 23 in blocks of 4 steps
+    ("tanh", 1, False, None, {}, True),
+    ("tanh", 1, True, [17], dict(truncate=5, clip_step=0.05), True),  # reverse from its own end, windows across blocks
+    ("relu", 2, False, [9], dict(clip_step=0.02), False),  # the top layer's input the layer below's states
+    ("sigmoid", 1, True, None, dict(truncate=4), True),  # windows that are the blocks
+    ("identity", 1, False, [1], {}, True),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", range(len(SEQUENCE)), ids=lambda i: "{}-L{}-bi{}-len{}-{}-bias{}".format(*SEQUENCE[i]))
+def test_backward_of_one_sequence(case, dtype, variant, monkeypatch):
+    """The top layer's backward for one sequence in one call (elman_cpu.backward_sequence: its blocks'
+    products inside the kernel, beside the next block's steps on two threads, after them on one: the
+    "blas-pieces" variant runs on one thread) gives the reference's gradients, and is the one used."""
+    from gpubptt.kernels import elman_cpu
+
+    cell, num_layers, bidirectional, lengths, options, bias = SEQUENCE[case]
+    monkeypatch.setattr(elman_cpu, "SEQUENCE_BLOCK_BYTES", 4 * 6 * np.dtype(dtype).itemsize)
+    calls, real = [], elman_cpu.backward_sequence
+    monkeypatch.setattr(elman_cpu, "backward_sequence", lambda *a: calls.append(a[4].shape) or real(*a))
+    structure = dict(num_layers=num_layers, bidirectional=bidirectional)
+    params, x, s0, d = make_problem(23, 1, 3, 6, 2, dtype=dtype, seed=case, cell=cell, bias=bias, **structure)
+    L, g = gpubptt.bptt(params, x, d, s0, cell, backend="cpu", lengths=lengths, **structure, **options)
+    rL, rg = gpubptt.bptt(params, x, d, s0, cell, backend="reference", lengths=lengths, **structure, **options)
+    tol = TOLERANCE[np.dtype(dtype).name]
+    assert_close(L, rL, tol, "L")
+    assert set(g) == set(rg)
+    for k in rg:
+        assert_close(g[k], rg[k], tol, f"d{k}")
+    assert calls == [(23, 1, 6)] * (2 if bidirectional else 1)
+
+
+def test_which_backward_takes_one_sequence():
+    """backward_sequence takes one sequence, on one thread up to SEQUENCE_ONE_THREAD_MAX_HIDDEN; the
+    engine's chunks take the rest."""
+    import numba
+
+    from gpubptt.kernels import elman_cpu
+
+    limit = elman_cpu.SEQUENCE_ONE_THREAD_MAX_HIDDEN
+    narrow, wide = np.zeros((limit, limit), np.float32), np.zeros((limit + 32, limit + 32), np.float32)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        assert elman_cpu.takes_sequence(1, narrow)
+        assert not elman_cpu.takes_sequence(1, wide)
+        assert not elman_cpu.takes_sequence(2, narrow)
+        if numba.config.NUMBA_NUM_THREADS > 1:
+            numba.set_num_threads(2)
+            assert elman_cpu.takes_sequence(1, wide)
+            assert not elman_cpu.takes_sequence(2, narrow)
+    finally:
+        numba.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("T,B,H,truncate,expected", [
     (100, 64, 4, 0, [(0, 100)]),  # 100 KB: one chunk of at least 64 KiB
     (100, 1024, 256, 0, [(0, 25), (25, 50), (50, 75), (75, 100)]),

@@ -97,6 +97,8 @@ def check_float_array(name, a, names, shape, dtype=None):
 
 
 def check_shape(name, a, names, shape):
+    if a.shape == shape:  # the common case, answered without a loop
+        return
     if a.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, a.shape)):
         raise ValueError(f"{name}: expected shape {shape_text(names, shape)}, got {tuple(a.shape)}")
 

@@ -4,7 +4,8 @@
 
 Written against the engine and kernels of commit 0a0681f (engine.forward / engine.backward,
 kernels/elman_cpu.py's forward_recurrence / backward_recurrence; forward_recurrence_from_input since
-5eb2d12, timed with the input product it takes): it wraps those functions with
+5eb2d12, timed with the input product it takes; backward_sequence since afbef91, timed with the
+products it forms for one sequence): it wraps those functions with
 timers, so it follows them only as long as their names do. It profiles the gpubptt that Python
 imports (printed first): put a checkout first on PYTHONPATH to profile that one.
 With one thread every piece runs on the calling thread and is timed by ``time.thread_time`` (that
@@ -52,6 +53,7 @@ def timed(name, fn):
 elman_cpu.forward_recurrence = timed("fwd kernel", elman_cpu.forward_recurrence)
 elman_cpu.forward_recurrence_from_input = timed("fwd kernel", elman_cpu.forward_recurrence_from_input)
 elman_cpu.backward_recurrence = timed("bwd kernel", elman_cpu.backward_recurrence)
+elman_cpu.backward_sequence = timed("bwd kernel", elman_cpu.backward_sequence)
 engine.forward = timed("engine.forward", engine.forward)
 engine.backward = timed("engine.backward", engine.backward)
 model.loss_and_output_grad = timed("loss", model.loss_and_output_grad)
@@ -104,7 +106,7 @@ def main():
                 ("forward outside the kernel: x·Wxᵀ, biases, output layer", med["engine.forward"] - fk),
                 ("forward recurrence kernel (with x·Wxᵀ when from the input)", fk),
                 ("loss and dZ", med["loss"]),
-                ("backward recurrence kernel", bk),
+                ("backward recurrence kernel (B = 1: with its products)", bk),
                 ("backward outside the kernel: dWy, dZ·Wy, dWs, dWx, dx, sums", med["engine.backward"] - bk),
             ]
             pieces.append(("the rest (dispatch, s0 packing)", med["total"] - sum(v for _, v in pieces)))

@@ -246,7 +246,9 @@ def backward(params, x, states0, lengths, structure, saved, top, dZ, truncate, c
                     dH[0 if direction else -1] += carry  # the chunk's first processed step is its last
                 first, add = i0 == 0, i1 < T  # add: a chunk done before wrote the sums
                 before = s0 if first else s["h"][T - i0 if direction else i0 - 1]  # the state before the chunk
-                c_lengths = lengths if len(chunks) == 1 else xp.clip(lengths - i0, 0, i1 - i0).astype(lengths.dtype, copy=False)
+                c_lengths = lengths
+                if len(chunks) > 1:
+                    c_lengths = xp.clip(lengths - i0, 0, i1 - i0).astype(lengths.dtype, copy=False)
                 dRec, dU_blocks, dstate = ops.backward(k, dH, s, pos, p, sfx, before, c_lengths, direction, st.cell,
                                                        truncate, clip, xp)
                 carry = dstate if passes(i0, truncate) else None

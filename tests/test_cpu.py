@@ -550,7 +550,8 @@ SEQUENCE = [  # (cell, num_layers, bidirectional, lengths, options, bias): one s
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("case", range(len(SEQUENCE)), ids=lambda i: "{}-L{}-bi{}-len{}-{}-bias{}".format(*SEQUENCE[i]))
+@pytest.mark.parametrize("case", range(len(SEQUENCE)),
+                         ids=lambda i: "{}-L{}-bi{}-len{}-{}-bias{}".format(*SEQUENCE[i]))
 def test_backward_of_one_sequence(case, dtype, variant, monkeypatch):
     """The top layer's backward for one sequence in one call (elman_cpu.backward_sequence: its blocks'
     products inside the kernel, beside the next block's steps on two threads, after them on one: the

@@ -29,7 +29,7 @@ work).
 from dataclasses import dataclass
 
 from . import losses
-from .kernels.activations import CODES, passes
+from .kernels.activations import CODES, passes, states_before
 from .params import gates, layer_suffixes
 
 
@@ -289,12 +289,10 @@ def _add_or_write(dest, add, value):
 
 
 def _recurrent_weight_grad(dWs, add, dRec, S, s0, start, reverse, mm):
-    """dWs (+)= Σ_t dRec_tᵀ S_prev(t) over the chunk of positions start.. (dRec's rows): the state
-    before step t is S_{t-1} forward (S0 at t = 0) and S_{t+1} in reverse (S0 at t = T-1; past a
-    sequence's end the reverse direction's states hold S0, so the shift is right for every length)."""
+    """dWs (+)= Σ_t dRec_tᵀ S_prev(t) over the chunk of positions start.. (dRec's rows), the states
+    before the steps as ``states_before`` finds them."""
     n, T = dRec.shape[0], S.shape[0]
-    lo = start + 1 if reverse else start - 1  # position of the state before the chunk's first row
-    a, b = max(lo, 0), min(lo + n, T)  # the saved ones among lo..lo+n-1; the others are S0
+    lo, a, b = states_before(start, n, T, reverse)
     if a < b:
         mm(_rows(dRec[a - lo:b - lo]), _rows(S[a:b]), trans_a=True, out=dWs, accumulate=add)
     if lo < 0 or lo + n > T:

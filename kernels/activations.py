@@ -158,6 +158,16 @@ def passes(i, truncate):
     return i == 0 or not (truncate > 0 and i % truncate == 0)
 
 
+def states_before(start, n, T, reverse):
+    """For the steps at times start..start+n-1 (rows 0..n-1 of their gradients), where the state
+    before each one's step was saved: (lo, a, b), lo the time of the state before the first row's
+    step (S_{t-1} forward, S_{t+1} in reverse; past a sequence's end the reverse direction's states
+    hold S0, so the shift is right for every length), S[a:b] the saved ones, paired with rows a-lo..
+    b-lo. The one row left out (lo < 0: row 0 forward; lo + n > T: row n-1 in reverse) has S0."""
+    lo = start + 1 if reverse else start - 1
+    return lo, max(lo, 0), min(lo + n, T)
+
+
 def clip_scale(sumsq, clip, one):
     """The factor that rescales a vector of squared norm ``sumsq`` to norm ``clip`` when it is longer
     (the article's per-step clipping); 1 when ``clip`` <= 0 (off) or the vector is short enough."""

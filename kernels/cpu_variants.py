@@ -177,8 +177,8 @@ def products(X, W, out, piece):
 
 def transposed_for(W, piece):
     """Wᵀ as the blas variant's ``products`` take it for ``piece`` (the forward kernels' Wsᵀ, Wxᵀ): a
-    copy in any case, packed for the register-blocked product (REGISTER; ``register_gemm.packed``)."""
-    return register_gemm.packed(W, True) if piece == REGISTER else transposed(W)
+    copy in any case, packed for the register-blocked product (REGISTER; ``register_gemm.packed_transpose``)."""
+    return register_gemm.packed_transpose(W) if piece == REGISTER else transposed(W)
 
 
 def as_it_lies_for(W, piece):

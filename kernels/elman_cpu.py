@@ -29,6 +29,7 @@ activate = _scalar.activate
 derivative_from_output = _scalar.derivative_from_output
 position = _scalar.position
 passes = _scalar.passes
+states_before = _scalar.states_before
 clip_scale = _scalar.clip_scale
 
 
@@ -295,15 +296,21 @@ SEQUENCE_BLOCK_BYTES = 1 << 15
 SEQUENCE_ONE_THREAD_MAX_HIDDEN = 256
 
 
+@njit(inline="always", **cpu_variants.JIT_OPTIONS)
+def _sequence_block(j, block, L, reverse):
+    """(lo, hi, t0): block j's processing steps lo..hi-1, the latest block first (j = 0), and the
+    first of its times t0..t0+hi-lo-1."""
+    hi = L - j * block
+    lo = max(0, hi - block)
+    return lo, hi, position(hi - 1 if reverse else lo, L, reverse)  # the last step processed in reverse
+
+
 @njit(**cpu_variants.JIT_OPTIONS)
-def _sequence_steps(dZ, Wy, W, transposed, loops, S, lengths, reverse, act, truncate, clip, piece, lo, hi, D, last,
-                    g):
-    """Processing steps hi-1 down to lo of the one sequence: D's rows (time t0.. of the block) take
-    dZ Wy, then the deltas; last and g carry the recurrence from block to block."""
-    L = lengths[0]
-    n = hi - lo
-    t0 = L - hi if reverse else lo
-    linalg_cpu.gemm(dZ[t0:t0 + n], False, Wy, D[:n, 0], 0.0)
+def _sequence_steps(dZ, Wy, W, transposed, loops, S, lengths, reverse, act, truncate, clip, piece, lo, hi, t0, D,
+                    last, g):
+    """Processing steps hi-1 down to lo of the one sequence (times t0..): D's rows take dZ Wy, then
+    the deltas; last and g carry the recurrence from block to block."""
+    linalg_cpu.gemm(dZ[t0:t0 + hi - lo], False, Wy, D[:hi - lo, 0], 0.0)
     for i in range(hi - 1, lo - 1, -1):
         if not passes(i + 1, truncate):
             g[:] = 0  # step i+1 starts a chunk of the truncation: no gradient flows back across it
@@ -315,29 +322,20 @@ def _sequence_steps(dZ, Wy, W, transposed, loops, S, lengths, reverse, act, trun
 
 
 @njit(**cpu_variants.JIT_OPTIONS)
-def _sequence_products(S, S0, X, Wx, lengths, reverse, lo, hi, D, first, sums, dWs, dWx, dX, add_dX):
-    """The sums over the deltas in D of processing steps lo..hi-1 (``_sequence_steps``): dWs, dWx (written
-    by the ``first`` block, added to after), dX's rows, the bias sums."""
-    T, _, H = S.shape
-    L = lengths[0]
-    n = hi - lo
-    t0 = L - hi if reverse else lo
+def _sequence_products(S, S0, X, Wx, reverse, t0, n, D, first, sums, dWs, dWx, dX, add_dX):
+    """The sums over the deltas of times t0..t0+n-1 in D (``_sequence_steps``): dWs, dWx (written by
+    the ``first`` block, added to after), dX's rows, the bias sums."""
     rows = D[:n, 0]
     for u in range(n):
-        for k in range(H):
+        for k in range(rows.shape[1]):
             sums[k] += rows[u, k]
     beta = 0.0 if first else 1.0
-    # dWs: the state before time t is S_{t-1} forward, S_{t+1} in reverse (past the end of a
-    # shorter sequence the reverse direction's states hold S0), S0 before time 0 forward and
-    # T-1 in reverse; rows a..b-1 of the block have theirs saved
-    a = 1 if t0 == 0 and not reverse else 0
-    b = n - 1 if reverse and t0 + n == T else n
-    if a > 0 or b < n:
-        u = 0 if a > 0 else n - 1
+    lo, a, b = states_before(t0, n, S.shape[0], reverse)
+    if lo < 0 or lo + n > S.shape[0]:
+        u = n - 1 if lo + n > S.shape[0] else 0
         linalg_cpu.gemm(rows[u:u + 1], True, S0, dWs, beta)
         beta = 1.0
-    shift = 1 if reverse else -1
-    linalg_cpu.gemm(rows[a:b], True, S[t0 + a + shift:t0 + b + shift, 0], dWs, beta)
+    linalg_cpu.gemm(rows[a - lo:b - lo], True, S[a:b, 0], dWs, beta)
     linalg_cpu.gemm(rows, True, X[t0:t0 + n], dWx, 0.0 if first else 1.0)
     linalg_cpu.gemm(rows, False, Wx, dX[t0:t0 + n], 1.0 if add_dX else 0.0)
 
@@ -361,13 +359,13 @@ def _backward_sequence(dZ, Wy, W, transposed, loops, S, S0, X, Wx, lengths, reve
     for stage in range(blocks + 1):
         for part in prange(2):
             if part == 0 and stage < blocks:
-                hi = L - stage * block
+                lo, hi, t0 = _sequence_block(stage, block, L, reverse)
                 _sequence_steps(dZ, Wy, W, transposed, loops, S, lengths, reverse, act, truncate, clip, piece,
-                                max(0, hi - block), hi, D[stage % 2], last, g)
+                                lo, hi, t0, D[stage % 2], last, g)
             elif part == 1 and stage > 0:
-                hi = L - (stage - 1) * block
-                _sequence_products(S, S0, X, Wx, lengths, reverse, max(0, hi - block), hi, D[(stage - 1) % 2],
-                                   stage == 1, sums, dWs, dWx, dX, add_dX)
+                lo, hi, t0 = _sequence_block(stage - 1, block, L, reverse)
+                _sequence_products(S, S0, X, Wx, reverse, t0, hi - lo, D[(stage - 1) % 2], stage == 1, sums,
+                                   dWs, dWx, dX, add_dX)
     for k in range(H):
         dbias[k] = sums[k]
     if loops:

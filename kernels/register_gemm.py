@@ -6,7 +6,7 @@ small-product kernels are for M·N·K <= 1e6. This product keeps a block of ROWS
 vectors of columns (8 x 32 float32) in registers over a strip of K, reading each vector of W once
 per block and each x once per vector: all of the arithmetic in fused multiply-adds on 512-bit
 registers. Blocks of fewer rows (4, 2, 1, past the last block of ROWS) keep as many sums, over
-phases of k. W is read as it lies or packed (``packed``: the K rows of each block of COLUMNS columns
+phases of k. W is read as it lies or packed (``packed_transpose``: the K rows of each block of COLUMNS columns
 one after the other, so that a block's reads run through contiguous memory); the forward kernels
 take Wsᵀ, a copy in any case, so packed, and the backward kernels Ws as it lies (cpu_variants,
 ``transposed_for``, ``as_it_lies_for``); either starting a cache line where it can (``aligned_empty``).
@@ -188,34 +188,29 @@ def aligned(W):
     return out
 
 
-def packed(W, transpose):
-    """W [K,N] (Wᵀ of W [N,K] with ``transpose``) as ``product`` reads it: [N/COLUMNS·K, COLUMNS], the
-    K rows of each block of COLUMNS columns one after the other (each block's reads then run through
-    contiguous memory: no page or cache set is revisited, as rows N floats apart were), starting a
-    cache line. From W itself when transposed: no [K,N] copy between."""
-    K, N = (W.shape[1], W.shape[0]) if transpose else W.shape
+def packed_transpose(W):
+    """Wᵀ of W [N,K] as ``product`` reads it: [N/COLUMNS·K, COLUMNS], the K rows of each block of
+    COLUMNS columns one after the other (each block's reads then run through contiguous memory: no
+    page or cache set is revisited, as rows N floats apart were), starting a cache line; from W
+    itself, no [K,N] copy between."""
+    K, N = W.shape[1], W.shape[0]
     out = aligned_empty((N // COLUMNS * K, COLUMNS), W.dtype)
-    _pack(W, transpose, out)
+    _pack_transpose(W, out)
     return out
 
 
 @njit(cache=True)
-def _pack(W, transpose, out):
-    K, N = (W.shape[1], W.shape[0]) if transpose else W.shape
+def _pack_transpose(W, out):
+    K, N = W.shape[1], W.shape[0]
     for j in range(0, N - N % COLUMNS, COLUMNS):
-        if transpose:
-            for c in range(COLUMNS):
-                for k in range(K):
-                    out[j // COLUMNS * K + k, c] = W[j + c, k]
-        else:
+        for c in range(COLUMNS):
             for k in range(K):
-                for c in range(COLUMNS):
-                    out[j // COLUMNS * K + k, c] = W[k, j + c]
+                out[j // COLUMNS * K + k, c] = W[j + c, k]
 
 
 @njit(inline="always", cache=True)
 def product(X, W, out):
-    """out = X W, float32, for X [M,K], W [K,N] as it lies or as ``packed`` gave it ([N/COLUMNS·K,
+    """out = X W, float32, for X [M,K], W [K,N] as it lies or as ``packed_transpose`` gave it ([N/COLUMNS·K,
     COLUMNS]; the two are one layout when N = COLUMNS), out [M,N], every row of unit stride, N a
     multiple of COLUMNS (``cpu_variants.uses_register`` holds all of it)."""
     K = X.shape[1]

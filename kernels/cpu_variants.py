@@ -177,21 +177,40 @@ def products(X, W, out, piece):
 
 def transposed_for(W, piece):
     """Wᵀ as the blas variant's ``products`` take it for ``piece`` (the forward kernels' Wsᵀ, Wxᵀ): a
-    copy in any case, packed for the register-blocked product (REGISTER; ``register_gemm.packed_transpose``)."""
-    return register_gemm.packed_transpose(W) if piece == REGISTER else transposed(W)
+    copy in any case, packed for the register-blocked product (REGISTER; ``register_gemm.packed``)."""
+    return register_gemm.packed(W.T) if piece == REGISTER else transposed(W)
 
 
-def as_it_lies_for(W, piece):
-    """W as the blas variant's backward kernels take it for ``piece``: as it lies, in both products;
-    for the register-blocked product on a cache line (``register_gemm.aligned``: a copy when it is
-    not) while W has at most ALIGNED_COPY_MOST bytes. Not packed, and no larger copy: a weight-sized
-    copy is a large part of the memory bound where the batch is small, and past that size it gained
-    little. Forward + BPTT, tanh (B,T,D,H) = (16,50,128,512): live peak 1.20x the lower bound without
-    a copy of its 1 MB Ws, 1.51x with one (and 1.51x with Ws packed in backward); (64,50,128,512) 1.22x
-    / 1.33x. Time with Ws off a cache line, no copy / a copy, one process alternating, 2 threads, ms:
-    tanh (64,50,128,512) 28.7 / 28.8, (128,50,128,512) 54.2 / 52.9, (16,50,128,512) 7.9 / 8.3; LSTM
-    (64,100,64,256) 59.9 / 60.3, (16,50,128,512) 41.2 / 39.5, (128,50,128,512) 222 / 217."""
-    return register_gemm.aligned(W) if piece == REGISTER and W.nbytes <= ALIGNED_COPY_MOST else W
+def blas_backward_weight(W, piece, states):
+    """W as the blas variant's backward kernels take it for ``piece``, whose products read it as W,
+    not Wᵀ: for the register-blocked product packed (``register_gemm.packed``) when it has
+    PACK_MIN_COLUMNS columns or more and the copy is no larger than ``states``, the saved states the
+    kernel reads; else on a cache line
+    (``register_gemm.aligned``: a copy when it is not) while W has at most ALIGNED_COPY_MOST bytes;
+    else as it lies. A weight-sized copy is a large part of the memory bound where the batch is small.
+
+    Measured on 2 threads. The Elman backward kernel alone, in one process alternating, W as it lies
+    / packed, ms: (B,T,H) = (128,50,512) 17.2 / 15.1, (64,50,512) 9.1 / 7.0, (16,50,512) 2.2 / 1.8,
+    (64,100,256) 4.0 / 3.75, (32,200,128) 1.62 / 1.48. Forward + BPTT against the commit before
+    (``benchmarks/cpu-2core-2026-12-07-seventh-ab.txt``, which also has the forward's faster
+    packing): tanh within ±4 % (the kernel's gain is a few % of the whole, the copy is made per time
+    chunk), LSTM (128,50,128,512) 1.09x, (4,1000,64,256) 1.14x, GRU (4,1000,64,256) 1.13x,
+    (128,50,128,512) 1.04x. Live peak over the lower bound with a packed copy whatever the states,
+    tanh (16,50,128,512): 1.51x against 1.20x (the rule keeps it out), (64,50,128,512) 1.33x against
+    1.22x; LSTM (16,50,128,512) 1.39x against 1.12x. Aligned copies of a Ws off a cache line,
+    forward + BPTT, no copy / a copy, ms: tanh (64,50,128,512) 28.7 / 28.8, (128,50,128,512) 54.2 /
+    52.9, (16,50,128,512) 7.9 / 8.3; LSTM (64,100,64,256) 59.9 / 60.3, (16,50,128,512) 41.2 / 39.5."""
+    if piece != REGISTER:
+        return W
+    if W.shape[1] >= PACK_MIN_COLUMNS and W.nbytes <= states.nbytes:
+        return register_gemm.packed(W)
+    return register_gemm.aligned(W) if W.nbytes <= ALIGNED_COPY_MOST else W
+
+
+# Narrower rows of W lie close enough as they are for the copy to cost more than it gains: forward +
+# BPTT, tanh, (B,T,D,H) = (1,1000,8,64) 0.742 ms as it lies, 0.752 packed; (1,200,32,64) 0.385 / 0.395;
+# (2,500,32,64) 1.04 / 1.02
+PACK_MIN_COLUMNS = 128
 
 
 ALIGNED_COPY_MOST = 256 << 10

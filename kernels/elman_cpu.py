@@ -446,8 +446,8 @@ def backward_recurrence(dS_out, Ws, S, lengths, reverse, act, truncate, clip, de
         kernel(dS_out, *cpu_variants.backward_weight(Ws, tile), S, lengths, reverse, act, truncate, clip, delta, dS0,
                tile, shares)
     else:
-        kernel(dS_out, cpu_variants.as_it_lies_for(Ws, tile), S, lengths, reverse, act, truncate, clip, delta, dS0,
-               tile, shares)
+        kernel(dS_out, cpu_variants.blas_backward_weight(Ws, tile, S), S, lengths, reverse, act, truncate, clip,
+               delta, dS0, tile, shares)
 
 
 def takes_sequence(B, Ws):
@@ -477,7 +477,7 @@ def backward_sequence(dZ, Wy, Ws, Wx, S, S0, X, lengths, reverse, act, truncate,
     if variant == "loops":
         W, transposed = cpu_variants.backward_weight(Ws, piece)
     else:
-        W, transposed = cpu_variants.as_it_lies_for(Ws, piece), False
+        W, transposed = cpu_variants.blas_backward_weight(Ws, piece, S), False
     block = max(1, min(T, SEQUENCE_BLOCK_BYTES // (H * S.itemsize)))
     D = np.empty((2, block, 1, H), dtype=S.dtype)  # NumPy's, so that the benchmark's count of live buffers sees it
     kernel = cpu_variants.pick(_backward_sequence_kernels, min(2, get_num_threads()))

@@ -239,5 +239,5 @@ def backward_recurrence(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, c
         kernel(dH_out, *cpu_variants.backward_weight(Ws, tile), G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec,
                dNx, dH0, tile, shares)
     else:
-        kernel(dH_out, cpu_variants.as_it_lies_for(Ws, tile), G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx,
-               dH0, tile, shares)
+        kernel(dH_out, cpu_variants.blas_backward_weight(Ws, tile, Hs), G, Gn, Hs, H0, lengths, reverse, truncate,
+               clip, dRec, dNx, dH0, tile, shares)

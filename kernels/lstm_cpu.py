@@ -240,5 +240,5 @@ def backward_recurrence(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, c
         kernel(dH_out, *cpu_variants.backward_weight(Ws, tile), G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG,
                dH0, dC0, tile, shares)
     else:
-        kernel(dH_out, cpu_variants.as_it_lies_for(Ws, tile), G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0,
-               dC0, tile, shares)
+        kernel(dH_out, cpu_variants.blas_backward_weight(Ws, tile, Hs), G, Hs, Cs, C0, lengths, reverse, truncate,
+               clip, dG, dH0, dC0, tile, shares)

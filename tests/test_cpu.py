@@ -181,24 +181,25 @@ needs_register = pytest.mark.skipif(not register_gemm.AVAILABLE,
 
 
 @needs_register
-@pytest.mark.parametrize("layout", ["as it lies", "packed"])
+@pytest.mark.parametrize("layout", ["as it lies", "packed", "packed from Wᵀ"])
 @pytest.mark.parametrize("M", [1, 8, 13, 20, 31])
 @pytest.mark.parametrize("K,N", [(1, 32), (7, 96), (300, 32), (513, 64)])
 def test_register_gemm_matches_numpy(M, K, N, layout):
     """register_gemm.product against NumPy in float64, on W as it lies (rows wider than N) or packed
-    by register_gemm.packed_transpose from Wᵀ: blocks of 8, 4, 2 and 1 rows, K across strips of
-    STRIP rows, X and out with leading dimensions wider than their rows; nothing outside out's columns
-    written, W left as it was."""
+    by register_gemm.packed, from W or from a transposed view of Wᵀ (as the forward kernels pack
+    it): blocks of 8, 4, 2 and 1 rows, K across strips of STRIP rows, X and out with leading
+    dimensions wider than their rows; nothing outside out's columns written, W left as it was."""
     from numba import njit
 
     run = njit(lambda X, W, out: register_gemm.product(X, W, out))
     rng = np.random.default_rng(M * K + N)
     X = rng.standard_normal((M, K + 5)).astype(np.float32)[:, 2:K + 2]
     W = rng.standard_normal((K, N + 32)).astype(np.float32)[:, :N]
-    source = np.ascontiguousarray(W.T) if layout == "packed" else W
+    source = np.ascontiguousarray(W.T) if layout == "packed from Wᵀ" else W
     before = source.copy()
     out = np.full((M, N + 7), np.nan, np.float32)
-    run(X, W if layout == "as it lies" else register_gemm.packed_transpose(source), out[:, :N])
+    operand = W if layout == "as it lies" else register_gemm.packed(source if layout == "packed" else source.T)
+    run(X, operand, out[:, :N])
     assert_close(out[:, :N], X.astype(np.float64) @ W, 1e-6, "register product")
     assert np.isnan(out[:, N:]).all() and np.array_equal(source, before)
 
@@ -214,46 +215,66 @@ def off_line(a):
 
 @needs_register
 def test_register_gemm_weights_on_a_cache_line():
-    """packed W, and W for the backward kernels (register_gemm.aligned), start a cache line: aligned
-    gives W itself when it does, else an equal copy that does, W left as it was."""
-    W = off_line(np.arange(96 * 64, dtype=np.float32).reshape(96, 64))
+    """packed W, and W for the backward kernels (packed, or register_gemm.aligned), start a cache
+    line: aligned gives W itself when it does, else an equal copy that does, W left as it was."""
+    W = off_line(np.arange(96 * 128, dtype=np.float32).reshape(96, 128))
     assert W.ctypes.data % 64 == 16
-    P = register_gemm.packed_transpose(W)
-    assert P.ctypes.data % 64 == 0 and P.shape == (96 // 32 * 64, 32)
+    P = register_gemm.packed(W.T)
+    assert P.ctypes.data % 64 == 0 and P.shape == (96 // 32 * 128, 32)
     before = W.copy()
     A = register_gemm.aligned(W)
     assert A is not W and A.ctypes.data % 64 == 0 and np.array_equal(A, W) and np.array_equal(W, before)
     assert register_gemm.aligned(A) is A
-    # the backward kernels' Ws: an aligned copy only up to ALIGNED_COPY_MOST bytes
+    # the backward kernels' Ws: packed from PACK_MIN_COLUMNS columns while the copy is no larger than
+    # the states, else an aligned copy up to ALIGNED_COPY_MOST bytes; BLAS's pieces take it as it lies
     from gpubptt.kernels import cpu_variants
 
     most, register = cpu_variants.ALIGNED_COPY_MOST, cpu_variants.REGISTER
-    assert cpu_variants.as_it_lies_for(W, register) is not W and cpu_variants.as_it_lies_for(W, 4) is W
+    for_W = cpu_variants.blas_backward_weight
+    assert W.shape[1] == cpu_variants.PACK_MIN_COLUMNS
+    states = np.zeros(W.size)  # float64: twice W's bytes
+    Wp = for_W(W, register, states)
+    assert Wp.ctypes.data % 64 == 0 and np.array_equal(Wp, register_gemm.packed(W)) and Wp.shape != W.shape
+    small = states[:W.size // 2 - 1]  # 8 bytes short of W's
+    for narrow_or_small in ((W[:, :64], states), (W, small)):  # an aligned copy, as it lies
+        A = for_W(narrow_or_small[0], register, narrow_or_small[1])
+        assert A is not W and A.ctypes.data % 64 == 0 and np.array_equal(A, narrow_or_small[0])
+    assert for_W(W, 4, states) is W
     large = off_line(np.zeros((most // 4 // 32 + 1, 32), np.float32))
-    assert large.nbytes > most and cpu_variants.as_it_lies_for(large, register) is large
+    assert large.nbytes > most and for_W(large, register, small) is large
+    assert np.array_equal(W, before)
 
 
 @needs_register
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("batch", [16, 2])
+@pytest.mark.parametrize("batch,hidden", [(16, 32), (2, 32), (16, 128)])
 @pytest.mark.parametrize("cell", ["tanh", "lstm", "gru"])
-def test_cpu_register_product_matches_reference(cell, batch, threads, monkeypatch):
-    """The cells' blas kernels with the register product (float32, H = 32; 16 sequences: one share of
-    16, or two of 8 in parallel; 2 sequences: a share of 2, or two of one), both directions, sequences
-    of different lengths, clipping and truncation, one Ws off a cache line (the backward kernels read
-    an aligned copy): the same results as the reference, and as with BLAS's products."""
+def test_cpu_register_product_matches_reference(cell, batch, hidden, threads, monkeypatch):
+    """The cells' blas kernels with the register product (float32; 16 sequences: one share of 16, or
+    two of 8 in parallel; 2 sequences: a share of 2, or two of one), both directions, sequences of
+    different lengths, clipping and truncation, one Ws off a cache line: the same results as the
+    reference, and as with BLAS's products. The backward kernels read Ws packed in blocks of columns
+    at H = 128 (blas_backward_weight: the states outweigh it), else an aligned copy."""
     import numba
 
     from gpubptt.kernels import cpu_variants
 
     monkeypatch.delenv("GPUBPTT_CPU_VARIANT", raising=False)
-    params, x, s0, d = make_problem(9, batch, 5, 32, 2, dtype=np.float32, seed=4, cell=cell, bidirectional=True)
+    params, x, s0, d = make_problem(40, batch, 5, hidden, 2, dtype=np.float32, seed=4, cell=cell, bidirectional=True)
     params["Ws_l0"] = off_line(params["Ws_l0"])
-    lengths = [9, 3, 7, 1, 9, 8, 2, 9, 5, 9, 6, 9, 4, 9, 9, 7][:batch]
+    lengths = [40, 3, 7, 1, 9, 36, 2, 40, 5, 40, 6, 19, 4, 40, 11, 27][:batch]
     options = dict(bidirectional=True, lengths=lengths, clip_step=0.5, truncate=4)
     before = numba.get_num_threads()
     if threads > numba.config.NUMBA_NUM_THREADS:
         pytest.skip(f"needs {threads} Numba threads, this machine has {numba.config.NUMBA_NUM_THREADS}")
+    real, packed = cpu_variants.blas_backward_weight, []  # whether each kernel's Ws was packed (a new shape)
+
+    def spy(W, piece, states):
+        out = real(W, piece, states)
+        packed.append(out.shape != W.shape)
+        return out
+
+    monkeypatch.setattr(cpu_variants, "blas_backward_weight", spy)
     numba.set_num_threads(threads)
     try:
         assert cpu_variants.plan(batch, params["Ws_l0"]) == ("blas", cpu_variants.REGISTER, threads)
@@ -263,6 +284,7 @@ def test_cpu_register_product_matches_reference(cell, batch, threads, monkeypatc
         bL, bg = gpubptt.bptt(params, x, d, s0, cell, backend="cpu", **options)
     finally:
         numba.set_num_threads(before)
+    assert packed and any(packed) == (hidden == 128)
     rL, rg = gpubptt.bptt(params, x, d, s0, cell, backend="reference", **options)
     assert_close(L, rL, TOLERANCE["float32"], "L")
     for k in rg:

@@ -4,8 +4,9 @@
 
 Written against the engine and kernels of commit 0a0681f (engine.forward / engine.backward,
 kernels/elman_cpu.py's forward_recurrence / backward_recurrence; forward_recurrence_from_input since
-5eb2d12, timed with the input product it takes; backward_sequence since afbef91, timed with the
-products it forms for one sequence): it wraps those functions with
+5eb2d12, timed with the input product it takes; backward_top, named backward_sequence from afbef91
+and taking one sequence until it took many, timed with the products it forms): it wraps those
+functions with
 timers, so it follows them only as long as their names do. It profiles the gpubptt that Python
 imports (printed first): put a checkout first on PYTHONPATH to profile that one.
 With one thread every piece runs on the calling thread and is timed by ``time.thread_time`` (that
@@ -53,7 +54,7 @@ def timed(name, fn):
 elman_cpu.forward_recurrence = timed("fwd kernel", elman_cpu.forward_recurrence)
 elman_cpu.forward_recurrence_from_input = timed("fwd kernel", elman_cpu.forward_recurrence_from_input)
 elman_cpu.backward_recurrence = timed("bwd kernel", elman_cpu.backward_recurrence)
-elman_cpu.backward_sequence = timed("bwd kernel", elman_cpu.backward_sequence)
+elman_cpu.backward_top = timed("bwd kernel", elman_cpu.backward_top)
 engine.forward = timed("engine.forward", engine.forward)
 engine.backward = timed("engine.backward", engine.backward)
 model.loss_and_output_grad = timed("loss", model.loss_and_output_grad)

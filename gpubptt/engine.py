@@ -22,9 +22,9 @@ Backward runs the time in a few chunks, latest first (``time_chunks``; Elman and
 above, the reverse-time recurrence and every product of a chunk are done before the next chunk's
 dL/dS_t exists, so that gradient is never whole ([T,B,H] beside the saved states would double the
 Elman cell's memory); dL/d(the state before a chunk) is added to the next chunk's last processed step.
-A kernel module may take the top layer's whole direction instead (``takes_sequence``,
-``backward_sequence``: the CPU Elman kernels for one sequence, whose chunks cost more in calls than in
-work).
+A kernel module may take the top layer's whole direction instead (``takes_top``, ``backward_top``:
+the CPU Elman kernels, where the chunks' calls and passes over memory cost more than the products
+lose by being formed inside the kernel).
 """
 from dataclasses import dataclass
 
@@ -225,12 +225,12 @@ def backward(params, x, states0, lengths, structure, saved, top, dZ, truncate, c
             dbs = xp.empty_like(Ws[:, 0]) if st.bias and not ops.fuse_bs else None  # GRU: Σ dRec (bs_n's differs)
             carry = None  # dL/d(the state before the chunk done last), passed on to the next chunk
             if (layer == st.num_layers - 1 and len(parts) == 1 and not return_deltas
-                    and getattr(k, "takes_sequence", lambda *_: False)(B, Ws)):
-                # one sequence: the kernel module runs the whole direction, products included, in one call
+                    and getattr(k, "takes_top", lambda *_: False)(s["h"], Ws, Wx, full_lengths or not direction)):
+                # the kernel module runs the whole direction, products included, in one call
                 ds0[idx], dbias = xp.empty_like(h0), xp.empty_like(Ws[:, 0])
-                k.backward_sequence(dZ, p["Wy"][:, direction * H:(direction + 1) * H], Ws, Wx, s["h"], h0, parts[0],
-                                    lengths, direction, CODES[st.cell], truncate, clip, dWs, dWx, dbias,
-                                    dinputs[0], direction, ds0[idx])
+                k.backward_top(dZ, p["Wy"][:, direction * H:(direction + 1) * H], Ws, Wx, s["h"], h0, parts[0],
+                               lengths, direction, CODES[st.cell], truncate, clip, dWs, dWx, dbias, dinputs[0],
+                               direction, ds0[idx])
                 if dbx is not None:
                     dbx[...] = dbias
                 chunks = []

@@ -383,13 +383,13 @@ def past_end(S0, lengths, reverse, S, i, first, prev, n):
 
 
 @njit(**JIT_OPTIONS)
-def zero_past_end(lengths, i, first, n, grad, carried):
+def zero_past_end(lengths, i, first, n, grad, carried, offset=0):
     """Backward step i of sequences first..first+n-1, those past their end: no gradient,
-    grad[i, b] = 0 and carried[q] = 0 (what passes to the earlier step)."""
+    grad[i - offset, b] = 0 and carried[q] = 0 (what passes to the earlier step)."""
     for q in range(n):
         b = first + q
         if i >= lengths[b]:
-            zero_row3(grad, i, b)
+            zero_row3(grad, i - offset, b)
             zero_row(carried, q)
 
 

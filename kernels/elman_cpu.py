@@ -4,10 +4,11 @@ Everything that does not depend on the previous step (the input products, the ou
 weight-gradient sums over time) is one large matrix product done by the caller; these functions run
 only the time loops, with the pointwise work (activation, derivative, clipping) fused in. Two
 exceptions: ``forward_recurrence_from_input`` takes the input product too (for small D the blas
-variant forms each step's in its time loop, ``FUSE_MAX_INPUT``), and ``backward_sequence`` runs the
-whole backward of one sequence's top layer, its products included (``takes_sequence``; CPU only,
-where the caller's time chunks cost more in calls than in work). Same arguments, same order as the
-CUDA twins in ``elman_cuda.py``. Two ways to split the work
+variant forms each step's in its time loop, ``FUSE_MAX_INPUT``), and ``backward_top`` runs the
+whole backward of the top layer's direction, its products included (``takes_top``; CPU only, where
+the caller's time chunks cost more in calls and in passes over memory than the products lose by
+being formed in pieces). Same arguments, same order as the CUDA twins in ``elman_cuda.py``. Two ways
+to split the work
 (``cpu_variants.py``): per-thread shares of the batch with the time loop inside (``loops``), or
 BLAS products per step for the whole share (``blas``); the functions at the bottom choose.
 
@@ -285,7 +286,7 @@ def _backward_step(dS_out, S, lengths, reverse, act, clip, delta, i, first, last
 # of that gradient: a block's dL/dS_t formed from dZ Wy and its steps run on one thread while the
 # block before's products (dWs, dWx, dL/dx, the bias sums) are formed on another. On one thread the
 # products wait their turn, which loses where they are large: so there only up to H =
-# SEQUENCE_ONE_THREAD_MAX_HIDDEN. Forward + BPTT, tanh, the engine's chunks / this (``takes_sequence``
+# SEQUENCE_ONE_THREAD_MAX_HIDDEN. Forward + BPTT, tanh, the engine's chunks / this (``takes_top``
 # switched in one process, alternating), ms: on 2 threads (1,1000,8,64) 0.858 / 0.636, (1,200,32,128)
 # 0.764 / 0.649, (1,50,128,128) 0.354 / 0.324, (1,100,64,256) 1.21 / 1.08, (1,1000,64,256) 10.1 / 8.4,
 # (1,50,128,512) 2.42 / 2.23, (1,500,32,512) 15.0 / 13.4; on 1 thread (1,1000,8,64) 0.859 / 0.671,
@@ -342,7 +343,7 @@ def _sequence_products(S, S0, X, Wx, reverse, t0, n, D, first, sums, dWs, dWx, d
 
 def _backward_sequence(dZ, Wy, W, transposed, loops, S, S0, X, Wx, lengths, reverse, act, truncate, clip, piece,
                        D, dWs, dWx, dbias, dX, add_dX, dS0):
-    """The backward recurrence of one sequence with the products of ``backward_sequence``; its step
+    """The backward recurrence of one sequence with the products of ``backward_top``; its step
     products as ``_backward_loops`` forms them (``loops``; W, transposed from backward_weight) or
     ``_backward_blas`` (W = Ws as it lies, piece); dZ [T,O], X and dX [T,D] (the sequence's rows), S
     [T,1,H]; D [2,block,1,H]: the blocks take turns in its two halves, one block's steps run on one
@@ -374,12 +375,92 @@ def _backward_sequence(dZ, Wy, W, transposed, loops, S, S0, X, Wx, lengths, reve
         cpu_variants.products(last, W, dS0, piece)
 
 
+def _backward_shares(dZ, Wy, Ws, S, S0, X, Wx, lengths, reverse, act, truncate, clip, piece, shares, block, R, Dd, Sp,
+                     Xr, Ox, dWs, dWx, partial_s, partial_x, sums, dX, add_dX, dS0):
+    """The backward recurrence of ``_backward_blas`` with the products of ``backward_top`` for many
+    sequences: each of ``shares`` threads runs a slice of the batch; at every step it forms its
+    rows of dL/dS_t from dZ_t Wy and their deltas, and keeps the deltas, the states before the step
+    and the inputs in buffers of its own; every ``block`` steps it forms from them, while they are in
+    cache, its shares of the sums dWs and dWx and its rows of dL/dx (``block`` 1: at every step, from
+    where the rows lie, the buffers unused and empty). Every sequence's processing step
+    i must be one time (the forward direction, or every length T). R [1,B,H]: the step's rows, each
+    thread its own; Dd, Sp [shares, block·rows, H] and Xr, Ox [shares, block·rows, D]: the deltas,
+    states before, inputs and dL/dx of a block; partial_s, partial_x [shares-1, ...]: the sums of the
+    threads after the first, added to dWs, dWx at the end; sums [shares, H] float64, the bias sums."""
+    T, B, H = S.shape
+    D = X.shape[2]
+    for share in prange(shares):
+        first, end = cpu_variants.share_of(share, shares, B, 1)
+        n = end - first
+        last = np.zeros((n, H), dtype=S.dtype)  # delta of the step processed before
+        g = np.zeros_like(last)  # last Ws, then dL/dS_t
+        acc = np.zeros(H)
+        rows = R[0, first:end]
+        deltas, before, inputs, dinputs = Dd[share], Sp[share], Xr[share], Ox[share]
+        to_s = dWs if share == 0 else partial_s[share - 1]
+        to_x = dWx if share == 0 else partial_x[share - 1]
+        shortest = lengths[first:end].min()
+        for hi in range(T, 0, -block):  # processing steps hi-1 down to lo
+            lo = max(0, hi - block)
+            for i in range(hi - 1, lo - 1, -1):
+                t = T - 1 - i if reverse else i
+                linalg_cpu.gemm(dZ[t, first:end], False, Wy, rows, 0.0)
+                if not passes(i + 1, truncate):
+                    g[:] = 0  # step i+1 starts a chunk of the truncation: no gradient flows back across it
+                else:
+                    cpu_variants.products(last, Ws, g, piece)
+                _backward_step(R, S, lengths, reverse, act, clip, R, i, first, last, g, n, t)
+                if i >= shortest:
+                    cpu_variants.zero_past_end(lengths, i, first, n, R, last, i)
+                u = (hi - 1 - i) * n
+                prev = t + 1 if reverse else t - 1
+                states = S[prev, first:end] if 0 <= prev < T else S0[first:end]
+                if block == 1:  # the step's products from where its rows lie
+                    for q in range(n):
+                        for k in range(H):
+                            acc[k] += rows[q, k]
+                    beta = 0.0 if i == T - 1 else 1.0
+                    linalg_cpu.gemm(rows, True, states, to_s, beta)
+                    linalg_cpu.gemm(rows, True, X[t, first:end], to_x, beta)
+                    linalg_cpu.gemm(rows, False, Wx, dX[t, first:end], 1.0 if add_dX else 0.0)
+                    continue
+                for q in range(n):
+                    for k in range(H):
+                        deltas[u + q, k] = rows[q, k]
+                        before[u + q, k] = states[q, k]
+                        acc[k] += rows[q, k]
+                    for k in range(D):
+                        inputs[u + q, k] = X[t, first + q, k]
+            if block == 1:
+                continue
+            m = (hi - lo) * n
+            beta = 0.0 if hi == T else 1.0
+            linalg_cpu.gemm(deltas[:m], True, before[:m], to_s, beta)
+            linalg_cpu.gemm(deltas[:m], True, inputs[:m], to_x, beta)
+            linalg_cpu.gemm(deltas[:m], False, Wx, dinputs[:m], 0.0)
+            for i in range(hi - 1, lo - 1, -1):
+                t = T - 1 - i if reverse else i
+                u = (hi - 1 - i) * n
+                for q in range(n):
+                    for k in range(D):
+                        dX[t, first + q, k] = dinputs[u + q, k] + (dX[t, first + q, k] if add_dX else 0.0)
+        sums[share] = acc
+        cpu_variants.products(last, Ws, dS0[first:end], piece)
+    for s in range(shares - 1):
+        for i in range(H):
+            for j in range(H):
+                dWs[i, j] += partial_s[s, i, j]
+            for j in range(dWx.shape[1]):
+                dWx[i, j] += partial_x[s, i, j]
+
+
 _forward_kernels = {"loops": cpu_variants.compile_both(_forward_loops),
                     "blas": cpu_variants.compile_both(_forward_blas)}
 _forward_input_kernels = cpu_variants.compile_both(_forward_blas_input)
 _backward_kernels = {"loops": cpu_variants.compile_both(_backward_loops),
                      "blas": cpu_variants.compile_both(_backward_blas)}
 _backward_sequence_kernels = cpu_variants.compile_both(_backward_sequence)
+_backward_shares_kernels = cpu_variants.compile_both(_backward_shares)
 
 
 def forward_recurrence(U, Ws, S0, lengths, reverse, act, S):
@@ -450,29 +531,92 @@ def backward_recurrence(dS_out, Ws, S, lengths, reverse, act, truncate, clip, de
                delta, dS0, tile, shares)
 
 
-def takes_sequence(B, Ws):
-    """Whether ``backward_sequence`` takes the top layer's direction over B sequences with Ws [H,H]:
-    one sequence, on one thread up to H = SEQUENCE_ONE_THREAD_MAX_HIDDEN."""
-    return B == 1 and (Ws.shape[1] <= SEQUENCE_ONE_THREAD_MAX_HIDDEN or get_num_threads() > 1)
+def takes_top(S, Ws, Wx, uniform):
+    """Whether ``backward_top`` takes the top layer's direction with saved states S [T,B,H] and Ws,
+    Wx; ``uniform``: whether every sequence's processing step i is one time (the forward direction,
+    or every length T). One sequence on one thread up to H = SEQUENCE_ONE_THREAD_MAX_HIDDEN; more,
+    where uniform, when the blas variant runs them (``cpu_variants.plan``) in shares of
+    SHARES_MIN_ROWS sequences or more and the kernel's buffers weigh at most SHARES_MEMORY_SHARE of
+    the states (``_shares_plan``)."""
+    T, B, H = S.shape
+    if B == 1:
+        return H <= SEQUENCE_ONE_THREAD_MAX_HIDDEN or get_num_threads() > 1
+    if not uniform:
+        return False
+    variant, _, _, rows, _, extra = _shares_plan(T, B, H, Wx.shape[1], Ws, S.itemsize)
+    return variant == "blas" and rows >= SHARES_MIN_ROWS and extra <= SHARES_MEMORY_SHARE * S.nbytes
 
 
-def backward_sequence(dZ, Wy, Ws, Wx, S, S0, X, lengths, reverse, act, truncate, clip, dWs, dWx, dbias, dX,
-                      add_dX, dS0):
-    """The whole backward of the top layer's direction for one sequence (``takes_sequence``): the
-    recurrence of ``backward_recurrence`` with dS_out = dZ Wy, and the sums the engine forms from its
-    deltas, without a [T,B,H] array.
+# Many sequences: ``_backward_shares``. The engine's time chunks cost a dozen calls from Python each
+# and a pass over memory for dL/dS_t = dZ Wy and for the bias sums (forward + BPTT at (B,T,D,H) =
+# (256,100,16,64), in one process: 6.46 ms in one chunk, 7.05 in four). Here the products of a share
+# run on blocks of SHARES_BLOCK_ROWS rows (steps x the share's sequences; at every step once a share
+# has that many), whose buffers hold at most SHARES_BUFFER_SHARE of the states' bytes; and the kernel
+# runs only where its buffers and the partial sums of the threads after the first weigh at most
+# SHARES_MEMORY_SHARE of them. Measured, forward + BPTT, tanh, one process alternating, the engine's
+# chunks against this (live peak over the lower bound), 2 threads: (B,T,D,H) = (256,100,16,64) 1.216x
+# (1.26 / 1.07), (32,200,32,128) 1.148x, (64,100,64,256) 1.031x, (128,50,128,512) 1.092x,
+# (64,100,512,512) 1.066x (1.17 / 1.18), (16,50,128,128) 1.473x (1.22 / 1.26), (64,50,128,128) 1.320x,
+# (16,100,64,256) 1.333x (1.31 / 1.37), (16,1000,64,256) 0.995x, (8,500,64,256) 1.140x,
+# (4,1000,64,256) 1.073x, (64,50,128,512) 1.067x (1.33 / 1.36), (4,200,64,128) 1.496x (1.27 / 1.34),
+# (16,50,128,512) not taken (its sums would weigh 0.8 of the states); 1 thread: (256,100,16,64)
+# 1.038x, (32,200,32,128) 1.003x, (64,100,64,256) 1.002x, (128,50,128,512) 1.031x, (16,1000,64,256)
+# 1.030x, (4,1000,64,256) 0.998x. Products at every step for shares of fewer rows lost where T is
+# long (a call per product per step: (16,1000,64,256) 0.918x, (8,500,64,256) 0.941x); blocks of 256
+# or 512 rows gained little more than 128 and weighed more (at (16,100,64,256) live 1.56x in blocks
+# of 128 rows without the buffers' limit, 1.83x in 256, 2.37x in 512).
+SHARES_MIN_ROWS = 2
+SHARES_BLOCK_ROWS = 128
+SHARES_BUFFER_SHARE = 0.125
+SHARES_MEMORY_SHARE = 0.5
 
-    dZ      [T,1,O]  dL/dZ
+
+def _shares_plan(T, B, H, D, Ws, itemsize):
+    """(variant, piece, shares, rows, block, extra) of ``_backward_shares`` over T steps of B sequences
+    with H units and D inputs: the plan of the recurrence (``cpu_variants.plan``), the most sequences
+    a share has, the steps of a block of products (1: at every step, without buffers) and the bytes
+    of the buffers it needs."""
+    variant, piece, shares = cpu_variants.plan(B, Ws)
+    rows = -(-B // shares)
+    per_row = shares * 2 * (H + D) * itemsize  # a block row in the four buffers of every share
+    fit = min(SHARES_BLOCK_ROWS, int(SHARES_BUFFER_SHARE * T * B * H * itemsize) // per_row)
+    block = max(1, min(T, fit // rows))
+    extra = itemsize * (B * H + (shares - 1) * H * (H + D)) + (per_row * block * rows if block > 1 else 0)
+    return variant, piece, shares, rows, block, extra
+
+
+def backward_top(dZ, Wy, Ws, Wx, S, S0, X, lengths, reverse, act, truncate, clip, dWs, dWx, dbias, dX, add_dX, dS0):
+    """The whole backward of the top layer's direction (``takes_top``): the recurrence of
+    ``backward_recurrence`` with dS_out = dZ Wy, and the sums the engine forms from its deltas,
+    without a [T,B,H] array.
+
+    dZ      [T,B,O]  dL/dZ
     Wy      [O,H]    this direction's columns of the output weight (rows of unit stride)
     Ws, Wx  [H,H], [H,D]
-    S       [T,1,H]  hidden states saved by forward; S0 [1,H]; X [T,1,D] the layer's input
+    S       [T,B,H]  hidden states saved by forward; S0 [B,H]; X [T,B,D] the layer's input
     lengths, reverse, act, truncate, clip as ``backward_recurrence``
     dWs, dWx [H,H], [H,D] out: Σ_t delta_tᵀ S_prev(t), Σ_t delta_tᵀ x_t
     dbias   [H]      out: Σ_t delta_t
-    dX      [T,1,D]  out: delta Wx, or added to it with ``add_dX``
-    dS0     [1,H]    out: dL/dS0
+    dX      [T,B,D]  out: delta Wx, or added to it with ``add_dX``
+    dS0     [B,H]    out: dL/dS0
     """
-    T, _, H = S.shape
+    T, B, H = S.shape
+    if B > 1:
+        D = X.shape[2]
+        variant, piece, shares, rows, block, _ = _shares_plan(T, B, H, D, Ws, S.itemsize)
+        # NumPy's buffers, so that the benchmark's count of live buffers sees them
+        held = block * rows if block > 1 else 0
+        R = np.empty((1, B, H), dtype=S.dtype)
+        Dd, Sp = (np.empty((shares, held, H), dtype=S.dtype) for _ in range(2))
+        Xr, Ox = (np.empty((shares, held, D), dtype=S.dtype) for _ in range(2))
+        partial_s = np.empty((shares - 1, H, H), dtype=S.dtype)
+        partial_x = np.empty((shares - 1,) + Wx.shape, dtype=S.dtype)
+        sums = np.empty((shares, H))
+        cpu_variants.pick(_backward_shares_kernels, shares)(
+            dZ, Wy, cpu_variants.blas_backward_weight(Ws, piece, S), S, S0, X, Wx, lengths, reverse, act, truncate,
+            clip, piece, shares, block, R, Dd, Sp, Xr, Ox, dWs, dWx, partial_s, partial_x, sums, dX, add_dX, dS0)
+        dbias[...] = sums.sum(axis=0)
+        return
     variant, piece, _ = cpu_variants.plan(1, Ws)
     if variant == "loops":
         W, transposed = cpu_variants.backward_weight(Ws, piece)

@@ -545,7 +545,10 @@ def test_bptt_in_time_chunks(case, dtype, monkeypatch):
     on between chunks) gives the reference's gradients."""
     from gpubptt import engine
 
+    from gpubptt.kernels import elman_cpu
+
     cell, num_layers, bidirectional, lengths, options = CHUNKED[case]
+    monkeypatch.setattr(elman_cpu, "takes_top", lambda *_: False)  # the top layer in chunks too
     monkeypatch.setattr(engine, "CHUNK_BYTES", 1)
     monkeypatch.setattr(engine, "CHUNK_ROWS_PER_UNIT", 1)
     monkeypatch.setattr(engine, "MAX_CHUNKS", 4)
@@ -574,15 +577,15 @@ SEQUENCE = [  # (cell, num_layers, bidirectional, lengths, options, bias): one s
 @pytest.mark.parametrize("case", range(len(SEQUENCE)),
                          ids=lambda i: "{}-L{}-bi{}-len{}-{}-bias{}".format(*SEQUENCE[i]))
 def test_backward_of_one_sequence(case, dtype, variant, monkeypatch):
-    """The top layer's backward for one sequence in one call (elman_cpu.backward_sequence: its blocks'
+    """The top layer's backward for one sequence in one call (elman_cpu.backward_top: its blocks'
     products inside the kernel, beside the next block's steps on two threads, after them on one: the
     "blas-pieces" variant runs on one thread) gives the reference's gradients, and is the one used."""
     from gpubptt.kernels import elman_cpu
 
     cell, num_layers, bidirectional, lengths, options, bias = SEQUENCE[case]
     monkeypatch.setattr(elman_cpu, "SEQUENCE_BLOCK_BYTES", 4 * 6 * np.dtype(dtype).itemsize)
-    calls, real = [], elman_cpu.backward_sequence
-    monkeypatch.setattr(elman_cpu, "backward_sequence", lambda *a: calls.append(a[4].shape) or real(*a))
+    calls, real = [], elman_cpu.backward_top
+    monkeypatch.setattr(elman_cpu, "backward_top", lambda *a: calls.append(a[4].shape) or real(*a))
     structure = dict(num_layers=num_layers, bidirectional=bidirectional)
     params, x, s0, d = make_problem(23, 1, 3, 6, 2, dtype=dtype, seed=case, cell=cell, bias=bias, **structure)
     L, g = gpubptt.bptt(params, x, d, s0, cell, backend="cpu", lengths=lengths, **structure, **options)
@@ -595,25 +598,88 @@ def test_backward_of_one_sequence(case, dtype, variant, monkeypatch):
     assert calls == [(23, 1, 6)] * (2 if bidirectional else 1)
 
 
-def test_which_backward_takes_one_sequence():
-    """backward_sequence takes one sequence, on one thread up to SEQUENCE_ONE_THREAD_MAX_HIDDEN; the
-    engine's chunks take the rest."""
+TOP = [  # (cell, num_layers, bidirectional, lengths, options, bias, directions in one call): T = 11, B = 5
+    ("tanh", 1, False, None, {}, True, 1),
+    ("tanh", 1, True, None, dict(truncate=4, clip_step=0.05), True, 2),  # reverse too: every length is T
+    ("relu", 2, False, [11, 4, 9, 1, 7], dict(clip_step=0.02), False, 1),  # input: the layer below's states
+    ("sigmoid", 1, True, [11, 3, 11, 6, 10], dict(truncate=3), True, 1),  # reverse in the engine's steps
+    ("identity", 1, False, [2, 1, 2, 2, 1], {}, True, 1),
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("products", ["every step", "blocks"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", range(len(TOP)), ids=lambda i: "{}-L{}-bi{}-len{}-{}-bias{}".format(*TOP[i][:6]))
+def test_backward_of_the_top_layer_in_one_call(case, dtype, products, threads, monkeypatch):
+    """The top layer's backward over many sequences in one call (elman_cpu.backward_top: each
+    thread's share of the batch with its products, at every step or in blocks of 2 steps, the last
+    block of 1) gives the reference's gradients, and is the one used where every sequence's step is
+    one time."""
     import numba
 
     from gpubptt.kernels import elman_cpu
 
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip(f"needs {threads} Numba threads, this machine has {numba.config.NUMBA_NUM_THREADS}")
+    cell, num_layers, bidirectional, lengths, options, bias, directions = TOP[case]
+    monkeypatch.setenv("GPUBPTT_CPU_VARIANT", "blas")
+    monkeypatch.setattr(elman_cpu, "SHARES_MEMORY_SHARE", 100.0)  # buffers that a problem this small outweighs
+    monkeypatch.setattr(elman_cpu, "SHARES_BUFFER_SHARE", 100.0)
+    monkeypatch.setattr(elman_cpu, "SHARES_BLOCK_ROWS", 1 if products == "every step" else 2 * -(-5 // threads))
+    calls, real = [], elman_cpu.backward_top
+    monkeypatch.setattr(elman_cpu, "backward_top", lambda *a: calls.append(a[4].shape) or real(*a))
+    blocks, plan = [], elman_cpu._shares_plan
+    monkeypatch.setattr(elman_cpu, "_shares_plan", lambda *a: blocks.append(plan(*a)[4]) or plan(*a))
+    structure = dict(num_layers=num_layers, bidirectional=bidirectional)
+    params, x, s0, d = make_problem(11, 5, 3, 6, 2, dtype=dtype, seed=case, cell=cell, bias=bias, **structure)
+    before = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        L, g = gpubptt.bptt(params, x, d, s0, cell, backend="cpu", lengths=lengths, **structure, **options)
+    finally:
+        numba.set_num_threads(before)
+    rL, rg = gpubptt.bptt(params, x, d, s0, cell, backend="reference", lengths=lengths, **structure, **options)
+    tol = TOLERANCE[np.dtype(dtype).name]
+    assert_close(L, rL, tol, "L")
+    assert set(g) == set(rg)
+    for k in rg:
+        assert_close(g[k], rg[k], tol, f"d{k}")
+    assert calls == [(11, 5, 6)] * directions
+    assert blocks and set(blocks) == {1 if products == "every step" else 2}
+
+
+def test_which_backward_takes_the_top_layer(monkeypatch):
+    """backward_top takes one sequence, on one thread up to SEQUENCE_ONE_THREAD_MAX_HIDDEN; many
+    where every sequence's step is one time, the blas variant runs them in shares of SHARES_MIN_ROWS
+    or more and its buffers weigh at most SHARES_MEMORY_SHARE of the states; the engine's chunks take
+    the rest."""
+    import numba
+
+    from gpubptt.kernels import elman_cpu
+
+    def arrays(T, B, D, H):
+        return np.zeros((T, B, H), np.float32), np.zeros((H, H), np.float32), np.zeros((H, D), np.float32)
+
     limit = elman_cpu.SEQUENCE_ONE_THREAD_MAX_HIDDEN
-    narrow, wide = np.zeros((limit, limit), np.float32), np.zeros((limit + 32, limit + 32), np.float32)
+    monkeypatch.delenv("GPUBPTT_CPU_VARIANT", raising=False)
     threads = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
-        assert elman_cpu.takes_sequence(1, narrow)
-        assert not elman_cpu.takes_sequence(1, wide)
-        assert not elman_cpu.takes_sequence(2, narrow)
+        assert elman_cpu.takes_top(*arrays(50, 1, 8, limit), False)
+        assert not elman_cpu.takes_top(*arrays(50, 1, 8, limit + 32), True)
+        assert elman_cpu.takes_top(*arrays(100, 256, 16, 64), True)
+        assert not elman_cpu.takes_top(*arrays(100, 256, 16, 64), False)  # reverse, lengths below T
+        monkeypatch.setenv("GPUBPTT_CPU_VARIANT", "loops")
+        assert not elman_cpu.takes_top(*arrays(100, 256, 16, 64), True)
+        monkeypatch.delenv("GPUBPTT_CPU_VARIANT")
         if numba.config.NUMBA_NUM_THREADS > 1:
             numba.set_num_threads(2)
-            assert elman_cpu.takes_sequence(1, wide)
-            assert not elman_cpu.takes_sequence(2, narrow)
+            assert elman_cpu.takes_top(*arrays(50, 1, 8, limit + 32), True)
+            assert elman_cpu.takes_top(*arrays(1000, 4, 64, 256), True)  # shares of 2
+            assert not elman_cpu.takes_top(*arrays(500, 2, 32, 64), True)  # shares of 1
+            assert not elman_cpu.takes_top(*arrays(50, 16, 128, 512), True)  # a thread's sums outweigh the states
+            assert elman_cpu.takes_top(*arrays(50, 128, 128, 512), True)
     finally:
         numba.set_num_threads(threads)
 

@@ -107,7 +107,7 @@ def main():
                 ("forward outside the kernel: x·Wxᵀ, biases, output layer", med["engine.forward"] - fk),
                 ("forward recurrence kernel (with x·Wxᵀ when from the input)", fk),
                 ("loss and dZ", med["loss"]),
-                ("backward recurrence kernel (B = 1: with its products)", bk),
+                ("backward recurrence kernel (backward_top: with products)", bk),
                 ("backward outside the kernel: dWy, dZ·Wy, dWs, dWx, dx, sums", med["engine.backward"] - bk),
             ]
             pieces.append(("the rest (dispatch, s0 packing)", med["total"] - sum(v for _, v in pieces)))

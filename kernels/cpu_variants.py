@@ -185,9 +185,9 @@ def blas_backward_weight(W, piece, states):
     """W as the blas variant's backward kernels take it for ``piece``, whose products read it as W,
     not Wᵀ: for the register-blocked product packed (``register_gemm.packed``) when it has
     PACK_MIN_COLUMNS columns or more and the copy is no larger than ``states``, the saved states the
-    kernel reads; else on a cache line
-    (``register_gemm.aligned``: a copy when it is not) while W has at most ALIGNED_COPY_MOST bytes;
-    else as it lies. A weight-sized copy is a large part of the memory bound where the batch is small.
+    kernel reads; else on a cache line (``register_gemm.aligned``: a copy when it is not) while W has
+    at most ALIGNED_COPY_MOST bytes; else as it lies. A weight-sized copy is a large part of the
+    memory bound where the batch is small.
 
     Measured on 2 threads. The Elman backward kernel alone, in one process alternating, W as it lies
     / packed, ms: (B,T,H) = (128,50,512) 17.2 / 15.1, (64,50,512) 9.1 / 7.0, (16,50,512) 2.2 / 1.8,

@@ -382,10 +382,10 @@ def _backward_shares(dZ, Wy, Ws, S, S0, X, Wx, lengths, reverse, act, truncate, 
     rows of dL/dS_t from dZ_t Wy and their deltas, and keeps the deltas, the states before the step
     and the inputs in buffers of its own; every ``block`` steps it forms from them, while they are in
     cache, its shares of the sums dWs and dWx and its rows of dL/dx (``block`` 1: at every step, from
-    where the rows lie, the buffers unused and empty). Every sequence's processing step
-    i must be one time (the forward direction, or every length T). R [1,B,H]: the step's rows, each
-    thread its own; Dd, Sp [shares, block·rows, H] and Xr, Ox [shares, block·rows, D]: the deltas,
-    states before, inputs and dL/dx of a block; partial_s, partial_x [shares-1, ...]: the sums of the
+    where the rows lie, the buffers unused and empty). Every sequence's processing step i must be
+    one time (the forward direction, or every length T). R [1,B,H]: the step's rows, each thread its
+    own; Dd, Sp [shares, block·rows, H] and Xr, Ox [shares, block·rows, D]: the deltas, states
+    before, inputs and dL/dx of a block; partial_s, partial_x [shares-1, ...]: the sums of the
     threads after the first, added to dWs, dWx at the end; sums [shares, H] float64, the bias sums."""
     T, B, H = S.shape
     D = X.shape[2]
@@ -442,8 +442,12 @@ def _backward_shares(dZ, Wy, Ws, S, S0, X, Wx, lengths, reverse, act, truncate, 
                 t = T - 1 - i if reverse else i
                 u = (hi - 1 - i) * n
                 for q in range(n):
-                    for k in range(D):
-                        dX[t, first + q, k] = dinputs[u + q, k] + (dX[t, first + q, k] if add_dX else 0.0)
+                    if add_dX:
+                        for k in range(D):
+                            dX[t, first + q, k] += dinputs[u + q, k]
+                    else:
+                        for k in range(D):
+                            dX[t, first + q, k] = dinputs[u + q, k]
         sums[share] = acc
         cpu_variants.products(last, Ws, dS0[first:end], piece)
     for s in range(shares - 1):

@@ -227,12 +227,10 @@ def backward(params, x, states0, lengths, structure, saved, top, dZ, truncate, c
             if (layer == st.num_layers - 1 and len(parts) == 1 and not return_deltas
                     and getattr(k, "takes_top", lambda *_: False)(s["h"], Ws, Wx, full_lengths or not direction)):
                 # the kernel module runs the whole direction, products included, in one call
-                ds0[idx], dbias = xp.empty_like(h0), xp.empty_like(Ws[:, 0])
+                ds0[idx] = xp.empty_like(h0)
                 k.backward_top(dZ, p["Wy"][:, direction * H:(direction + 1) * H], Ws, Wx, s["h"], h0, parts[0],
-                               lengths, direction, CODES[st.cell], truncate, clip, dWs, dWx, dbias, dinputs[0],
-                               direction, ds0[idx])
-                if dbx is not None:
-                    dbx[...] = dbias
+                               lengths, direction, CODES[st.cell], truncate, clip, dWs, dWx,
+                               xp.empty_like(Ws[:, 0]) if dbx is None else dbx, dinputs[0], direction, ds0[idx])
                 chunks = []
             # the top layer's chunks take turns in one buffer (a new array each made a heap fragmented
             # by earlier calls grow: measured peak memory 1.84x the bound at (16,50,128,512) after the

@@ -375,6 +375,15 @@ def _backward_sequence(dZ, Wy, W, transposed, loops, S, S0, X, Wx, lengths, reve
         cpu_variants.products(last, W, dS0, piece)
 
 
+@njit(inline="always", **cpu_variants.JIT_OPTIONS)
+def _delta_products(deltas, before, inputs, Wx, to_s, to_x, dinputs, beta, beta_dx):
+    """From the rows of the deltas, the states before their steps and the inputs: to_s (+)= deltasᵀ
+    before, to_x (+)= deltasᵀ inputs (added to with ``beta`` 1), dinputs (+)= deltas Wx (``beta_dx``)."""
+    linalg_cpu.gemm(deltas, True, before, to_s, beta)
+    linalg_cpu.gemm(deltas, True, inputs, to_x, beta)
+    linalg_cpu.gemm(deltas, False, Wx, dinputs, beta_dx)
+
+
 def _backward_shares(dZ, Wy, Ws, S, S0, X, Wx, lengths, reverse, act, truncate, clip, piece, shares, block, R, Dd, Sp,
                      Xr, Ox, dWs, dWx, partial_s, partial_x, sums, dX, add_dX, dS0):
     """The backward recurrence of ``_backward_blas`` with the products of ``backward_top`` for many
@@ -412,50 +421,40 @@ def _backward_shares(dZ, Wy, Ws, S, S0, X, Wx, lengths, reverse, act, truncate, 
                 _backward_step(R, S, lengths, reverse, act, clip, R, i, first, last, g, n, t)
                 if i >= shortest:
                     cpu_variants.zero_past_end(lengths, i, first, n, R, last, i)
-                u = (hi - 1 - i) * n
-                prev = t + 1 if reverse else t - 1
-                states = S[prev, first:end] if 0 <= prev < T else S0[first:end]
-                if block == 1:  # the step's products from where its rows lie
-                    for q in range(n):
-                        for k in range(H):
-                            acc[k] += rows[q, k]
-                    beta = 0.0 if i == T - 1 else 1.0
-                    linalg_cpu.gemm(rows, True, states, to_s, beta)
-                    linalg_cpu.gemm(rows, True, X[t, first:end], to_x, beta)
-                    linalg_cpu.gemm(rows, False, Wx, dX[t, first:end], 1.0 if add_dX else 0.0)
-                    continue
+                prev, a, b = states_before(t, 1, T, reverse)
+                states = S[prev, first:end] if a < b else S0[first:end]
                 for q in range(n):
                     for k in range(H):
-                        deltas[u + q, k] = rows[q, k]
-                        before[u + q, k] = states[q, k]
                         acc[k] += rows[q, k]
-                    for k in range(D):
-                        inputs[u + q, k] = X[t, first + q, k]
-            if block == 1:
-                continue
-            m = (hi - lo) * n
-            beta = 0.0 if hi == T else 1.0
-            linalg_cpu.gemm(deltas[:m], True, before[:m], to_s, beta)
-            linalg_cpu.gemm(deltas[:m], True, inputs[:m], to_x, beta)
-            linalg_cpu.gemm(deltas[:m], False, Wx, dinputs[:m], 0.0)
-            for i in range(hi - 1, lo - 1, -1):
-                t = T - 1 - i if reverse else i
-                u = (hi - 1 - i) * n
-                for q in range(n):
-                    if add_dX:
+                if block == 1:  # the step's products from where its rows lie
+                    _delta_products(rows, states, X[t, first:end], Wx, to_s, to_x, dX[t, first:end],
+                                    0.0 if i == T - 1 else 1.0, 1.0 if add_dX else 0.0)
+                else:
+                    u = (hi - 1 - i) * n
+                    for q in range(n):
+                        for k in range(H):
+                            deltas[u + q, k] = rows[q, k]
+                            before[u + q, k] = states[q, k]
                         for k in range(D):
-                            dX[t, first + q, k] += dinputs[u + q, k]
-                    else:
-                        for k in range(D):
-                            dX[t, first + q, k] = dinputs[u + q, k]
+                            inputs[u + q, k] = X[t, first + q, k]
+            if block > 1:
+                m = (hi - lo) * n
+                _delta_products(deltas[:m], before[:m], inputs[:m], Wx, to_s, to_x, dinputs[:m],
+                                0.0 if hi == T else 1.0, 0.0)
+                for i in range(hi - 1, lo - 1, -1):  # dinputs' rows to their times in dX
+                    t = T - 1 - i if reverse else i
+                    u = (hi - 1 - i) * n
+                    for q in range(n):
+                        if add_dX:
+                            for k in range(D):
+                                dX[t, first + q, k] += dinputs[u + q, k]
+                        else:  # dX unwritten before: not read (0 times a NaN left there is NaN)
+                            for k in range(D):
+                                dX[t, first + q, k] = dinputs[u + q, k]
         sums[share] = acc
         cpu_variants.products(last, Ws, dS0[first:end], piece)
-    for s in range(shares - 1):
-        for i in range(H):
-            for j in range(H):
-                dWs[i, j] += partial_s[s, i, j]
-            for j in range(dWx.shape[1]):
-                dWx[i, j] += partial_x[s, i, j]
+    linalg_cpu.add_partials(dWs, partial_s)
+    linalg_cpu.add_partials(dWx, partial_x)
 
 
 _forward_kernels = {"loops": cpu_variants.compile_both(_forward_loops),

@@ -180,7 +180,13 @@ def _gemm_inner(A, B, C, codes, lda, ldb, ldc, beta, partial, piece, shares):
         else:
             _gemm_pieces(A[:, lo:hi], B[lo:hi], partial[s - 1], codes, lda, ldb, partial.shape[2], 0.0, None,
                          piece, True)
-    for s in range(shares - 1):
+    add_partials(C, partial)
+
+
+@njit(inline="always", **cpu_variants.JIT_OPTIONS)
+def add_partials(C, partial):
+    """C += partial[s] for every s in order: the sums formed by the threads after the first."""
+    for s in range(partial.shape[0]):
         for i in range(C.shape[0]):
             for j in range(C.shape[1]):
                 C[i, j] += partial[s, i, j]

@@ -56,7 +56,14 @@ def compare(cell, out, loss, steps, shape, dtype, s0=True, num_layers=1, bidirec
     assert_close(Y, rY, tol, "Y")
     assert_close(S, rS, tol, "S")
     L, g = gpubptt.bptt(params, x, d, s0_, cell, out, loss, steps, backend="cpu", **kw, **options)
-    rL, rg = gpubptt.bptt(params, x, d, s0_, cell, out, loss, steps, backend="reference", **kw, **options)
+    assert_bptt_as_reference(L, g, dtype, params, x, d, s0_, cell, out, loss, steps, **kw, **options)
+
+
+def assert_bptt_as_reference(L, g, dtype, *args, **kwargs):
+    """L and every gradient g as the reference backend's gpubptt.bptt(*args, **kwargs) gives them, of
+    ``dtype`` and the same shapes."""
+    rL, rg = gpubptt.bptt(*args, backend="reference", **kwargs)
+    tol = TOLERANCE[np.dtype(dtype).name]
     assert L.dtype == dtype
     assert_close(L, rL, tol, "L")
     assert set(g) == set(rg)
@@ -236,9 +243,9 @@ def test_register_gemm_weights_on_a_cache_line():
     Wp = for_W(W, register, states)
     assert Wp.ctypes.data % 64 == 0 and np.array_equal(Wp, register_gemm.packed(W)) and Wp.shape != W.shape
     small = states[:W.size // 2 - 1]  # 8 bytes short of W's
-    for narrow_or_small in ((W[:, :64], states), (W, small)):  # an aligned copy, as it lies
-        A = for_W(narrow_or_small[0], register, narrow_or_small[1])
-        assert A is not W and A.ctypes.data % 64 == 0 and np.array_equal(A, narrow_or_small[0])
+    for given, held in ((W[:, :64], states), (W, small)):  # narrower, or the states too small: aligned, as it lies
+        A = for_W(given, register, held)
+        assert A is not given and A.shape == given.shape and A.ctypes.data % 64 == 0 and np.array_equal(A, given)
     assert for_W(W, 4, states) is W
     large = off_line(np.zeros((most // 4 // 32 + 1, 32), np.float32))
     assert large.nbytes > most and for_W(large, register, small) is large
@@ -589,12 +596,7 @@ def test_backward_of_one_sequence(case, dtype, variant, monkeypatch):
     structure = dict(num_layers=num_layers, bidirectional=bidirectional)
     params, x, s0, d = make_problem(23, 1, 3, 6, 2, dtype=dtype, seed=case, cell=cell, bias=bias, **structure)
     L, g = gpubptt.bptt(params, x, d, s0, cell, backend="cpu", lengths=lengths, **structure, **options)
-    rL, rg = gpubptt.bptt(params, x, d, s0, cell, backend="reference", lengths=lengths, **structure, **options)
-    tol = TOLERANCE[np.dtype(dtype).name]
-    assert_close(L, rL, tol, "L")
-    assert set(g) == set(rg)
-    for k in rg:
-        assert_close(g[k], rg[k], tol, f"d{k}")
+    assert_bptt_as_reference(L, g, dtype, params, x, d, s0, cell, lengths=lengths, **structure, **options)
     assert calls == [(23, 1, 6)] * (2 if bidirectional else 1)
 
 
@@ -639,12 +641,7 @@ def test_backward_of_the_top_layer_in_one_call(case, dtype, products, threads, m
         L, g = gpubptt.bptt(params, x, d, s0, cell, backend="cpu", lengths=lengths, **structure, **options)
     finally:
         numba.set_num_threads(before)
-    rL, rg = gpubptt.bptt(params, x, d, s0, cell, backend="reference", lengths=lengths, **structure, **options)
-    tol = TOLERANCE[np.dtype(dtype).name]
-    assert_close(L, rL, tol, "L")
-    assert set(g) == set(rg)
-    for k in rg:
-        assert_close(g[k], rg[k], tol, f"d{k}")
+    assert_bptt_as_reference(L, g, dtype, params, x, d, s0, cell, lengths=lengths, **structure, **options)
     assert calls == [(11, 5, 6)] * directions
     assert blocks and set(blocks) == {1 if products == "every step" else 2}
 

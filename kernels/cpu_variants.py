@@ -40,7 +40,15 @@ from .scalar import compile_scalar_functions
 # NaN or Inf: non-finite values still propagate for the training loop's guard to see.
 JIT_OPTIONS = dict(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
 
-VARIANTS = ("auto", "loops", "blas")
+VARIANTS = ("auto", "loops", "blas", "units")
+
+
+def variant_forced():
+    """GPUBPTT_CPU_VARIANT (default auto), checked."""
+    forced = os.environ.get("GPUBPTT_CPU_VARIANT", "auto")
+    if forced not in VARIANTS:
+        raise ValueError(f"GPUBPTT_CPU_VARIANT: expected one of {', '.join(VARIANTS)}, got {forced!r}")
+    return forced
 # Which variant is faster depends on the BLAS. Most OpenBLAS builds pack the weight for every product,
 # which a step's few rows do not repay; the AVX-512 builds (core types below) take small products,
 # M·N·K <= SMALL_PRODUCT, through kernels that pack nothing. So:
@@ -91,10 +99,8 @@ def choose(batch, hidden, threads=None, gates=1, small_kernels=None, register=Fa
     BLAS has small-product kernels (default: as found, ``BLAS_SMALL_KERNELS``); ``register``: whether
     the register-blocked product (``register_gemm``) takes the step products (``uses_register``),
     which makes ``blas`` the choice where ``piece_rows`` gives it the share."""
-    forced = os.environ.get("GPUBPTT_CPU_VARIANT", "auto")
-    if forced not in VARIANTS:
-        raise ValueError(f"GPUBPTT_CPU_VARIANT: expected one of {', '.join(VARIANTS)}, got {forced!r}")
-    if forced != "auto":
+    forced = variant_forced()
+    if forced in ("loops", "blas"):
         return forced
     share = -(-batch // (get_num_threads() if threads is None else threads))
     if piece_rows(share, hidden, gates, small_kernels, register) == REGISTER:
@@ -160,6 +166,59 @@ def uses_register(Ws):
     enabled, in float32, H a multiple of its COLUMNS (then so are the products' N, H and G·H; their
     operands are fresh arrays or rows of them, of unit stride)."""
     return register_enabled() and Ws.dtype == np.float32 and Ws.shape[1] % register_gemm.COLUMNS == 0
+
+
+# The units variant (LSTM's kernels, ``lstm_cpu``): the blas variant with the hidden units shared
+# among the threads instead of the batch. At every step each thread forms, for the whole batch, the
+# recurrent products of its units (its columns of the weight, register-blocked) and their pointwise
+# work; each step is a parallel region of its own, whose end is where the threads meet (the next
+# step's product reads every unit; a region costs ~1.4 µs with Numba's OpenMP layer). A thread then
+# reads its part of the weight at every step, not all of it: where the batch is small the step
+# product is bound by reading the weight, and at LSTM's [H,4H] for H = 512 (4 MiB, beyond a core's
+# L2 cache) all of it streams from L3 on every step. Chosen when the register-blocked product takes
+# the step products, two threads or more get COLUMNS units or more each, and the weight is large
+# (``unit_slices``): UNITS_IDLE_MIN_BYTES or more where the batch would leave a thread idle (fewer
+# sequences than threads), else beyond a core's L2 cache, UNITS_MIN_BYTES or more, and
+# UNITS_MIN_BYTES_PER_ROW or more for each sequence of a thread's share. Each thread packs its
+# columns itself (``register_gemm.pack``), so that they lie in its own core's caches (packed by the
+# calling thread, forward + BPTT at (B,T,D,H) = (1,50,128,512) took 11.7 ms, 8.6 in the threads).
+# Measured, LSTM forward + BPTT on 2 threads, one process alternating, the rules before / the units,
+# ms: (B,T,D,H) = (1,50,128,512) 16.4 / 8.4, (2,50,128,512) 16.4 / 10.4, (4,50,128,512) 20.8 / 13.7,
+# (8,50,128,512) 25.8 / 20.6, (16,50,128,512) 43.1 / 37.3, (32,50,128,512) 71.5 / 70.6,
+# (64,50,128,512) 116 / 127, (4,100,64,1024) 161 / 100, (32,50,128,1024) 269 / 221; H = 256 (a 1 MiB
+# weight): (1,100,64,256) 4.25 / 3.45, (2,100,64,256) 4.64 / 4.58, (8,100,64,256) 9.8 / 13.2,
+# (4,1000,64,256) 52 / 67; smaller: (1,50,128,128) 0.92 / 1.21, (16,50,128,128) 4.3 / 6.9,
+# (1,1000,8,64) 3.8 / 8.8. The step products alone, 2 threads, µs a step, the batch shared / the
+# units: [16,512]·[512,2048] 191 / 130, [4,512]·[512,2048] 138 / 63, [128,512]·[512,2048] 861 / 901;
+# [1,512]·[512,2048] on one thread (the loops variant) 144, the units 37.
+UNITS_IDLE_MIN_BYTES = 1 << 20
+UNITS_MIN_BYTES = 4 << 20
+UNITS_MIN_BYTES_PER_ROW = 512 << 10
+
+
+def unit_slices(batch, Ws):
+    """How many threads share the units of a recurrence over ``batch`` sequences with Ws [G·H, H] in
+    the units variant, 1 where it does not run. GPUBPTT_CPU_VARIANT=units runs it wherever it can
+    (the register-blocked product takes the step products and two threads get COLUMNS units each),
+    loops or blas never; the cells without it (Elman, GRU) take units as auto."""
+    forced = variant_forced()
+    threads = get_num_threads()
+    slices = min(threads, Ws.shape[1] // register_gemm.COLUMNS)
+    if forced in ("loops", "blas") or slices < 2 or not uses_register(Ws):
+        return 1
+    if forced == "units":
+        return slices
+    if batch < threads:
+        return slices if Ws.nbytes >= UNITS_IDLE_MIN_BYTES else 1
+    share = -(-batch // threads)
+    return slices if Ws.nbytes >= max(UNITS_MIN_BYTES, share * UNITS_MIN_BYTES_PER_ROW) else 1
+
+
+def unit_cuts(hidden, slices):
+    """The units each of ``slices`` threads takes in the units variant: thread s the units
+    cuts[s]..cuts[s+1]-1, whole blocks of COLUMNS, as even as they can be."""
+    blocks = hidden // register_gemm.COLUMNS
+    return np.array([register_gemm.COLUMNS * (s * blocks // slices) for s in range(slices + 1)], dtype=np.int64)
 
 
 @njit(inline="always", **JIT_OPTIONS)

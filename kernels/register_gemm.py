@@ -198,12 +198,15 @@ def packed(W):
     215-390), a plain copy 42."""
     K, N = W.shape
     out = aligned_empty((N // COLUMNS * K, COLUMNS), W.dtype)
-    _pack(W, out)
+    pack(W, out)
     return out
 
 
 @njit(cache=True)
-def _pack(W, out):
+def pack(W, out):
+    """``packed`` into out [N/COLUMNS·K, COLUMNS], from a kernel (LSTM's units variant: each thread
+    packs its columns, which then lie in its own core's caches). Blocks of columns packed one after
+    the other are the packing of those columns side by side."""
     K, N = W.shape
     for j in range(0, N - N % COLUMNS, COLUMNS):
         for k in range(K):

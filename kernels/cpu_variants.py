@@ -49,6 +49,8 @@ def variant_forced():
     if forced not in VARIANTS:
         raise ValueError(f"GPUBPTT_CPU_VARIANT: expected one of {', '.join(VARIANTS)}, got {forced!r}")
     return forced
+
+
 # Which variant is faster depends on the BLAS. Most OpenBLAS builds pack the weight for every product,
 # which a step's few rows do not repay; the AVX-512 builds (core types below) take small products,
 # M·N·K <= SMALL_PRODUCT, through kernels that pack nothing. So:

@@ -344,7 +344,7 @@ def _backward_units(dH_out, Ws, Wb, cuts, G, Hs, Cs, C0, lengths, reverse, trunc
             for s in prange(slices):
                 _backward_units_step(G, Cs, C0, lengths, reverse, dG, i, cuts[s], cuts[s + 1], now, dh, dcn, sumsq,
                                      clip)
-    for s in prange(slices):
+    for s in prange(slices):  # last[0]: step 0's dG
         _units_product(last[0], Wb, s, cuts[s], cuts[s + 1], dH0)
     dC0[...] = dcn
 
@@ -387,11 +387,10 @@ _backward_units_kernel = njit(parallel=True, **cpu_variants.JIT_OPTIONS)(_backwa
 
 def _units_weight(Ws, cuts):
     """Room for each thread's packed columns of Wsᵀ (the forward) or of Ws (the backward) in the
-    units variant: [slices, 4·(most units)/COLUMNS·H, COLUMNS] either way. The
-    backward's too is always a copy, unlike the blas variant's (cpu_variants.blas_backward_weight):
-    the engine makes the weight gradients, of Ws's size, once this kernel has returned, and as it lies
-    a thread's rows of Ws are H floats apart (at B = 1, H = 512, a step's product 96 µs against 43
-    packed)."""
+    units variant: [slices, 4·(most units)/COLUMNS·H, COLUMNS] either way. The backward's too is
+    always a copy, unlike the blas variant's (cpu_variants.blas_backward_weight): the engine makes
+    the weight gradients, of Ws's size, once this kernel has returned, and as it lies a thread's rows
+    of Ws are H floats apart (at B = 1, H = 512, a step's product 96 µs against 43 packed)."""
     most = int(np.diff(cuts).max())
     return register_gemm.aligned_empty((cuts.size - 1, most // register_gemm.COLUMNS * Ws.shape[0],
                                         register_gemm.COLUMNS), Ws.dtype)

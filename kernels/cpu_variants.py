@@ -170,39 +170,44 @@ def uses_register(Ws):
     return register_enabled() and Ws.dtype == np.float32 and Ws.shape[1] % register_gemm.COLUMNS == 0
 
 
-# The units variant (LSTM's kernels, ``lstm_cpu``): the blas variant with the hidden units shared
-# among the threads instead of the batch. At every step each thread forms, for the whole batch, the
-# recurrent products of its units (its columns of the weight, register-blocked) and their pointwise
-# work; each step is a parallel region of its own, whose end is where the threads meet (the next
-# step's product reads every unit; a region costs ~1.4 µs with Numba's OpenMP layer). A thread then
-# reads its part of the weight at every step, not all of it: where the batch is small the step
-# product is bound by reading the weight, and at LSTM's [H,4H] for H = 512 (4 MiB, beyond a core's
-# L2 cache) all of it streams from L3 on every step. Chosen when the register-blocked product takes
-# the step products, two threads or more get COLUMNS units or more each, and the weight is large
-# (``unit_slices``): UNITS_IDLE_MIN_BYTES or more where the batch would leave a thread idle (fewer
-# sequences than threads), else beyond a core's L2 cache, UNITS_MIN_BYTES or more, and
-# UNITS_MIN_BYTES_PER_ROW or more for each sequence of a thread's share. Each thread packs its
-# columns itself (``register_gemm.pack``), so that they lie in its own core's caches (packed by the
-# calling thread, forward + BPTT at (B,T,D,H) = (1,50,128,512) took 11.7 ms, 8.6 in the threads).
-# Measured, LSTM forward + BPTT on 2 threads, one process alternating, the rules before / the units,
-# ms: (B,T,D,H) = (1,50,128,512) 16.4 / 8.4, (2,50,128,512) 16.4 / 10.4, (4,50,128,512) 20.8 / 13.7,
-# (8,50,128,512) 25.8 / 20.6, (16,50,128,512) 43.1 / 37.3, (32,50,128,512) 71.5 / 70.6,
+# The units variant (the gated cells' kernels, ``lstm_cpu``, ``gru_cpu``): the blas variant with the
+# hidden units shared among the threads instead of the batch. At every step each thread forms, for
+# the whole batch, the recurrent products of its units (its columns of the weight, register-blocked)
+# and their pointwise work; each step is a parallel region of its own, whose end is where the
+# threads meet (the next step's product reads every unit; a region costs ~1.4 µs with Numba's OpenMP
+# layer). A thread then reads its part of the weight at every step, not all of it: where the batch
+# is small the step product is bound by reading the weight, and a weight beyond a core's L2 cache
+# (2 MiB here; LSTM's [4H,H] is 4 MiB at H = 512, GRU's 3 MiB) streams from L3 at every step.
+# Chosen when the register-blocked product takes the step products, two threads or more get COLUMNS
+# units or more each, and the weight is large (``unit_slices``): UNITS_IDLE_MIN_BYTES or more where
+# the batch would leave a thread idle (fewer sequences than threads), else UNITS_MIN_BYTES or more
+# and UNITS_MIN_BYTES_PER_ROW or more for each sequence of a thread's share. Each thread packs its
+# columns itself (``pack_units``), so that they lie in its own core's caches (packed by the calling
+# thread, LSTM forward + BPTT at (B,T,D,H) = (1,50,128,512) took 11.7 ms, 8.6 in the threads).
+# Measured, forward + BPTT on 2 threads, one process alternating, the rules before the variant /
+# the units, ms: LSTM (1,50,128,512) 16.4 / 8.4, (2,50,128,512) 16.4 / 10.4, (4,50,128,512) 20.8 /
+# 13.7, (8,50,128,512) 25.8 / 20.6, (16,50,128,512) 43.1 / 37.3, (32,50,128,512) 71.5 / 70.6,
 # (64,50,128,512) 116 / 127, (4,100,64,1024) 161 / 100, (32,50,128,1024) 269 / 221; H = 256 (a 1 MiB
 # weight): (1,100,64,256) 4.25 / 3.45, (2,100,64,256) 4.64 / 4.58, (8,100,64,256) 9.8 / 13.2,
 # (4,1000,64,256) 52 / 67; smaller: (1,50,128,128) 0.92 / 1.21, (16,50,128,128) 4.3 / 6.9,
-# (1,1000,8,64) 3.8 / 8.8. The step products alone, 2 threads, µs a step, the batch shared / the
-# units: [16,512]·[512,2048] 191 / 130, [4,512]·[512,2048] 138 / 63, [128,512]·[512,2048] 861 / 901;
-# [1,512]·[512,2048] on one thread (the loops variant) 144, the units 37.
+# (1,1000,8,64) 3.8 / 8.8. GRU (2,50,128,512) 13.1 / 7.7, (4,50,128,512) 15.9 / 10.5,
+# (8,50,128,512) 20.2 / 16.2, (16,50,128,512) 33.9 / 30.1, (32,50,128,512) 61.1 / 58.9;
+# (2,100,64,256) 3.76 / 4.50, (4,100,64,256) 6.1 / 8.1; a 768 KiB weight, 11 rounds: (1,100,64,256)
+# 2.94 / 3.13, (1,50,128,256) 1.99 / 2.24 (LSTM's 1 MiB: 4.85 / 3.95, 2.96 / 2.68); (1,50,128,128)
+# 1.12 / 1.42; (1,50,128,512) 12.1 before the GRU had it, 6.0-6.4 after. The step products alone,
+# 2 threads, µs a step, the batch shared / the units: [16,512]·[512,2048] 191 / 130,
+# [4,512]·[512,2048] 138 / 63, [128,512]·[512,2048] 861 / 901; [1,512]·[512,2048] on one thread
+# (the loops variant) 144, the units 37.
 UNITS_IDLE_MIN_BYTES = 1 << 20
-UNITS_MIN_BYTES = 4 << 20
-UNITS_MIN_BYTES_PER_ROW = 512 << 10
+UNITS_MIN_BYTES = 2 << 20
+UNITS_MIN_BYTES_PER_ROW = 256 << 10
 
 
 def unit_slices(batch, Ws):
     """How many threads share the units of a recurrence over ``batch`` sequences with Ws [G·H, H] in
     the units variant, 1 where it does not run. GPUBPTT_CPU_VARIANT=units runs it wherever it can
     (the register-blocked product takes the step products and two threads get COLUMNS units each),
-    loops or blas never; the cells without it (Elman, GRU) take units as auto."""
+    loops or blas never; the cell without it (Elman) takes units as auto."""
     forced = variant_forced()
     threads = get_num_threads()
     slices = min(threads, Ws.shape[1] // register_gemm.COLUMNS)
@@ -221,6 +226,34 @@ def unit_cuts(hidden, slices):
     cuts[s]..cuts[s+1]-1, whole blocks of COLUMNS, as even as they can be."""
     blocks = hidden // register_gemm.COLUMNS
     return np.array([register_gemm.COLUMNS * (s * blocks // slices) for s in range(slices + 1)], dtype=np.int64)
+
+
+def units_weight(Ws, cuts):
+    """Room for each thread's packed columns of Wsᵀ (the forward) or of Ws (the backward) in the
+    units variant, which its thread packs there (``pack_units``): [slices, G·(most units)/COLUMNS·H,
+    COLUMNS] either way. The backward's too is always a copy, unlike the blas variant's
+    (``blas_backward_weight``): the engine makes the weight gradients, of Ws's size, once the kernel
+    has returned, and as it lies a thread's rows of Ws are H floats apart (LSTM at B = 1, H = 512, a
+    step's product 96 µs against 43 packed)."""
+    most = int(np.diff(cuts).max())
+    return register_gemm.aligned_empty((cuts.size - 1, most // register_gemm.COLUMNS * Ws.shape[0],
+                                        register_gemm.COLUMNS), Ws.dtype)
+
+
+@njit(**JIT_OPTIONS)
+def pack_units(Ws, W, cuts, s, forward):
+    """Thread s's columns into W[s] (``units_weight``): forward, of Wsᵀ, gate after gate the columns
+    of its units (``register_gemm.pack``: blocks of columns packed one after the other are their
+    packing side by side); backward, of Ws. Either way its first (u1 - u0)/COLUMNS·G·H rows, which
+    ``register_gemm.product`` takes (X Wsᵀ into G·(u1 - u0) columns forward, X Ws[:, u0:u1] backward)."""
+    H = Ws.shape[1]
+    u0, u1 = cuts[s], cuts[s + 1]
+    rows = (u1 - u0) // register_gemm.COLUMNS * H  # a gate's in the forward's packing
+    if forward:
+        for g in range(Ws.shape[0] // H):
+            register_gemm.pack(Ws[g * H + u0:g * H + u1].T, W[s, g * rows:(g + 1) * rows])
+    else:
+        register_gemm.pack(Ws[:, u0:u1], W[s, :rows * (Ws.shape[0] // H)])
 
 
 @njit(inline="always", **JIT_OPTIONS)
@@ -296,6 +329,88 @@ def compile_activations():
     type (above)."""
     return compile_scalar_functions(activations, njit(**JIT_OPTIONS),
                                     overrides={"single_precision": activations.single_precision})
+
+
+_position = compile_activations().position
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def units_forward_product(prev, Wp, s, u0, u1, gates, rec):
+    """Thread s's step product in the forward units variant: the states before the step, prev [B,H],
+    times its packed columns of Wsᵀ (``pack_units``) into the first gates·(u1 - u0) columns of
+    rec[s] (``units_buffers``); returns that view."""
+    r = rec[s, :, :gates * (u1 - u0)]
+    register_gemm.product(prev, Wp[s, :(u1 - u0) // register_gemm.COLUMNS * gates * prev.shape[1]], r)
+    return r
+
+
+@njit(**JIT_OPTIONS)
+def units_buffers(H0, Wp):
+    """The forward units variant's buffers: the states [2, B, H], taken in turns (h[0] = H0 the
+    first step's), and each thread's recurrent products [slices, B, G·(most units)]."""
+    B, H = H0.shape
+    h = np.empty((2, B, H), dtype=H0.dtype)
+    h[0] = H0
+    return h, np.empty((Wp.shape[0], B, Wp.shape[1] // H * register_gemm.COLUMNS), dtype=H0.dtype)
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def units_zero_past_end(grad, now, carried, i, b, u0, u1):
+    """Backward step i of sequence b past its end in the units variant, thread's units u0..u1-1: no
+    gradient, grad[i, b] and now[b] (the step's gate gradients) 0 in every gate's columns of those
+    units, and so the carried part (``units_backward_rows``)."""
+    H = carried.shape[1]
+    zero = grad.dtype.type(0.0)
+    for g in range(grad.shape[2] // H):
+        for j in range(g * H + u0, g * H + u1):
+            grad[i, b, j] = zero
+            now[b, j] = zero
+    for j in range(u0, u1):
+        carried[b, j] = zero
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def units_backward_rows(dH_out, Wb, later, s, u0, u1, flows, lengths, reverse, i, clip, dh, carried, sumsq,
+                        carried_adds):
+    """Thread s's part of backward step i in the units variant before its cells' pointwise work, for
+    its units u0..u1-1 of every sequence: dh = the later step's gate gradients ``later`` times Ws
+    (from its packed columns in Wb) or, where the step starts a chunk of the truncation (not
+    ``flows``), 0 and so the ``carried`` part (LSTM's dL/dc through c_{t+1}, GRU's dh_{t+1} z_{t+1});
+    then dL/dh_t = dh + dH_out (+ carried, ``carried_adds``: GRU) for those not past their end, and
+    with clipping the squared norm of their share of the state gradient (dL/dh_t, and LSTM's carried
+    dL/dc) into sumsq[s, b]."""
+    if flows:
+        register_gemm.product(later, Wb[s, :(u1 - u0) // register_gemm.COLUMNS * later.shape[1]], dh[:, u0:u1])
+    else:
+        dh[:, u0:u1] = 0
+        carried[:, u0:u1] = 0
+    for b in range(dh.shape[0]):
+        L = lengths[b]
+        if i < L:
+            t = _position(i, L, reverse)
+            for j in range(u0, u1):
+                dh[b, j] += dH_out[t, b, j]
+            total = dh[b, u0] - dh[b, u0]
+            if carried_adds:
+                for j in range(u0, u1):
+                    dh[b, j] += carried[b, j]
+            elif clip > 0:
+                for j in range(u0, u1):
+                    total += carried[b, j] * carried[b, j]
+            if clip > 0:
+                for j in range(u0, u1):
+                    total += dh[b, j] * dh[b, j]
+                sumsq[s, b] = total
+
+
+@njit(inline="always", **JIT_OPTIONS)
+def units_backward_end(first, Wb, s, u0, u1, dH0, carried, carried_adds):
+    """Thread s's units of dL/dh0 = (step 0's gate gradients ``first``) Ws (+ carried, GRU's)."""
+    register_gemm.product(first, Wb[s, :(u1 - u0) // register_gemm.COLUMNS * first.shape[1]], dH0[:, u0:u1])
+    if carried_adds:
+        for b in range(dH0.shape[0]):
+            for j in range(u0, u1):
+                dH0[b, j] += carried[b, j]
 
 
 def plan(batch, Ws):

@@ -3,7 +3,8 @@
 The caller computes U = x Wxᵀ + bx for every step in one product; the recurrent biases bs enter
 here because n = tanh(U_n + r ⊙ (Ws_n h + bs_n)) keeps bs_n inside the reset gate. Conventions
 (lengths, reverse, truncate, clip) and the two ways to split the work (``loops``, ``blas``:
-cpu_variants.py) as in ``elman_cpu.py``. Twins: ``gru_cuda.py``.
+cpu_variants.py) as in ``elman_cpu.py``, and the gated cells' third for small batches and large
+weights (``units``, as in ``lstm_cpu.py``). Twins: ``gru_cuda.py`` (the units variant is CPU-only).
 """
 import numpy as np
 from numba import njit, prange
@@ -198,10 +199,141 @@ def _backward_step(dH_out, G, Gn, Hs, H0, lengths, reverse, clip, dRec, dNx, i, 
                        _clip_scale(dh[q], clip, one), dRec, dNx, last[q], direct[q])
 
 
+@njit(**cpu_variants.JIT_OPTIONS)
+def _cell_units(U, t, b, rec, bs, h, Hs, Gn, one, u0):
+    """``_cell`` for the units u0..u0+n-1 (n = h.size) alone, the units variant's: rec their
+    recurrent products ([r, z, n] of those units, 3n), h their values (the state before the step on
+    entry). Over views of each gate's n values, as ``lstm_cpu._cell_units`` (which says why a
+    function of its own)."""
+    n = h.size
+    ur, uz, un = _gate_views(U[t, b], u0, n)
+    br, bz, bn = _gate_views(bs, u0, n)
+    rr, rz, rn = _gate_views(rec, 0, n)
+    for j in range(n):
+        rr[j] = sigmoid(rr[j] + ur[j] + br[j], one)
+        rz[j] = sigmoid(rz[j] + uz[j] + bz[j], one)
+    for j in range(n):
+        rn[j] += bn[j]
+    gn = Gn[t, b, u0:u0 + n]
+    for j in range(n):
+        gn[j] = rn[j]
+    for j in range(n):
+        rn[j], h[j] = gru_state(rr[j], rz[j], un[j], rn[j], h[j], one)
+    for j in range(n):
+        ur[j] = rr[j]
+        uz[j] = rz[j]
+        un[j] = rn[j]
+    hs = Hs[t, b, u0:u0 + n]
+    for j in range(n):
+        hs[j] = h[j]
+
+
+@njit(inline="always", **cpu_variants.JIT_OPTIONS)
+def _gate_views(row, u0, n):
+    """The views of units u0..u0+n-1 of gates r, z, n in a row of 3 blocks of row.size / 3 units."""
+    H = row.size // 3
+    return row[u0:u0 + n], row[H + u0:H + u0 + n], row[2 * H + u0:2 * H + u0 + n]
+
+
+@njit(**cpu_variants.JIT_OPTIONS)
+def _cell_backward_units(G, Gn, Hs, H0, t, tp, first, b, dh, scale, dRec, dNx, last, direct, u0):
+    """``_cell_backward`` for the units u0..u0+n-1 (n = dh.size) alone, the units variant's: dh and
+    direct their values, ``last`` a whole row ([r, z, n] of every unit)."""
+    n = dh.size
+    one = G.dtype.type(1.0)
+    gr, gz, gn = _gate_views(G[t, b], u0, n)
+    lr, lz, ln = _gate_views(last, u0, n)
+    hn, dn = Gn[t, b, u0:u0 + n], dNx[t, b, u0:u0 + n]
+    h_prev = H0[b, u0:u0 + n] if first else Hs[tp, b, u0:u0 + n]
+    for j in range(n):
+        dhj = dh[j] * scale
+        lr[j], lz[j], dn[j], ln[j] = gru_pointwise_backward(dhj, gr[j], gz[j], gn[j], hn[j], h_prev[j], one)
+        direct[j] = dhj * gz[j]
+    orr, oz, on = _gate_views(dRec[t, b], u0, n)
+    for j in range(n):
+        orr[j] = lr[j]
+        oz[j] = lz[j]
+        on[j] = ln[j]
+
+
+# The units variant (cpu_variants.py says when and why; ``lstm_cpu._forward_units`` how).
+def _forward_units(U, Ws, Wp, cuts, bs, H0, lengths, reverse, Hs, Gn, slices):
+    """Wp (``cpu_variants.units_weight``): for thread s's columns of Wsᵀ, the columns of gates r, z,
+    n of its units one gate after the other, which it packs there itself."""
+    T, B, _ = U.shape
+    one = U.dtype.type(1.0)
+    for s in prange(slices):
+        cpu_variants.pack_units(Ws, Wp, cuts, s, True)
+    h, rec = cpu_variants.units_buffers(H0, Wp)
+    for i in range(T):
+        prev, now = h[i % 2], h[1 - i % 2]
+        for s in prange(slices):
+            u0, u1 = cuts[s], cuts[s + 1]
+            r = cpu_variants.units_forward_product(prev, Wp, s, u0, u1, 3, rec)
+            for b in range(B):
+                for j in range(u0, u1):
+                    now[b, j] = prev[b, j]
+                L = lengths[b]
+                if i < L:
+                    _cell_units(U, position(i, L, reverse), b, r[b], bs, now[b, u0:u1], Hs, Gn, one, u0)
+                else:  # past the end the state stays put (cpu_variants.past_end)
+                    for j in range(u0, u1):
+                        Hs[i, b, j] = H0[b, j] if reverse else prev[b, j]
+
+
+def _backward_units(dH_out, Ws, Wb, cuts, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0, slices):
+    """Wb (``cpu_variants.units_weight``): for thread s's columns of Ws, which it packs there itself.
+    With clipping a step takes two regions, as ``lstm_cpu._backward_units``."""
+    T, B, Gs = G.shape
+    H = Gs // 3
+    for s in prange(slices):
+        cpu_variants.pack_units(Ws, Wb, cuts, s, False)
+    last = np.zeros((2, B, Gs), dtype=G.dtype)  # dRec of the later step, two buffers in turn
+    dh = np.empty((B, H), dtype=G.dtype)  # the later step's dRec Ws, then dL/dh_t
+    direct = np.zeros((B, H), dtype=G.dtype)  # dh_{t+1} z_{t+1}
+    sumsq = np.zeros((slices, B), dtype=G.dtype)
+    for i in range(T - 1, -1, -1):
+        later, now = last[(i + 1) % 2], last[i % 2]
+        flows = passes(i + 1, truncate)  # step i+1 starts a chunk of the truncation: nothing flows back
+        for s in prange(slices):
+            u0, u1 = cuts[s], cuts[s + 1]
+            cpu_variants.units_backward_rows(dH_out, Wb, later, s, u0, u1, flows, lengths, reverse, i, clip, dh, direct,
+                                             sumsq, True)
+            if clip <= 0:
+                _backward_units_step(G, Gn, Hs, H0, lengths, reverse, dRec, dNx, i, u0, u1, now, dh, direct, sumsq,
+                                     clip)
+        if clip > 0:
+            for s in prange(slices):
+                _backward_units_step(G, Gn, Hs, H0, lengths, reverse, dRec, dNx, i, cuts[s], cuts[s + 1], now, dh,
+                                     direct, sumsq, clip)
+    for s in prange(slices):  # last[0]: step 0's dRec
+        cpu_variants.units_backward_end(last[0], Wb, s, cuts[s], cuts[s + 1], dH0, direct, True)
+
+
+@njit(**cpu_variants.JIT_OPTIONS)
+def _backward_units_step(G, Gn, Hs, H0, lengths, reverse, dRec, dNx, i, u0, u1, now, dh, direct, sumsq, clip):
+    """The units u0..u1-1 of backward step i for every sequence, from dh = dL/dh_t (those past their
+    end: no gradient, cpu_variants.zero_past_end)."""
+    one = G.dtype.type(1.0)
+    zero = one - one
+    for b in range(dh.shape[0]):
+        L = lengths[b]
+        if i >= L:
+            cpu_variants.units_zero_past_end(dRec, now, direct, i, b, u0, u1)
+            for j in range(u0, u1):
+                dNx[i, b, j] = zero
+            continue
+        scale = clip_scale(sumsq[:, b].sum(), clip, one) if clip > 0 else one
+        _cell_backward_units(G, Gn, Hs, H0, position(i, L, reverse), position(i - 1, L, reverse), i == 0, b,
+                             dh[b, u0:u1], scale, dRec, dNx, now[b], direct[b, u0:u1], u0)
+
+
 _forward_kernels = {"loops": cpu_variants.compile_both(_forward_loops),
                     "blas": cpu_variants.compile_both(_forward_blas)}
 _backward_kernels = {"loops": cpu_variants.compile_both(_backward_loops),
                      "blas": cpu_variants.compile_both(_backward_blas)}
+_forward_units_kernel = njit(parallel=True, **cpu_variants.JIT_OPTIONS)(_forward_units)
+_backward_units_kernel = njit(parallel=True, **cpu_variants.JIT_OPTIONS)(_backward_units)
 
 
 def forward_recurrence(U, Ws, bs, H0, lengths, reverse, Hs, Gn):
@@ -213,6 +345,12 @@ def forward_recurrence(U, Ws, bs, H0, lengths, reverse, Hs, Gn):
     Hs     [T,B,H]  out: hidden states
     Gn     [T,B,H]  out: Ws_n h_{t-1} + bs_n, saved for backward
     """
+    slices = cpu_variants.unit_slices(U.shape[1], Ws)
+    if slices > 1:
+        cuts = cpu_variants.unit_cuts(Ws.shape[1], slices)
+        _forward_units_kernel(U, Ws, cpu_variants.units_weight(Ws, cuts), cuts, bs, H0, lengths, reverse, Hs, Gn,
+                              slices)
+        return
     variant, tile, shares = cpu_variants.plan(U.shape[1], Ws)
     kernel = cpu_variants.pick(_forward_kernels[variant], shares)
     if variant == "loops":
@@ -233,6 +371,12 @@ def backward_recurrence(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, c
     dNx     [T,B,H]  out: gradient of n's input part (Wx_n x + bx_n); may be the same array as Gn
     dH0     [B,H]    out: dL/dh0
     """
+    slices = cpu_variants.unit_slices(G.shape[1], Ws)
+    if slices > 1:
+        cuts = cpu_variants.unit_cuts(Ws.shape[1], slices)
+        _backward_units_kernel(dH_out, Ws, cpu_variants.units_weight(Ws, cuts), cuts, G, Gn, Hs, H0, lengths, reverse,
+                               truncate, clip, dRec, dNx, dH0, slices)
+        return
     variant, tile, shares = cpu_variants.plan(G.shape[1], Ws)
     kernel = cpu_variants.pick(_backward_kernels[variant], shares)
     if variant == "loops":

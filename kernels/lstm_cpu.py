@@ -11,7 +11,7 @@ clipping acts on the whole backpropagated state gradient (dL/dh_t, dL/dc_t). Twi
 import numpy as np
 from numba import njit, prange
 
-from . import cpu_variants, register_gemm
+from . import cpu_variants
 
 _scalar = cpu_variants.compile_activations()
 lstm_state = _scalar.lstm_state
@@ -66,19 +66,14 @@ def _cell_backward(G, Cs, C0, t, tp, first, b, dh, dcn, scale, dG, last):
     dG[t, b] = last
 
 
-@njit(inline="always", **cpu_variants.JIT_OPTIONS)
-def _sum_of_squares(dh, dcn):
-    total = dh[0] - dh[0]
-    for j in range(dh.size):
-        total += dh[j] * dh[j] + dcn[j] * dcn[j]
-    return total
-
-
 @njit(**cpu_variants.JIT_OPTIONS)
 def _clip_scale(dh, dcn, clip, one):
     if clip <= 0:
         return one
-    return clip_scale(_sum_of_squares(dh, dcn), clip, one)
+    sumsq = one - one
+    for j in range(dh.size):
+        sumsq += dh[j] * dh[j] + dcn[j] * dcn[j]
+    return clip_scale(sumsq, clip, one)
 
 
 def _forward_loops(U, Ws, H0, C0, lengths, reverse, Hs, Cs, tile, shares):
@@ -276,27 +271,19 @@ def _cell_backward_units(G, Cs, C0, t, tp, first, b, dh, dcn, scale, dG, last, u
 # and the gate gradients (backward) that a step's products read are kept in two buffers taken in
 # turns, so that no thread writes what another is still reading.
 def _forward_units(U, Ws, Wp, cuts, H0, C0, lengths, reverse, Hs, Cs, slices):
-    """Wp [slices, 4·(most units)/COLUMNS·H, COLUMNS]: for thread s's columns of Wsᵀ, the columns of
-    gates i, f, g, o of its units one gate after the other, which it packs there itself."""
-    T, B, G = U.shape
-    H = G // 4
+    """Wp (``cpu_variants.units_weight``): for thread s's columns of Wsᵀ, the columns of gates i, f,
+    g, o of its units one gate after the other, which it packs there itself."""
+    T, B, _ = U.shape
     one = U.dtype.type(1.0)
     for s in prange(slices):
-        u0, u1 = cuts[s], cuts[s + 1]
-        step = (u1 - u0) // register_gemm.COLUMNS * H  # a gate's rows in the packing
-        for g in range(4):
-            register_gemm.pack(Ws[g * H + u0:g * H + u1].T, Wp[s, g * step:(g + 1) * step])
-    h = np.empty((2, B, H), dtype=U.dtype)
-    h[0] = H0
+        cpu_variants.pack_units(Ws, Wp, cuts, s, True)
+    h, rec = cpu_variants.units_buffers(H0, Wp)
     c = C0.copy()
-    rec = np.empty((slices, B, Wp.shape[1] // H * register_gemm.COLUMNS), dtype=U.dtype)
     for i in range(T):
         prev, now = h[i % 2], h[1 - i % 2]
         for s in prange(slices):
             u0, u1 = cuts[s], cuts[s + 1]
-            n = u1 - u0
-            r = rec[s, :, :4 * n]
-            register_gemm.product(prev, Wp[s, :4 * n // register_gemm.COLUMNS * H], r)
+            r = cpu_variants.units_forward_product(prev, Wp, s, u0, u1, 4, rec)
             for b in range(B):
                 L = lengths[b]
                 if i < L:
@@ -309,13 +296,13 @@ def _forward_units(U, Ws, Wp, cuts, H0, C0, lengths, reverse, Hs, Cs, slices):
 
 
 def _backward_units(dH_out, Ws, Wb, cuts, G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0, slices):
-    """Wb [slices, (most units)/COLUMNS·4H, COLUMNS]: for thread s's columns of Ws, which it packs
-    there itself. With clipping a step takes two regions: the norm of a sequence's state gradient
+    """Wb (``cpu_variants.units_weight``): for thread s's columns of Ws, which it packs there itself.
+    With clipping a step takes two regions: the norm of a sequence's state gradient
     sums over every thread's units."""
     T, B, Gs = G.shape
     H = Gs // 4
     for s in prange(slices):
-        register_gemm.pack(Ws[:, cuts[s]:cuts[s + 1]], Wb[s, :(cuts[s + 1] - cuts[s]) // register_gemm.COLUMNS * Gs])
+        cpu_variants.pack_units(Ws, Wb, cuts, s, False)
     last = np.zeros((2, B, Gs), dtype=G.dtype)  # dG of the later step, two buffers in turn
     dh = np.empty((B, H), dtype=G.dtype)  # the later step's dG Ws, then dL/dh_t
     dcn = np.zeros((B, H), dtype=G.dtype)  # dL/dc_t through c_{t+1}
@@ -325,19 +312,8 @@ def _backward_units(dH_out, Ws, Wb, cuts, G, Hs, Cs, C0, lengths, reverse, trunc
         flows = passes(i + 1, truncate)  # step i+1 starts a chunk of the truncation: nothing flows back
         for s in prange(slices):
             u0, u1 = cuts[s], cuts[s + 1]
-            if flows:
-                _units_product(later, Wb, s, u0, u1, dh)
-            else:
-                dh[:, u0:u1] = 0
-                dcn[:, u0:u1] = 0
-            for b in range(B):
-                L = lengths[b]
-                if i < L:
-                    t = position(i, L, reverse)
-                    for j in range(u0, u1):
-                        dh[b, j] += dH_out[t, b, j]
-                    if clip > 0:
-                        sumsq[s, b] = _sum_of_squares(dh[b, u0:u1], dcn[b, u0:u1])
+            cpu_variants.units_backward_rows(dH_out, Wb, later, s, u0, u1, flows, lengths, reverse, i, clip, dh, dcn,
+                                             sumsq, False)
             if clip <= 0:
                 _backward_units_step(G, Cs, C0, lengths, reverse, dG, i, u0, u1, now, dh, dcn, sumsq, clip)
         if clip > 0:
@@ -345,32 +321,19 @@ def _backward_units(dH_out, Ws, Wb, cuts, G, Hs, Cs, C0, lengths, reverse, trunc
                 _backward_units_step(G, Cs, C0, lengths, reverse, dG, i, cuts[s], cuts[s + 1], now, dh, dcn, sumsq,
                                      clip)
     for s in prange(slices):  # last[0]: step 0's dG
-        _units_product(last[0], Wb, s, cuts[s], cuts[s + 1], dH0)
+        cpu_variants.units_backward_end(last[0], Wb, s, cuts[s], cuts[s + 1], dH0, dcn, False)
     dC0[...] = dcn
-
-
-@njit(inline="always", **cpu_variants.JIT_OPTIONS)
-def _units_product(X, Wb, s, u0, u1, out):
-    """out[:, u0:u1] = X Ws[:, u0:u1], from thread s's packed columns."""
-    register_gemm.product(X, Wb[s, :(u1 - u0) // register_gemm.COLUMNS * X.shape[1]], out[:, u0:u1])
 
 
 @njit(**cpu_variants.JIT_OPTIONS)
 def _backward_units_step(G, Cs, C0, lengths, reverse, dG, i, u0, u1, now, dh, dcn, sumsq, clip):
     """The units u0..u1-1 of backward step i for every sequence, from dh = dL/dh_t (those past their
     end: no gradient, cpu_variants.zero_past_end)."""
-    B, H = dh.shape
     one = G.dtype.type(1.0)
-    zero = one - one
-    for b in range(B):
+    for b in range(dh.shape[0]):
         L = lengths[b]
         if i >= L:
-            for g in range(4):
-                for j in range(g * H + u0, g * H + u1):
-                    dG[i, b, j] = zero
-                    now[b, j] = zero
-            for j in range(u0, u1):
-                dcn[b, j] = zero
+            cpu_variants.units_zero_past_end(dG, now, dcn, i, b, u0, u1)
             continue
         scale = clip_scale(sumsq[:, b].sum(), clip, one) if clip > 0 else one
         _cell_backward_units(G, Cs, C0, position(i, L, reverse), position(i - 1, L, reverse), i == 0, b,
@@ -385,17 +348,6 @@ _forward_units_kernel = njit(parallel=True, **cpu_variants.JIT_OPTIONS)(_forward
 _backward_units_kernel = njit(parallel=True, **cpu_variants.JIT_OPTIONS)(_backward_units)
 
 
-def _units_weight(Ws, cuts):
-    """Room for each thread's packed columns of Wsᵀ (the forward) or of Ws (the backward) in the
-    units variant: [slices, 4·(most units)/COLUMNS·H, COLUMNS] either way. The backward's too is
-    always a copy, unlike the blas variant's (cpu_variants.blas_backward_weight): the engine makes
-    the weight gradients, of Ws's size, once this kernel has returned, and as it lies a thread's rows
-    of Ws are H floats apart (at B = 1, H = 512, a step's product 96 µs against 43 packed)."""
-    most = int(np.diff(cuts).max())
-    return register_gemm.aligned_empty((cuts.size - 1, most // register_gemm.COLUMNS * Ws.shape[0],
-                                        register_gemm.COLUMNS), Ws.dtype)
-
-
 def forward_recurrence(U, Ws, H0, C0, lengths, reverse, Hs, Cs):
     """U      [T,B,4H] gate pre-activations from the inputs; overwritten with the gates (i, f, g, o)
     Ws     [4H,H]   contiguous
@@ -406,7 +358,8 @@ def forward_recurrence(U, Ws, H0, C0, lengths, reverse, Hs, Cs):
     slices = cpu_variants.unit_slices(U.shape[1], Ws)
     if slices > 1:
         cuts = cpu_variants.unit_cuts(Ws.shape[1], slices)
-        _forward_units_kernel(U, Ws, _units_weight(Ws, cuts), cuts, H0, C0, lengths, reverse, Hs, Cs, slices)
+        _forward_units_kernel(U, Ws, cpu_variants.units_weight(Ws, cuts), cuts, H0, C0, lengths, reverse, Hs, Cs,
+                              slices)
         return
     variant, tile, shares = cpu_variants.plan(U.shape[1], Ws)
     kernel = cpu_variants.pick(_forward_kernels[variant], shares)
@@ -428,7 +381,7 @@ def backward_recurrence(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, c
     slices = cpu_variants.unit_slices(G.shape[1], Ws)
     if slices > 1:
         cuts = cpu_variants.unit_cuts(Ws.shape[1], slices)
-        _backward_units_kernel(dH_out, Ws, _units_weight(Ws, cuts), cuts, G, Hs, Cs, C0, lengths, reverse,
+        _backward_units_kernel(dH_out, Ws, cpu_variants.units_weight(Ws, cuts), cuts, G, Hs, Cs, C0, lengths, reverse,
                                truncate, clip, dG, dH0, dC0, slices)
         return
     variant, tile, shares = cpu_variants.plan(G.shape[1], Ws)

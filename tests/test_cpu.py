@@ -681,7 +681,7 @@ def test_which_backward_takes_the_top_layer(monkeypatch):
         numba.set_num_threads(threads)
 
 
-UNITS = [  # (T, B, H, num_layers, bidirectional, lengths, options): D = 3, O = 2, LSTM, float32
+UNITS = [  # (T, B, H, num_layers, bidirectional, lengths, options): D = 3, O = 2, float32
     (7, 3, 64, 1, False, None, {}),  # two threads of 32 units
     (9, 1, 96, 1, False, None, dict(clip_step=0.05)),  # one sequence; 32 and 64 units; clipping
     (8, 5, 64, 1, True, [8, 2, 5, 1, 8], dict(truncate=3, clip_step=0.05)),  # both directions, ends
@@ -690,48 +690,50 @@ UNITS = [  # (T, B, H, num_layers, bidirectional, lengths, options): D = 3, O = 
 
 
 @pytest.mark.parametrize("case", range(len(UNITS)), ids=lambda i: "T{}-B{}-H{}-L{}-bi{}-len{}-{}".format(*UNITS[i]))
-def test_lstm_units_variant_matches_reference(case, monkeypatch):
-    """LSTM's units variant (the hidden units shared among the threads at every step, each thread
-    packing its own columns of the weight; GPUBPTT_CPU_VARIANT=units): the reference's outputs,
-    states and gradients, with sequences past their end, truncation and clipping (whose norm sums
-    over every thread's units), and every kernel of every layer and direction taken by it."""
-    import numba
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_units_variant_matches_reference(cell, case, monkeypatch):
+    """The gated cells' units variant (the hidden units shared among the threads at every step, each
+    thread packing its own columns of the weight; GPUBPTT_CPU_VARIANT=units): the reference's
+    outputs, states and gradients, with sequences past their end, truncation and clipping (whose norm
+    sums over every thread's units), and every kernel of every layer and direction taken by it."""
+    import importlib
 
-    from gpubptt.kernels import lstm_cpu
+    import numba
 
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip(f"needs 2 Numba threads, this machine has {numba.config.NUMBA_NUM_THREADS}")
     if not register_gemm.AVAILABLE:
         pytest.skip("the units variant runs on the register-blocked product, which needs AVX-512")
+    kernels = importlib.import_module(f"gpubptt.kernels.{cell}_cpu")
     T, B, H, num_layers, bidirectional, lengths, options = UNITS[case]
     monkeypatch.setenv("GPUBPTT_CPU_VARIANT", "units")
     monkeypatch.delenv("GPUBPTT_REGISTER_GEMM", raising=False)
     calls = []
     for name in ("_forward_units_kernel", "_backward_units_kernel"):
-        real = getattr(lstm_cpu, name)
-        monkeypatch.setattr(lstm_cpu, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
+        real = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
     structure = dict(num_layers=num_layers, bidirectional=bidirectional)
-    params, x, s0, d = make_problem(T, B, 3, H, 2, dtype=np.float32, seed=case, cell="lstm", **structure)
+    params, x, s0, d = make_problem(T, B, 3, H, 2, dtype=np.float32, seed=case, cell=cell, **structure)
     before = numba.get_num_threads()
     numba.set_num_threads(2)
     try:
-        Y, S = gpubptt.forward(params, x, s0, "lstm", backend="cpu", lengths=lengths, **structure)
-        L, g = gpubptt.bptt(params, x, d, s0, "lstm", backend="cpu", lengths=lengths, **structure, **options)
+        Y, S = gpubptt.forward(params, x, s0, cell, backend="cpu", lengths=lengths, **structure)
+        L, g = gpubptt.bptt(params, x, d, s0, cell, backend="cpu", lengths=lengths, **structure, **options)
     finally:
         numba.set_num_threads(before)
-    rY, rS = gpubptt.forward(params, x, s0, "lstm", backend="reference", lengths=lengths, **structure)
+    rY, rS = gpubptt.forward(params, x, s0, cell, backend="reference", lengths=lengths, **structure)
     assert_close(Y, rY, TOLERANCE["float32"], "Y")
     assert_close(S, rS, TOLERANCE["float32"], "S")
-    assert_bptt_as_reference(L, g, np.float32, params, x, d, s0, "lstm", lengths=lengths, **structure, **options)
-    kernels = num_layers * (2 if bidirectional else 1)
-    assert sorted(calls) == ["_backward_units_kernel"] * kernels + ["_forward_units_kernel"] * 2 * kernels
+    assert_bptt_as_reference(L, g, np.float32, params, x, d, s0, cell, lengths=lengths, **structure, **options)
+    runs = num_layers * (2 if bidirectional else 1)
+    assert sorted(calls) == ["_backward_units_kernel"] * runs + ["_forward_units_kernel"] * 2 * runs
 
 
 def test_which_recurrences_share_their_units(monkeypatch):
     """cpu_variants.unit_slices: the units variant where the register product takes the steps, two
-    threads get 32 units or more each and the weight is large (a 1 MiB weight where a thread would
-    idle, else 4 MiB and 512 KiB a sequence of a thread's share); GPUBPTT_CPU_VARIANT forces it or
-    keeps it out; unit_cuts splits the units in whole blocks of 32."""
+    threads get 32 units or more each and the weight is large (1 MiB where a thread would idle,
+    else 2 MiB and 256 KiB a sequence of a thread's share); GPUBPTT_CPU_VARIANT forces it or keeps it
+    out; unit_cuts splits the units in whole blocks of 32."""
     import numba
 
     from gpubptt.kernels import cpu_variants
@@ -741,8 +743,8 @@ def test_which_recurrences_share_their_units(monkeypatch):
     if not register_gemm.AVAILABLE:
         pytest.skip("the units variant runs on the register-blocked product, which needs AVX-512")
 
-    def lstm(H, dtype=np.float32):
-        return np.zeros((4 * H, H), dtype)
+    def lstm(H, dtype=np.float32, gates=4):
+        return np.zeros((gates * H, H), dtype)
 
     monkeypatch.delenv("GPUBPTT_CPU_VARIANT", raising=False)
     monkeypatch.delenv("GPUBPTT_REGISTER_GEMM", raising=False)
@@ -751,11 +753,13 @@ def test_which_recurrences_share_their_units(monkeypatch):
     try:
         assert cpu_variants.unit_slices(1, lstm(512)) == 2
         assert cpu_variants.unit_slices(1, lstm(256)) == 2  # 1 MiB, one thread idle otherwise
-        assert cpu_variants.unit_slices(1, lstm(128)) == 1
+        assert cpu_variants.unit_slices(1, lstm(256, gates=3)) == 1  # GRU's, 768 KiB
+        assert cpu_variants.unit_slices(1, lstm(128)) == 1  # 256 KiB
         assert cpu_variants.unit_slices(2, lstm(256)) == 1  # a sequence a thread: within its L2
-        assert cpu_variants.unit_slices(16, lstm(512)) == 2  # 8 a thread: 512 KiB each
-        assert cpu_variants.unit_slices(18, lstm(512)) == 1
-        assert cpu_variants.unit_slices(64, lstm(1024)) == 2
+        assert cpu_variants.unit_slices(2, lstm(512, gates=3)) == 2  # 3 MiB: beyond it
+        assert cpu_variants.unit_slices(32, lstm(512)) == 2  # 16 a thread: 256 KiB each
+        assert cpu_variants.unit_slices(34, lstm(512)) == 1
+        assert cpu_variants.unit_slices(128, lstm(1024)) == 2
         assert cpu_variants.unit_slices(1, lstm(512, np.float64)) == 1  # no register product
         assert cpu_variants.unit_slices(1, np.zeros((4 * 37, 37), np.float32)) == 1  # H not a multiple of 32
         auto = [cpu_variants.choose(B, 64, 2) for B in (1, 64)]

@@ -1116,9 +1116,14 @@ def _cpu_step_products():
     from .kernels import cpu_variants
 
     if cpu_variants.register_enabled():
+        mib = 1 << 20
         return (f"blas variant: register-blocked (kernels/register_gemm.py) in float32 for H a multiple of "
                 f"{cpu_variants.register_gemm.COLUMNS} (shares of {cpu_variants.REGISTER_MIN_SHARE}+ sequences a "
-                f"thread, or 1 up to H = {cpu_variants.REGISTER_SINGLE_MAX_HIDDEN}), else BLAS")
+                f"thread, or 1 up to H = {cpu_variants.REGISTER_SINGLE_MAX_HIDDEN}), else BLAS; LSTM and GRU "
+                f"with the units shared among the threads (units variant) from a Ws of "
+                f"{cpu_variants.UNITS_IDLE_MIN_BYTES / mib:g} MiB where a thread would idle, else "
+                f"{cpu_variants.UNITS_MIN_BYTES / mib:g} MiB and {cpu_variants.UNITS_MIN_BYTES_PER_ROW >> 10} KiB a "
+                f"sequence of a thread's share")
     return "BLAS"
 
 

@@ -313,7 +313,7 @@ def _backward_units(dH_out, Ws, Wb, cuts, G, Gn, Hs, H0, lengths, reverse, trunc
 @njit(**cpu_variants.JIT_OPTIONS)
 def _backward_units_step(G, Gn, Hs, H0, lengths, reverse, dRec, dNx, i, u0, u1, now, dh, direct, sumsq, clip):
     """The units u0..u1-1 of backward step i for every sequence, from dh = dL/dh_t (those past their
-    end: no gradient, cpu_variants.zero_past_end)."""
+    end: no gradient, cpu_variants.units_zero_past_end)."""
     one = G.dtype.type(1.0)
     zero = one - one
     for b in range(dh.shape[0]):

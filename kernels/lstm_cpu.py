@@ -328,7 +328,7 @@ def _backward_units(dH_out, Ws, Wb, cuts, G, Hs, Cs, C0, lengths, reverse, trunc
 @njit(**cpu_variants.JIT_OPTIONS)
 def _backward_units_step(G, Cs, C0, lengths, reverse, dG, i, u0, u1, now, dh, dcn, sumsq, clip):
     """The units u0..u1-1 of backward step i for every sequence, from dh = dL/dh_t (those past their
-    end: no gradient, cpu_variants.zero_past_end)."""
+    end: no gradient, cpu_variants.units_zero_past_end)."""
     one = G.dtype.type(1.0)
     for b in range(dh.shape[0]):
         L = lengths[b]

@@ -240,6 +240,17 @@ def units_weight(Ws, cuts):
                                         register_gemm.COLUMNS), Ws.dtype)
 
 
+def units_plan(batch, Ws):
+    """For the units variant of a recurrence over ``batch`` sequences with Ws [G·H, H]: (the room for
+    the threads' packed columns, ``units_weight``; the units' cuts, ``unit_cuts``), or None where it
+    does not run (``unit_slices``)."""
+    slices = unit_slices(batch, Ws)
+    if slices < 2:
+        return None
+    cuts = unit_cuts(Ws.shape[1], slices)
+    return units_weight(Ws, cuts), cuts
+
+
 @njit(**JIT_OPTIONS)
 def pack_units(Ws, W, cuts, s, forward):
     """Thread s's columns into W[s] (``units_weight``): forward, of Wsᵀ, gate after gate the columns
@@ -352,6 +363,16 @@ def units_buffers(H0, Wp):
     h = np.empty((2, B, H), dtype=H0.dtype)
     h[0] = H0
     return h, np.empty((Wp.shape[0], B, Wp.shape[1] // H * register_gemm.COLUMNS), dtype=H0.dtype)
+
+
+@njit(**JIT_OPTIONS)
+def units_backward_buffers(B, Gs, H, slices, dtype):
+    """The backward units variant's buffers: the gate gradients of the later step and of this one
+    [2, B, G·H] (zeros: nothing comes after the last step), taken in turns; dh [B,H] (the later
+    step's gate gradients times Ws, then dL/dh_t); the carried part [B,H] (zeros: LSTM's dL/dc
+    through c_{t+1}, GRU's dh_{t+1} z_{t+1}); each thread's squared norms [slices, B]."""
+    return (np.zeros((2, B, Gs), dtype=dtype), np.empty((B, H), dtype=dtype), np.zeros((B, H), dtype=dtype),
+            np.zeros((slices, B), dtype=dtype))
 
 
 @njit(inline="always", **JIT_OPTIONS)

@@ -412,7 +412,7 @@ def _backward_shares(dZ, Wy, Ws, S, S0, X, Wx, lengths, reverse, act, truncate, 
         for hi in range(T, 0, -block):  # processing steps hi-1 down to lo
             lo = max(0, hi - block)
             for i in range(hi - 1, lo - 1, -1):
-                t = T - 1 - i if reverse else i
+                t = position(i, T, reverse)  # every sequence's step i is one time
                 linalg_cpu.gemm(dZ[t, first:end], False, Wy, rows, 0.0)
                 if not passes(i + 1, truncate):
                     g[:] = 0  # step i+1 starts a chunk of the truncation: no gradient flows back across it
@@ -442,7 +442,7 @@ def _backward_shares(dZ, Wy, Ws, S, S0, X, Wx, lengths, reverse, act, truncate, 
                 _delta_products(deltas[:m], before[:m], inputs[:m], Wx, to_s, to_x, dinputs[:m],
                                 0.0 if hi == T else 1.0, 0.0)
                 for i in range(hi - 1, lo - 1, -1):  # dinputs' rows to their times in dX
-                    t = T - 1 - i if reverse else i
+                    t = position(i, T, reverse)  # every sequence's step i is one time
                     u = (hi - 1 - i) * n
                     for q in range(n):
                         if add_dX:

@@ -257,10 +257,11 @@ def _cell_backward_units(G, Gn, Hs, H0, t, tp, first, b, dh, scale, dRec, dNx, l
 
 
 # The units variant (cpu_variants.py says when and why; ``lstm_cpu._forward_units`` how).
-def _forward_units(U, Ws, Wp, cuts, bs, H0, lengths, reverse, Hs, Gn, slices):
+def _forward_units(U, Ws, Wp, cuts, bs, H0, lengths, reverse, Hs, Gn):
     """Wp (``cpu_variants.units_weight``): for thread s's columns of Wsᵀ, the columns of gates r, z,
     n of its units one gate after the other, which it packs there itself."""
     T, B, _ = U.shape
+    slices = cuts.size - 1
     one = U.dtype.type(1.0)
     for s in prange(slices):
         cpu_variants.pack_units(Ws, Wp, cuts, s, True)
@@ -281,17 +282,14 @@ def _forward_units(U, Ws, Wp, cuts, bs, H0, lengths, reverse, Hs, Gn, slices):
                         Hs[i, b, j] = H0[b, j] if reverse else prev[b, j]
 
 
-def _backward_units(dH_out, Ws, Wb, cuts, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0, slices):
+def _backward_units(dH_out, Ws, Wb, cuts, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0):
     """Wb (``cpu_variants.units_weight``): for thread s's columns of Ws, which it packs there itself.
     With clipping a step takes two regions, as ``lstm_cpu._backward_units``."""
     T, B, Gs = G.shape
-    H = Gs // 3
+    slices = cuts.size - 1
     for s in prange(slices):
         cpu_variants.pack_units(Ws, Wb, cuts, s, False)
-    last = np.zeros((2, B, Gs), dtype=G.dtype)  # dRec of the later step, two buffers in turn
-    dh = np.empty((B, H), dtype=G.dtype)  # the later step's dRec Ws, then dL/dh_t
-    direct = np.zeros((B, H), dtype=G.dtype)  # dh_{t+1} z_{t+1}
-    sumsq = np.zeros((slices, B), dtype=G.dtype)
+    last, dh, direct, sumsq = cpu_variants.units_backward_buffers(B, Gs, Gs // 3, slices, G.dtype)
     for i in range(T - 1, -1, -1):
         later, now = last[(i + 1) % 2], last[i % 2]
         flows = passes(i + 1, truncate)  # step i+1 starts a chunk of the truncation: nothing flows back
@@ -345,11 +343,9 @@ def forward_recurrence(U, Ws, bs, H0, lengths, reverse, Hs, Gn):
     Hs     [T,B,H]  out: hidden states
     Gn     [T,B,H]  out: Ws_n h_{t-1} + bs_n, saved for backward
     """
-    slices = cpu_variants.unit_slices(U.shape[1], Ws)
-    if slices > 1:
-        cuts = cpu_variants.unit_cuts(Ws.shape[1], slices)
-        _forward_units_kernel(U, Ws, cpu_variants.units_weight(Ws, cuts), cuts, bs, H0, lengths, reverse, Hs, Gn,
-                              slices)
+    units = cpu_variants.units_plan(U.shape[1], Ws)
+    if units is not None:
+        _forward_units_kernel(U, Ws, *units, bs, H0, lengths, reverse, Hs, Gn)
         return
     variant, tile, shares = cpu_variants.plan(U.shape[1], Ws)
     kernel = cpu_variants.pick(_forward_kernels[variant], shares)
@@ -371,11 +367,9 @@ def backward_recurrence(dH_out, Ws, G, Gn, Hs, H0, lengths, reverse, truncate, c
     dNx     [T,B,H]  out: gradient of n's input part (Wx_n x + bx_n); may be the same array as Gn
     dH0     [B,H]    out: dL/dh0
     """
-    slices = cpu_variants.unit_slices(G.shape[1], Ws)
-    if slices > 1:
-        cuts = cpu_variants.unit_cuts(Ws.shape[1], slices)
-        _backward_units_kernel(dH_out, Ws, cpu_variants.units_weight(Ws, cuts), cuts, G, Gn, Hs, H0, lengths, reverse,
-                               truncate, clip, dRec, dNx, dH0, slices)
+    units = cpu_variants.units_plan(G.shape[1], Ws)
+    if units is not None:
+        _backward_units_kernel(dH_out, Ws, *units, G, Gn, Hs, H0, lengths, reverse, truncate, clip, dRec, dNx, dH0)
         return
     variant, tile, shares = cpu_variants.plan(G.shape[1], Ws)
     kernel = cpu_variants.pick(_backward_kernels[variant], shares)

@@ -270,10 +270,11 @@ def _cell_backward_units(G, Cs, C0, t, tp, first, b, dh, dcn, scale, dG, last, u
 # ``slices`` threads runs the units cuts[s]..cuts[s+1]-1 of the whole batch. The hidden state (forward)
 # and the gate gradients (backward) that a step's products read are kept in two buffers taken in
 # turns, so that no thread writes what another is still reading.
-def _forward_units(U, Ws, Wp, cuts, H0, C0, lengths, reverse, Hs, Cs, slices):
+def _forward_units(U, Ws, Wp, cuts, H0, C0, lengths, reverse, Hs, Cs):
     """Wp (``cpu_variants.units_weight``): for thread s's columns of Wsᵀ, the columns of gates i, f,
     g, o of its units one gate after the other, which it packs there itself."""
     T, B, _ = U.shape
+    slices = cuts.size - 1
     one = U.dtype.type(1.0)
     for s in prange(slices):
         cpu_variants.pack_units(Ws, Wp, cuts, s, True)
@@ -295,18 +296,15 @@ def _forward_units(U, Ws, Wp, cuts, H0, C0, lengths, reverse, Hs, Cs, slices):
                         Cs[i, b, j] = C0[b, j] if reverse else c[b, j]
 
 
-def _backward_units(dH_out, Ws, Wb, cuts, G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0, slices):
+def _backward_units(dH_out, Ws, Wb, cuts, G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0):
     """Wb (``cpu_variants.units_weight``): for thread s's columns of Ws, which it packs there itself.
     With clipping a step takes two regions: the norm of a sequence's state gradient
     sums over every thread's units."""
     T, B, Gs = G.shape
-    H = Gs // 4
+    slices = cuts.size - 1
     for s in prange(slices):
         cpu_variants.pack_units(Ws, Wb, cuts, s, False)
-    last = np.zeros((2, B, Gs), dtype=G.dtype)  # dG of the later step, two buffers in turn
-    dh = np.empty((B, H), dtype=G.dtype)  # the later step's dG Ws, then dL/dh_t
-    dcn = np.zeros((B, H), dtype=G.dtype)  # dL/dc_t through c_{t+1}
-    sumsq = np.zeros((slices, B), dtype=G.dtype)
+    last, dh, dcn, sumsq = cpu_variants.units_backward_buffers(B, Gs, Gs // 4, slices, G.dtype)
     for i in range(T - 1, -1, -1):
         later, now = last[(i + 1) % 2], last[i % 2]
         flows = passes(i + 1, truncate)  # step i+1 starts a chunk of the truncation: nothing flows back
@@ -355,11 +353,9 @@ def forward_recurrence(U, Ws, H0, C0, lengths, reverse, Hs, Cs):
     lengths [B], reverse: as elman_cpu
     Hs, Cs [T,B,H]  out: hidden and cell states
     """
-    slices = cpu_variants.unit_slices(U.shape[1], Ws)
-    if slices > 1:
-        cuts = cpu_variants.unit_cuts(Ws.shape[1], slices)
-        _forward_units_kernel(U, Ws, cpu_variants.units_weight(Ws, cuts), cuts, H0, C0, lengths, reverse, Hs, Cs,
-                              slices)
+    units = cpu_variants.units_plan(U.shape[1], Ws)
+    if units is not None:
+        _forward_units_kernel(U, Ws, *units, H0, C0, lengths, reverse, Hs, Cs)
         return
     variant, tile, shares = cpu_variants.plan(U.shape[1], Ws)
     kernel = cpu_variants.pick(_forward_kernels[variant], shares)
@@ -378,11 +374,9 @@ def backward_recurrence(dH_out, Ws, G, Hs, Cs, C0, lengths, reverse, truncate, c
     dG      [T,B,4H] out: gradients of the gate pre-activations; may be the same array as G
     dH0, dC0 [B,H]   out: dL/dh0, dL/dc0
     """
-    slices = cpu_variants.unit_slices(G.shape[1], Ws)
-    if slices > 1:
-        cuts = cpu_variants.unit_cuts(Ws.shape[1], slices)
-        _backward_units_kernel(dH_out, Ws, cpu_variants.units_weight(Ws, cuts), cuts, G, Hs, Cs, C0, lengths, reverse,
-                               truncate, clip, dG, dH0, dC0, slices)
+    units = cpu_variants.units_plan(G.shape[1], Ws)
+    if units is not None:
+        _backward_units_kernel(dH_out, Ws, *units, G, Hs, Cs, C0, lengths, reverse, truncate, clip, dG, dH0, dC0)
         return
     variant, tile, shares = cpu_variants.plan(G.shape[1], Ws)
     kernel = cpu_variants.pick(_backward_kernels[variant], shares)

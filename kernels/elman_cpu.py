@@ -23,7 +23,7 @@ Conventions shared by every cell's kernels:
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from . import activations, cpu_variants, linalg_cpu
+from . import activations, cpu_variants, linalg_cpu, register_gemm
 
 _scalar = cpu_variants.compile_activations()
 activate = _scalar.activate
@@ -375,27 +375,37 @@ def _backward_sequence(dZ, Wy, W, transposed, loops, S, S0, X, Wx, lengths, reve
         cpu_variants.products(last, W, dS0, piece)
 
 
+# A block's products in _backward_shares: dWs | dWx as one product of the deltas with the states
+# before their steps and the inputs side by side in one buffer, and dL/dx register-blocked on Wx
+# packed where it can (float32, D a multiple of register_gemm.COLUMNS). Measured on one core, a block
+# of m rows at H = 512, D = 128, separately through BLAS (dWs, dWx, dx) / so, µs: m = 128 807 / 743,
+# 96 605 / 558, 64 430 / 381, 32 247 / 206 (dx alone at m = 128: 135 / 98; dWs | dWx 520 against 426
+# + 130). Forward + BPTT against 5a48a81 (tanh, 2 threads, benchmarks/ab_commits.py, 7 rounds):
+# (B,T,D,H) = (128,50,128,512) 1.02x, (64,50,128,512) 1.06x, (32,200,32,128) 1.03x,
+# (4,1000,64,256) 1.07x, (16,100,64,256) 1.01x.
 @njit(inline="always", **cpu_variants.JIT_OPTIONS)
-def _delta_products(deltas, before, inputs, Wx, to_s, to_x, dinputs, beta, beta_dx):
-    """From the rows of the deltas, the states before their steps and the inputs: to_s (+)= deltasᵀ
-    before, to_x (+)= deltasᵀ inputs (added to with ``beta`` 1), dinputs (+)= deltas Wx (``beta_dx``)."""
-    linalg_cpu.gemm(deltas, True, before, to_s, beta)
-    linalg_cpu.gemm(deltas, True, inputs, to_x, beta)
-    linalg_cpu.gemm(deltas, False, Wx, dinputs, beta_dx)
+def _input_products(deltas, Wx, register, dinputs, add):
+    """dinputs = deltas Wx (+= with ``add``): register-blocked on Wx packed (``register``;
+    ``backward_top`` says when), else through BLAS."""
+    if register:
+        register_gemm.product(deltas, Wx, dinputs, add)
+    else:
+        linalg_cpu.gemm(deltas, False, Wx, dinputs, 1.0 if add else 0.0)
 
 
-def _backward_shares(dZ, Wy, Ws, S, S0, X, Wx, lengths, reverse, act, truncate, clip, piece, shares, block, R, Dd, Sp,
-                     Xr, Ox, dWs, dWx, partial_s, partial_x, sums, dX, add_dX, dS0):
+def _backward_shares(dZ, Wy, Ws, S, S0, X, Wx, register, lengths, reverse, act, truncate, clip, piece, shares, block,
+                     R, Dd, Sx, Ox, partial, sums, dX, add_dX, dS0):
     """The backward recurrence of ``_backward_blas`` with the products of ``backward_top`` for many
     sequences: each of ``shares`` threads runs a slice of the batch; at every step it forms its
-    rows of dL/dS_t from dZ_t Wy and their deltas, and keeps the deltas, the states before the step
-    and the inputs in buffers of its own; every ``block`` steps it forms from them, while they are in
-    cache, its shares of the sums dWs and dWx and its rows of dL/dx (``block`` 1: at every step, from
-    where the rows lie, the buffers unused and empty). Every sequence's processing step i must be
-    one time (the forward direction, or every length T). R [1,B,H]: the step's rows, each thread its
-    own; Dd, Sp [shares, block·rows, H] and Xr, Ox [shares, block·rows, D]: the deltas, states
-    before, inputs and dL/dx of a block; partial_s, partial_x [shares-1, ...]: the sums of the
-    threads after the first, added to dWs, dWx at the end; sums [shares, H] float64, the bias sums."""
+    rows of dL/dS_t from dZ_t Wy and their deltas, and keeps the deltas and, side by side, the states
+    before the step and the inputs in buffers of its own; every ``block`` steps it forms from them,
+    while they are in cache, its share of the sums dWs | dWx (one product) and its rows of dL/dx
+    (``block`` 1: at every step, from where the rows lie, the buffers unused and empty). Every
+    sequence's processing step i must be one time (the forward direction, or every length T).
+    Wx as ``_input_products`` takes it for ``register``. R [1,B,H]: the step's rows, each thread its
+    own; Dd [shares, block·rows, H], Sx [shares, block·rows, H+D] and Ox [shares, block·rows, D]:
+    the deltas, states before | inputs and dL/dx of a block; partial [shares, H, H+D]: each thread's
+    sums dWs | dWx, added up by ``_add_shares``; sums [shares, H] float64, the bias sums."""
     T, B, H = S.shape
     D = X.shape[2]
     for share in prange(shares):
@@ -405,9 +415,7 @@ def _backward_shares(dZ, Wy, Ws, S, S0, X, Wx, lengths, reverse, act, truncate, 
         g = np.zeros_like(last)  # last Ws, then dL/dS_t
         acc = np.zeros(H)
         rows = R[0, first:end]
-        deltas, before, inputs, dinputs = Dd[share], Sp[share], Xr[share], Ox[share]
-        to_s = dWs if share == 0 else partial_s[share - 1]
-        to_x = dWx if share == 0 else partial_x[share - 1]
+        deltas, joined, dinputs, to = Dd[share], Sx[share], Ox[share], partial[share]
         shortest = lengths[first:end].min()
         for hi in range(T, 0, -block):  # processing steps hi-1 down to lo
             lo = max(0, hi - block)
@@ -427,20 +435,22 @@ def _backward_shares(dZ, Wy, Ws, S, S0, X, Wx, lengths, reverse, act, truncate, 
                     for k in range(H):
                         acc[k] += rows[q, k]
                 if block == 1:  # the step's products from where its rows lie
-                    _delta_products(rows, states, X[t, first:end], Wx, to_s, to_x, dX[t, first:end],
-                                    0.0 if i == T - 1 else 1.0, 1.0 if add_dX else 0.0)
+                    beta = 0.0 if i == T - 1 else 1.0
+                    linalg_cpu.gemm(rows, True, states, to[:, :H], beta)
+                    linalg_cpu.gemm(rows, True, X[t, first:end], to[:, H:], beta)
+                    _input_products(rows, Wx, register, dX[t, first:end], add_dX)
                 else:
                     u = (hi - 1 - i) * n
                     for q in range(n):
                         for k in range(H):
                             deltas[u + q, k] = rows[q, k]
-                            before[u + q, k] = states[q, k]
+                            joined[u + q, k] = states[q, k]
                         for k in range(D):
-                            inputs[u + q, k] = X[t, first + q, k]
+                            joined[u + q, H + k] = X[t, first + q, k]
             if block > 1:
                 m = (hi - lo) * n
-                _delta_products(deltas[:m], before[:m], inputs[:m], Wx, to_s, to_x, dinputs[:m],
-                                0.0 if hi == T else 1.0, 0.0)
+                linalg_cpu.gemm(deltas[:m], True, joined[:m], to, 0.0 if hi == T else 1.0)
+                _input_products(deltas[:m], Wx, register, dinputs[:m], False)
                 for i in range(hi - 1, lo - 1, -1):  # dinputs' rows to their times in dX
                     t = position(i, T, reverse)  # every sequence's step i is one time
                     u = (hi - 1 - i) * n
@@ -453,8 +463,21 @@ def _backward_shares(dZ, Wy, Ws, S, S0, X, Wx, lengths, reverse, act, truncate, 
                                 dX[t, first + q, k] = dinputs[u + q, k]
         sums[share] = acc
         cpu_variants.products(last, Ws, dS0[first:end], piece)
-    linalg_cpu.add_partials(dWs, partial_s)
-    linalg_cpu.add_partials(dWx, partial_x)
+
+
+@njit(parallel=True, **cpu_variants.JIT_OPTIONS)
+def _add_shares(partial, dWs, dWx):
+    """dWs | dWx = Σ_s partial[s] (``_backward_shares``), summed in the order of the shares."""
+    H = dWs.shape[1]
+    for i in prange(partial.shape[1]):
+        for j in range(partial.shape[2]):
+            total = partial[0, i, j]
+            for s in range(1, partial.shape[0]):
+                total += partial[s, i, j]
+            if j < H:
+                dWs[i, j] = total
+            else:
+                dWx[i, j - H] = total
 
 
 _forward_kernels = {"loops": cpu_variants.compile_both(_forward_loops),
@@ -581,24 +604,27 @@ def _shares_plan(T, B, H, D, Ws, itemsize):
     of the buffers it needs."""
     variant, piece, shares = cpu_variants.plan(B, Ws)
     rows = -(-B // shares)
-    per_row = shares * 2 * (H + D) * itemsize  # a block row in the four buffers of every share
+    per_row = shares * 2 * (H + D) * itemsize  # a block row in the three buffers of every share
     fit = min(SHARES_BLOCK_ROWS, int(SHARES_BUFFER_SHARE * T * B * H * itemsize) // per_row)
     block = max(1, min(T, fit // rows))
-    extra = itemsize * (B * H + (shares - 1) * H * (H + D)) + (per_row * block * rows if block > 1 else 0)
+    # with the sums dWs | dWx of the threads after the first (the first's take the place of dWs and dWx,
+    # made after the kernel: ``backward_top``) and, at most, a packed copy of Wx
+    extra = itemsize * (B * H + (shares - 1) * H * (H + D) + H * D) + (per_row * block * rows if block > 1 else 0)
     return variant, piece, shares, rows, block, extra
 
 
-def backward_top(dZ, Wy, Ws, Wx, S, S0, X, lengths, reverse, act, truncate, clip, dWs, dWx, dbias, dX, add_dX, dS0):
+def backward_top(dZ, Wy, Ws, Wx, S, S0, X, lengths, reverse, act, truncate, clip, dbias, dX, add_dX, dS0):
     """The whole backward of the top layer's direction (``takes_top``): the recurrence of
     ``backward_recurrence`` with dS_out = dZ Wy, and the sums the engine forms from its deltas,
-    without a [T,B,H] array.
+    without a [T,B,H] array. Returns (dWs, dWx) [H,H], [H,D]: Σ_t delta_tᵀ S_prev(t), Σ_t delta_tᵀ x_t
+    (made here: for many sequences once the threads' own sums are formed, which take their place
+    meanwhile).
 
     dZ      [T,B,O]  dL/dZ
     Wy      [O,H]    this direction's columns of the output weight (rows of unit stride)
     Ws, Wx  [H,H], [H,D]
     S       [T,B,H]  hidden states saved by forward; S0 [B,H]; X [T,B,D] the layer's input
     lengths, reverse, act, truncate, clip as ``backward_recurrence``
-    dWs, dWx [H,H], [H,D] out: Σ_t delta_tᵀ S_prev(t), Σ_t delta_tᵀ x_t
     dbias   [H]      out: Σ_t delta_t
     dX      [T,B,D]  out: delta Wx, or added to it with ``add_dX``
     dS0     [B,H]    out: dL/dS0
@@ -610,16 +636,21 @@ def backward_top(dZ, Wy, Ws, Wx, S, S0, X, lengths, reverse, act, truncate, clip
         # NumPy's buffers, so that the benchmark's count of live buffers sees them
         held = block * rows if block > 1 else 0
         R = np.empty((1, B, H), dtype=S.dtype)
-        Dd, Sp = (np.empty((shares, held, H), dtype=S.dtype) for _ in range(2))
-        Xr, Ox = (np.empty((shares, held, D), dtype=S.dtype) for _ in range(2))
-        partial_s = np.empty((shares - 1, H, H), dtype=S.dtype)
-        partial_x = np.empty((shares - 1,) + Wx.shape, dtype=S.dtype)
+        Dd = np.empty((shares, held, H), dtype=S.dtype)
+        Sx = np.empty((shares, held, H + D), dtype=S.dtype)
+        Ox = np.empty((shares, held, D), dtype=S.dtype)
+        partial = np.empty((shares, H, H + D), dtype=S.dtype)
         sums = np.empty((shares, H))
+        register = cpu_variants.uses_register(Wx)
         cpu_variants.pick(_backward_shares_kernels, shares)(
-            dZ, Wy, cpu_variants.blas_backward_weight(Ws, piece, S), S, S0, X, Wx, lengths, reverse, act, truncate,
-            clip, piece, shares, block, R, Dd, Sp, Xr, Ox, dWs, dWx, partial_s, partial_x, sums, dX, add_dX, dS0)
+            dZ, Wy, cpu_variants.blas_backward_weight(Ws, piece, S), S, S0, X,
+            register_gemm.packed(Wx) if register else Wx, register, lengths, reverse, act, truncate, clip, piece,
+            shares, block, R, Dd, Sx, Ox, partial, sums, dX, add_dX, dS0)
+        del R, Dd, Sx, Ox  # before dWs and dWx are made
+        dWs, dWx = np.empty_like(Ws), np.empty_like(Wx)
+        _add_shares(partial, dWs, dWx)
         dbias[...] = sums.sum(axis=0)
-        return
+        return dWs, dWx
     variant, piece, _ = cpu_variants.plan(1, Ws)
     if variant == "loops":
         W, transposed = cpu_variants.backward_weight(Ws, piece)
@@ -628,5 +659,7 @@ def backward_top(dZ, Wy, Ws, Wx, S, S0, X, lengths, reverse, act, truncate, clip
     block = max(1, min(T, SEQUENCE_BLOCK_BYTES // (H * S.itemsize)))
     D = np.empty((2, block, 1, H), dtype=S.dtype)  # NumPy's, so that the benchmark's count of live buffers sees it
     kernel = cpu_variants.pick(_backward_sequence_kernels, min(2, get_num_threads()))
+    dWs, dWx = np.empty_like(Ws), np.empty_like(Wx)
     kernel(dZ[:, 0], Wy, W, transposed, variant == "loops", S, S0, X[:, 0], Wx, lengths, reverse, act, truncate, clip,
            piece, D, dWs, dWx, dbias, dX[:, 0], add_dX, dS0)
+    return dWs, dWx

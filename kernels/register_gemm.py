@@ -61,15 +61,16 @@ def _loop(b, start, stop, step, body):
 
 
 def _define(module):
-    """void _NAME(X*, ldx, W*, ldw, jstep, out*, ldo, M, K, N): out[M,N] = X[M,K] W[K,N] in float32,
-    N a multiple of COLUMNS, W[k, j] at W + j·jstep + k·ldw for j a multiple of COLUMNS (as it lies:
-    jstep 1, ldw its row stride; packed: jstep K, ldw COLUMNS), strides in elements."""
+    """void _NAME(X*, ldx, W*, ldw, jstep, out*, ldo, M, K, N, add): out[M,N] = X[M,K] W[K,N] in
+    float32 (out += X W where ``add`` is not 0), N a multiple of COLUMNS, W[k, j] at W + j·jstep +
+    k·ldw for j a multiple of COLUMNS (as it lies: jstep 1, ldw its row stride; packed: jstep K, ldw
+    COLUMNS), strides in elements."""
     fty, itemsize = ir.FloatType(), 4
     width = VECTOR_BYTES // itemsize
     vty = ir.VectorType(fty, width)
     ptr = fty.as_pointer()
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr, _I64, ptr, _I64, _I64, ptr] + [_I64] * 4), _NAME)
-    X, ldx, W, ldw, jstep, O, ldo, M, K, N = fn.args
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr, _I64, ptr, _I64, _I64, ptr] + [_I64] * 5), _NAME)
+    X, ldx, W, ldw, jstep, O, ldo, M, K, N, add = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     fma = ir.Function(module, ir.FunctionType(vty, [vty] * 3), f"llvm.fmuladd.v{width}f{8 * itemsize}")
     zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * width)
@@ -87,7 +88,7 @@ def _define(module):
         up at the end), so that as many multiply-adds are in flight whatever the rows."""
         phases = ROWS // rows
         acc = lambda p, r, c: sums[p * rows + r][c]  # noqa: E731
-        first = b.icmp_signed("==", k0, const(0))
+        first = b.and_(b.icmp_signed("==", k0, const(0)), b.icmp_signed("==", add, const(0)))
         for r in range(rows):
             at = b.add(b.mul(b.add(r0, const(r)), ldo), j0)
             for c in range(VECTORS):
@@ -158,7 +159,7 @@ _ENGINE = _compile()
 AVAILABLE = bool(llvm.get_host_cpu_features().get("avx512f", False))
 
 _signature = types.void(types.voidptr, types.int64, types.voidptr, types.int64, types.int64, types.voidptr,
-                        *[types.int64] * 4)
+                        *[types.int64] * 5)
 _product = types.ExternalFunction(_NAME, _signature)
 
 
@@ -215,14 +216,14 @@ def pack(W, out):
 
 
 @njit(inline="always", cache=True)
-def product(X, W, out):
-    """out = X W, float32, for X [M,K], W [K,N] as it lies or as ``packed`` gave it ([N/COLUMNS·K,
-    COLUMNS]; the two are one layout when N = COLUMNS), out [M,N], every row of unit stride, N a
-    multiple of COLUMNS (``cpu_variants.uses_register`` holds all of it)."""
+def product(X, W, out, add=False):
+    """out = X W (out += X W with ``add``), float32, for X [M,K], W [K,N] as it lies or as ``packed``
+    gave it ([N/COLUMNS·K, COLUMNS]; the two are one layout when N = COLUMNS), out [M,N], every row
+    of unit stride, N a multiple of COLUMNS (``cpu_variants.uses_register`` holds all of it)."""
     K = X.shape[1]
     if W.shape[0] == K:  # as it lies
         ldw, jstep = W.strides[0] // 4, 1
     else:
         ldw, jstep = COLUMNS, K
     _product(X.ctypes, X.strides[0] // 4, W.ctypes, ldw, jstep, out.ctypes, out.strides[0] // 4, X.shape[0], K,
-             out.shape[1])
+             out.shape[1], 1 if add else 0)

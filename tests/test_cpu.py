@@ -195,10 +195,11 @@ def test_register_gemm_matches_numpy(M, K, N, layout):
     """register_gemm.product against NumPy in float64, on W as it lies (rows wider than N) or packed
     by register_gemm.packed, from W or from a transposed view of Wᵀ (as the forward kernels pack
     it): blocks of 8, 4, 2 and 1 rows, K across strips of STRIP rows, X and out with leading
-    dimensions wider than their rows; nothing outside out's columns written, W left as it was."""
+    dimensions wider than their rows, written and then added to (``add``); nothing outside out's
+    columns written, W left as it was."""
     from numba import njit
 
-    run = njit(lambda X, W, out: register_gemm.product(X, W, out))
+    run = njit(lambda X, W, out, add: register_gemm.product(X, W, out, add))
     rng = np.random.default_rng(M * K + N)
     X = rng.standard_normal((M, K + 5)).astype(np.float32)[:, 2:K + 2]
     W = rng.standard_normal((K, N + 32)).astype(np.float32)[:, :N]
@@ -206,8 +207,10 @@ def test_register_gemm_matches_numpy(M, K, N, layout):
     before = source.copy()
     out = np.full((M, N + 7), np.nan, np.float32)
     operand = W if layout == "as it lies" else register_gemm.packed(source if layout == "packed" else source.T)
-    run(X, operand, out[:, :N])
+    run(X, operand, out[:, :N], False)
     assert_close(out[:, :N], X.astype(np.float64) @ W, 1e-6, "register product")
+    run(X, operand, out[:, :N], True)
+    assert_close(out[:, :N], 2 * (X.astype(np.float64) @ W), 1e-6, "register product added to out")
     assert np.isnan(out[:, N:]).all() and np.array_equal(source, before)
 
 
@@ -644,6 +647,33 @@ def test_backward_of_the_top_layer_in_one_call(case, dtype, products, threads, m
     assert_bptt_as_reference(L, g, dtype, params, x, d, s0, cell, lengths=lengths, **structure, **options)
     assert calls == [(11, 5, 6)] * directions
     assert blocks and set(blocks) == {1 if products == "every step" else 2}
+
+
+@needs_register
+@pytest.mark.parametrize("products", ["every step", "blocks"])
+def test_backward_of_the_top_layer_with_register_input_products(products, monkeypatch):
+    """backward_top over many sequences with dL/dx = delta Wx register-blocked (float32, D a multiple
+    of register_gemm.COLUMNS), in blocks or at every step, written (forward direction) and added to
+    (reverse): the reference's gradients."""
+    import numba
+
+    from gpubptt.kernels import cpu_variants, elman_cpu
+
+    monkeypatch.setenv("GPUBPTT_CPU_VARIANT", "blas")
+    monkeypatch.setattr(elman_cpu, "SHARES_MEMORY_SHARE", 100.0)
+    monkeypatch.setattr(elman_cpu, "SHARES_BUFFER_SHARE", 100.0)
+    monkeypatch.setattr(elman_cpu, "SHARES_BLOCK_ROWS", 1 if products == "every step" else 6)
+    taken, real = [], cpu_variants.uses_register
+    monkeypatch.setattr(cpu_variants, "uses_register", lambda W: taken.append(W.shape) or real(W))
+    params, x, s0, d = make_problem(9, 5, 64, 32, 2, dtype=np.float32, seed=3, bidirectional=True)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    try:
+        L, g = gpubptt.bptt(params, x, d, s0, "tanh", backend="cpu", bidirectional=True, truncate=4)
+    finally:
+        numba.set_num_threads(before)
+    assert_bptt_as_reference(L, g, np.float32, params, x, d, s0, "tanh", bidirectional=True, truncate=4)
+    assert taken.count((32, 64)) == 2 and real(params["Wx_l0"])  # Wx [H,D] of each direction
 
 
 def test_which_backward_takes_the_top_layer(monkeypatch):

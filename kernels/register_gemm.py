@@ -2,18 +2,19 @@
 
 The blas variant's step product (a share's [rows, K] states times a weight [K, N]) is small in rows
 and has the same W at every step. OpenBLAS packs W on every call of its large-product path, and its
-small-product kernels are for M·N·K <= 1e6. This product keeps a block of ROWS rows of out by 2
-vectors of columns (8 x 32 float32) in registers over a strip of K, reading each vector of W once
-per block and each x once per vector: all of the arithmetic in fused multiply-adds on 512-bit
-registers. Blocks of fewer rows (4, 2, 1, past the last block of ROWS) keep as many sums, over
-phases of k. W is read as it lies or packed (``packed``: the K rows of each block of COLUMNS columns
+small-product kernels are for M·N·K <= 1e6. This product keeps a block of ROWS rows of out by
+VECTORS vectors of columns (6 x 64 float32; where N leaves 32 columns over, 8 x 32 for them) in
+registers over a strip of K, reading each vector of W once per block and each x once per vector:
+all of the arithmetic in fused multiply-adds on 512-bit registers. Blocks of fewer rows (4, 2, 1,
+past the last block of ROWS) keep as many sums, over phases of k. W is read as it lies or packed (``packed``: the K rows of each block of COLUMNS columns
 one after the other, so that a block's reads run through contiguous memory); the forward kernels
 take Wsᵀ, a copy in any case, so packed, and the backward kernels Ws packed or, where a copy would
 weigh too much beside the states, as it lies (cpu_variants, ``transposed_for``,
 ``blas_backward_weight``); either starting a cache line where it can (``aligned_empty``).
 
-Measured on one core of a 2-vCPU AVX-512 VM (float32, µs, OpenBLAS 0.3.30 SkylakeX / this product
-on packed W / on W as it lies): [32,256]·[256,1024] 219 / 107 / 134-139, [32,1024]·[1024,256] 196 /
+Measured on one core of a 2-vCPU AVX-512 VM with its first blocks, 8 x 32 (6 x 64 are 10-18 %
+faster still: ROWS below) (float32, µs, OpenBLAS 0.3.30 SkylakeX / this product on packed W / on W as
+it lies): [32,256]·[256,1024] 219 / 107 / 134-139, [32,1024]·[1024,256] 196 /
 113 / 99-110, [64,512]·[512,512] 285 / 214 / 247-264, [16,512]·[512,512] 136 / 56 / 61-62,
 [64,512]·[512,2048] 1360 / 924 / 1174-1223, [16,2048]·[2048,512] 734 / 278 / 375 (rows of W 2 KiB
 apart: each of a strip on another page); [128,64]·[64,64] 7 / 7 / 7 (a small product: equal).
@@ -32,11 +33,18 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 
-ROWS = 8  # rows of out a block keeps in registers (with 2 vectors of columns: 16 of the 32 registers)
-VECTORS = 2  # vectors of columns a block keeps
 VECTOR_BYTES = 64  # 512-bit registers
-COLUMNS = VECTORS * VECTOR_BYTES // 4  # columns of out a block covers (float32): N must be a multiple of it
-# rows of packed W a strip takes (2 x 64 bytes each): 32 KiB, to stay in a 48 KiB L1 while every block of
+COLUMNS = 2 * VECTOR_BYTES // 4  # columns of a panel of packed W (float32): N must be a multiple of it
+# A block keeps ROWS rows of out by VECTORS vectors of columns (two panels) in registers: 24 of the 32
+# registers, 4 more for a row of W and one for a value of X; where N leaves one panel over, blocks of
+# TAIL_ROWS rows by its 2 vectors (16 registers). Measured in one process on one core, alternating,
+# GFLOP/s, 8 x 2 everywhere / 6 x 4: [64,512]·[512,512] 148 / 170, [32,512]·[512,512] 147 / 167,
+# [64,512]·[512,128] 153 / 181, [16,512]·[512,512] 143 / 160, [8,256]·[256,256] 156 / 172 (4 x 4 and
+# 10 x 2 in between): per row of W in a block, 6 values of X and 4 vectors of W loaded for 24
+# multiply-adds, against 8 and 2 for 16.
+ROWS, VECTORS = 6, 4
+TAIL_ROWS, TAIL_VECTORS = 8, 2
+# rows of packed W a strip takes (4 x 64 bytes each): 32 KiB, to stay in a 48 KiB L1 while every block of
 # rows reads it (strips of 64, 128 or all K rows: within 5 % at the shapes above)
 STRIP = 32768 // (VECTORS * VECTOR_BYTES)
 
@@ -76,34 +84,35 @@ def _define(module):
     zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * width)
     undef = ir.Constant(vty, ir.Undefined)
     splat = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
-    sums = [[b.alloca(vty) for _ in range(VECTORS)] for _ in range(ROWS)]  # promoted to registers by LLVM
+    sums = [b.alloca(vty) for _ in range(max(ROWS * VECTORS, TAIL_ROWS * TAIL_VECTORS))]  # registers, by LLVM
     const = lambda v: ir.Constant(_I64, v)  # noqa: E731
 
     def vector_at(base, index):
         return b.bitcast(b.gep(base, [index]), vty.as_pointer())
 
-    def block(k0, k1, r0, j0, rows):
-        """out[r0:r0+rows, j0:j0+COLUMNS] (+)= X[r0:r0+rows, k0:k1] W[k0:k1, j0:j0+COLUMNS]: every block
-        keeps ROWS·VECTORS sums, those of fewer rows as many phases of k (k = k0 + p mod phases, added
-        up at the end), so that as many multiply-adds are in flight whatever the rows."""
-        phases = ROWS // rows
-        acc = lambda p, r, c: sums[p * rows + r][c]  # noqa: E731
+    def block(k0, k1, r0, j0, rows, most, vectors):
+        """out[r0:r0+rows, j0:j0+16·vectors] (+)= X[r0:r0+rows, k0:k1] W[k0:k1, j0:j0+16·vectors]: every
+        block keeps most·vectors sums, those of fewer rows than ``most`` as many phases of k (k = k0 + p
+        mod phases, added up at the end), so that as many multiply-adds are in flight whatever the
+        rows. Vector c of a row of W lies in panel c // 2 (of COLUMNS columns) from j0."""
+        phases = most // rows
+        acc = lambda p, r, c: sums[(p * rows + r) * vectors + c]  # noqa: E731
         first = b.and_(b.icmp_signed("==", k0, const(0)), b.icmp_signed("==", add, const(0)))
         for r in range(rows):
             at = b.add(b.mul(b.add(r0, const(r)), ldo), j0)
-            for c in range(VECTORS):
+            for c in range(vectors):
                 start = b.select(first, zero, b.load(vector_at(O, b.add(at, const(c * width))), align=itemsize))
                 b.store(start, acc(0, r, c))
                 for p in range(1, phases):
                     b.store(zero, acc(p, r, c))
 
         def step(k, p):
-            w = [b.load(vector_at(W, b.add(b.add(b.mul(j0, jstep), b.mul(k, ldw)), const(c * width))),
-                        align=itemsize) for c in range(VECTORS)]
+            w = [b.load(vector_at(W, b.add(b.add(b.mul(b.add(j0, const(COLUMNS * (c // 2))), jstep), b.mul(k, ldw)),
+                                           const(c % 2 * width))), align=itemsize) for c in range(vectors)]
             for r in range(rows):
                 x = b.load(b.gep(X, [b.add(b.mul(b.add(r0, const(r)), ldx), k)]))
                 xs = b.shuffle_vector(b.insert_element(undef, x, ir.Constant(ir.IntType(32), 0)), undef, splat)
-                for c in range(VECTORS):
+                for c in range(vectors):
                     b.store(b.call(fma, [xs, w[c], b.load(acc(p, r, c))]), acc(p, r, c))
 
         whole = b.add(k0, b.mul(b.udiv(b.sub(k1, k0), const(phases)), const(phases)))
@@ -111,22 +120,25 @@ def _define(module):
         _loop(b, whole, k1, const(1), lambda k: step(k, 0))
         for r in range(rows):
             at = b.add(b.mul(b.add(r0, const(r)), ldo), j0)
-            for c in range(VECTORS):
+            for c in range(vectors):
                 total = b.load(acc(0, r, c))
                 for p in range(1, phases):
                     total = b.fadd(total, b.load(acc(p, r, c)))
                 b.store(total, vector_at(O, b.add(at, const(c * width))), align=itemsize)
 
-    def rows_in_blocks(k0, k1, j0):
+    def rows_in_blocks(k0, k1, j0, most, vectors):
         start = const(0)
-        for rows in (ROWS, 4, 2, 1):  # as many blocks of ROWS rows as fit, then of 4, 2, 1
+        for rows in (most, 4, 2, 1):  # as many blocks of ``most`` rows as fit, then of 4, 2, 1
             end = b.add(start, b.mul(b.udiv(b.sub(M, start), const(rows)), const(rows)))
-            _loop(b, start, end, const(rows), lambda r0, rows=rows: block(k0, k1, r0, j0, rows))
+            _loop(b, start, end, const(rows), lambda r0, rows=rows: block(k0, k1, r0, j0, rows, most, vectors))
             start = end
 
     def strips(k0):  # rows k0.. of W, each block of columns read from L1 by every block of rows
         k1 = b.select(b.icmp_signed("<", b.add(k0, const(STRIP)), K), b.add(k0, const(STRIP)), K)
-        _loop(b, const(0), N, const(VECTORS * width), lambda j0: rows_in_blocks(k0, k1, j0))
+        wide = b.sub(N, b.urem(N, const(VECTORS * width)))
+        _loop(b, const(0), wide, const(VECTORS * width), lambda j0: rows_in_blocks(k0, k1, j0, ROWS, VECTORS))
+        _loop(b, wide, N, const(TAIL_VECTORS * width),
+              lambda j0: rows_in_blocks(k0, k1, j0, TAIL_ROWS, TAIL_VECTORS))
 
     _loop(b, const(0), K, const(STRIP), strips)
     b.ret_void()

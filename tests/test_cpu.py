@@ -435,6 +435,48 @@ def test_matmul_shared_among_threads(M, K, N, trans_a, trans_b, monkeypatch):
     assert np.array_equal(a, a_before) and np.array_equal(b, b_before)
 
 
+@needs_register
+@pytest.mark.parametrize("shared", [False, True])
+def test_matmul_register_blocked(shared, monkeypatch):
+    """matmul's register-blocked path (float32, N a multiple of register_gemm.COLUMNS, a's rows of unit
+    stride): pieces of rows (5 here, the last shorter), b packed from a transposed view or a column
+    slice, a a column slice, written into and added to a window of a larger array, with a bias; one
+    call or shared among threads. Products that do not qualify (K too small, N not a multiple, float64,
+    aᵀ) go to BLAS."""
+    from gpubptt.kernels import linalg_cpu
+
+    monkeypatch.setattr(linalg_cpu, "REGISTER_MIN_ROWS", 1)
+    monkeypatch.setattr(linalg_cpu, "REGISTER_PIECE_ROWS", 5)
+    if shared:
+        monkeypatch.setattr(linalg_cpu, "MIN_SHARE_FLOPS", 1)
+    packed, real = [], linalg_cpu.register_gemm.packed
+    monkeypatch.setattr(linalg_cpu.register_gemm, "packed", lambda W: packed.append(W.shape) or real(W))
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((23, 40)).astype(np.float32)[:, 3:33]  # [23,30], rows 40 apart
+    for b, tb in ((rng.standard_normal((96, 30)).astype(np.float32), True),
+                  (rng.standard_normal((30, 100)).astype(np.float32)[:, 2:66], False)):
+        B = (b.T if tb else b).astype(np.float64)
+        expected = a.astype(np.float64) @ B
+        canvas = np.full((25, B.shape[1] + 7), 5.0, np.float32)
+        window, before = canvas[1:-1, 3:-4], canvas.copy()
+        assert linalg_cpu.matmul(a, b, trans_b=tb, out=window) is window
+        assert_close(window, expected, 1e-5, "register-blocked matmul")
+        linalg_cpu.matmul(a, b, trans_b=tb, out=window, accumulate=True)
+        assert_close(window, 2 * expected, 1e-5, "register-blocked matmul accumulated")
+        outside = np.ones(canvas.shape, bool)
+        outside[1:-1, 3:-4] = False
+        assert np.array_equal(canvas[outside], before[outside])
+        bias = rng.standard_normal(B.shape[1]).astype(np.float32)
+        assert_close(linalg_cpu.matmul(a, b, trans_b=tb, bias=bias), expected + bias, 1e-5, "with a bias")
+    assert packed == [(30, 96)] * 3 + [(30, 64)] * 3
+    others = [(a[:, :7], (7, 32), False), (a[:, :8], (8, 48), False), (a.astype(np.float64), (30, 32), False),
+              (a, (23, 32), True)]  # K below REGISTER_MIN_INNER, N not a multiple, float64, aᵀ
+    for x, shape, ta in others:
+        y = rng.standard_normal(shape).astype(x.dtype)
+        assert_close(linalg_cpu.matmul(x, y, trans_a=ta), (x.T if ta else x).astype(np.float64) @ y, 1e-5, "BLAS")
+    assert len(packed) == 6
+
+
 def test_matmul_shares_thin_products_by_their_bytes():
     """A product with little arithmetic on much memory (the output layer's with O = 1) is shared among
     threads for their bandwidth; a small one runs in one call."""

@@ -1,12 +1,13 @@
 """The large matrix products of the fast path, on the CPU: SciPy's BLAS (``sgemm``/``dgemm`` of
 ``scipy.linalg.cython_blas``, the library Numba's ``np.dot`` calls), called from each of Numba's
 threads on its own share of the product; products A B with A's rows of unit stride in float32
-register-blocked instead where the host has AVX-512 (``REGISTER_PIECE_ROWS``). The engine calls ``matmul`` for every product that does not
-depend on the previous step (input products, output layer, weight gradients). BLAS runs on the
-calling thread (cpu_variants), so the kernels' threads are the only ones: concurrent calls from them
-scale (measured on 2 cores: [6400,256]x[256,256] 6.6 ms on one thread, 3.4 ms on two). NumPy's own
-BLAS, whose pool of threads would spin between calls and starve the kernels' threads (a serial kernel
-40 times slower for ~50 ms after a two-thread NumPy product on a 2-core machine), is not used.
+register-blocked instead where the host has AVX-512 (``REGISTER_PIECE_ROWS``). The engine calls
+``matmul`` for every product that does not depend on the previous step (input products, output
+layer, weight gradients). BLAS runs on the calling thread (cpu_variants), so the kernels' threads
+are the only ones: concurrent calls from them scale (measured on 2 cores: [6400,256]x[256,256] 6.6
+ms on one thread, 3.4 ms on two). NumPy's own BLAS, whose pool of threads would spin between calls
+and starve the kernels' threads (a serial kernel 40 times slower for ~50 ms after a two-thread NumPy
+product on a 2-core machine), is not used.
 Twin: ``linalg_cuda.py`` (cuBLAS through CuPy).
 
 gemm is called directly, not through ``np.dot``, for what np.dot cannot do: operands and results

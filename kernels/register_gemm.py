@@ -6,11 +6,12 @@ small-product kernels are for M·N·K <= 1e6. This product keeps a block of ROWS
 VECTORS vectors of columns (6 x 64 float32; where N leaves 32 columns over, 8 x 32 for them) in
 registers over a strip of K, reading each vector of W once per block and each x once per vector:
 all of the arithmetic in fused multiply-adds on 512-bit registers. Blocks of fewer rows (4, 2, 1,
-past the last block of ROWS) keep as many sums, over phases of k. W is read as it lies or packed (``packed``: the K rows of each block of COLUMNS columns
-one after the other, so that a block's reads run through contiguous memory); the forward kernels
-take Wsᵀ, a copy in any case, so packed, and the backward kernels Ws packed or, where a copy would
-weigh too much beside the states, as it lies (cpu_variants, ``transposed_for``,
-``blas_backward_weight``); either starting a cache line where it can (``aligned_empty``).
+past the last block of ROWS) keep as many sums, over phases of k. W is read as it lies or packed
+(``packed``: the K rows of each block of COLUMNS columns one after the other, so that a block's
+reads run through contiguous memory); the forward kernels take Wsᵀ, a copy in any case, so packed,
+and the backward kernels Ws packed or, where a copy would weigh too much beside the states, as it
+lies (cpu_variants, ``transposed_for``, ``blas_backward_weight``); either starting a cache line
+where it can (``aligned_empty``). ``linalg_cpu.matmul`` takes it for large products too.
 
 Measured on one core of a 2-vCPU AVX-512 VM with its first blocks, 8 x 32 (6 x 64 are 10-18 %
 faster still: ROWS below) (float32, µs, OpenBLAS 0.3.30 SkylakeX / this product on packed W / on W as

@@ -22,6 +22,7 @@ starve the kernels' threads.
 The thread count is Numba's (``numba.set_num_threads``, ``NUMBA_NUM_THREADS``); with one share
 (one thread, or a single sequence) the kernels run without a parallel region.
 """
+import functools
 import os
 import types
 
@@ -335,9 +336,10 @@ def _single_precision_from_type(one):
     return lambda one: flag
 
 
+@functools.cache
 def compile_activations():
     """activations.py's scalar functions compiled for the CPU kernels, single_precision decided by
-    type (above)."""
+    type (above): one set for the process, which every CPU kernel module and this one share."""
     return compile_scalar_functions(activations, njit(**JIT_OPTIONS),
                                     overrides={"single_precision": activations.single_precision})
 

@@ -116,6 +116,7 @@ def _make_tiled_forward(tile):
         for m in range(tid, th, nt):
             b = b0 + m // H
             sm[hh + m] = S0[b, m % H] if b < B else zero
+            sm[hh + th + m] = zero  # the other buffer: rows past the batch are read, never written
         cuda.syncthreads()
         acc = cuda.local.array(tile, U.dtype)  # registers: the loops over it are unrolled
         for i in range(T):

@@ -129,6 +129,7 @@ def _make_tiled_forward(tile):
         for m in range(tid, th, nt):
             b = b0 + m // H
             sm[hg + m] = H0[b, m % H] if b < B else zero
+            sm[hg + th + m] = zero  # the other buffer: rows past the batch are read, never written
         cuda.syncthreads()
         acc = cuda.local.array(gates_tile, U.dtype)
         for i in range(T):

@@ -137,6 +137,7 @@ def _make_tiled_forward(tile):
         for m in range(tid, th, nt):
             b = b0 + m // H
             sm[hg + m] = H0[b, m % H] if b < B else zero
+            sm[hg + th + m] = zero  # the other buffer: rows past the batch are read, never written
             sm[cb + m] = C0[b, m % H] if b < B else zero
         cuda.syncthreads()
         acc = cuda.local.array(gates_tile, U.dtype)
@@ -289,7 +290,10 @@ def _make_tiled_backward(tile):
 
 def _coop_forward_kernel(U, WsT, H0, C0, lengths, reverse, units, splits, Hs, Cs):
     # Block c owns units j0..j0+units-1, all four gates of each, of every sequence. Shared memory: its
-    # columns of Wsᵀ [H, 4, units] (w[(k·4 + g)·units + jj]), then partial sums [4, B, splits, units].
+    # columns of Wsᵀ gate by gate, [4, H, units] (w[(g·H + k)·units + jj]), then partial sums [4, B,
+    # splits, units]. Gate-major, the threads of a warp (consecutive jj, then ks: k = ks, ks + splits,
+    # ...) read consecutive words; as [H, 4, units] those of consecutive ks were 4·units words apart,
+    # several on one bank (4-way at 8 units and 32 splits).
     T = U.shape[0]
     B = U.shape[1]
     H = Hs.shape[2]
@@ -300,13 +304,13 @@ def _coop_forward_kernel(U, WsT, H0, C0, lengths, reverse, units, splits, Hs, Cs
     j0 = cuda.blockIdx.x * units
     grid = cuda.cg.this_grid()
     sm = cuda.shared.array(0, U.dtype)
-    cols = 4 * units
-    part = H * cols
+    gate = H * units
+    part = 4 * gate
     slots = B * splits * units
     for m in range(tid, part, nt):
-        g = (m % cols) // units
+        g = m // gate
         j = j0 + m % units
-        sm[m] = WsT[m // cols, g * H + j] if j < H else zero
+        sm[m] = WsT[(m % gate) // units, g * H + j] if j < H else zero
     cuda.syncthreads()
     for i in range(T):
         for s in range(tid, slots, nt):
@@ -322,10 +326,11 @@ def _coop_forward_kernel(U, WsT, H0, C0, lengths, reverse, units, splits, Hs, Cs
                 h_prev = H0[b] if i == 0 else Hs[position(i - 1, L, reverse), b]
                 for k in range(ks, H, splits):
                     hk = h_prev[k]
-                    ai += hk * sm[k * cols + jj]
-                    af += hk * sm[k * cols + units + jj]
-                    ag += hk * sm[k * cols + 2 * units + jj]
-                    ao += hk * sm[k * cols + 3 * units + jj]
+                    w = k * units + jj
+                    ai += hk * sm[w]
+                    af += hk * sm[gate + w]
+                    ag += hk * sm[2 * gate + w]
+                    ao += hk * sm[3 * gate + w]
             sm[part + s] = ai
             sm[part + slots + s] = af
             sm[part + 2 * slots + s] = ag

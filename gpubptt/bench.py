@@ -1127,6 +1127,22 @@ def _cpu_step_products():
     return "BLAS"
 
 
+def _numba_codegen():
+    """The CPU Numba compiles the kernels' loops for: its name, and the features it was given apart from
+    the host's (``NUMBA_CPU_NAME``, ``NUMBA_CPU_FEATURES``; e.g. -prefer-256-bit, which makes LLVM
+    vectorise them 512 bits wide on AVX-512 hosts, where its tuning prefers 256: README, Threads)."""
+    import llvmlite.binding as llvm
+    from numba.core import config
+
+    name = config.CPU_NAME or llvm.get_host_cpu_name()
+    if config.CPU_FEATURES is None:
+        return f"cpu {name}, the host's features"
+    host = set(llvm.get_host_cpu_features().flatten().split(","))
+    extra = [f for f in config.CPU_FEATURES.split(",") if f and f not in host]
+    given = "beyond the host's: " + " ".join(extra) if extra else "the host's"
+    return f"cpu {name}, NUMBA_CPU_FEATURES ({given})"
+
+
 def _meta(cell, dtype, threads, repeat, warmup, O, budget, tol, thread_info, quick, memory_methods):
     from . import __version__
 
@@ -1140,6 +1156,7 @@ def _meta(cell, dtype, threads, repeat, warmup, O, budget, tol, thread_info, qui
         "repeat": repeat, "warmup": warmup, "quick": quick, "reference_budget_s": budget, "tolerance": tol,
         "threads": thread_info,
         "cpu_step_products": _cpu_step_products(),
+        "numba_codegen": _numba_codegen(),
         "cpu": _cpu_model(), "cpu_arch": _cpu_arch(), "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "versions": {"python": platform.python_version(), "numpy": np.__version__, "numba": _version("numba"),
@@ -1181,7 +1198,8 @@ def to_markdown(result):
         f"load average (1, 5, 15 min) "
         f"{meta.get('load_average', {}).get('before')} before, {meta.get('load_average', {}).get('after')} after",
         f"- threads: requested {th.get('requested')}; Numba {th.get('numba')}; BLAS (as found) {blas}; "
-        f"torch {th.get('torch', 'not loaded')}; cpu step products: {meta.get('cpu_step_products', 'not recorded')}",
+        f"torch {th.get('torch', 'not loaded')}; cpu step products: {meta.get('cpu_step_products', 'not recorded')}; "
+        f"Numba codegen: {meta.get('numba_codegen', 'not recorded')}",
         "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val is not None),
         "- peers: " + "; ".join(
             f"{p}: {info['device']}" if info["available"] else f"{p}: unavailable ({info['reason']})"

@@ -74,6 +74,21 @@ def test_quick_json_entries_are_complete_and_checked_against_the_reference(quick
 
     assert meta["cpu_step_products"].startswith("blas variant: register-blocked" if cpu_variants.register_enabled()
                                                  else "BLAS")
+    assert meta["numba_codegen"].startswith("cpu "), meta["numba_codegen"]
+
+
+def test_numba_codegen_names_the_features_set_apart_from_the_hosts(monkeypatch):
+    """The header says when NUMBA_CPU_FEATURES changed what Numba compiles the loops for (README, Threads)."""
+    import llvmlite.binding as llvm
+    from numba.core import config
+
+    monkeypatch.setattr(config, "CPU_FEATURES", None)
+    assert bench._numba_codegen().endswith("the host's features")
+    host = llvm.get_host_cpu_features().flatten()
+    monkeypatch.setattr(config, "CPU_FEATURES", host + ",-prefer-256-bit")
+    assert bench._numba_codegen().endswith("NUMBA_CPU_FEATURES (beyond the host's: -prefer-256-bit)")
+    monkeypatch.setattr(config, "CPU_FEATURES", host)
+    assert bench._numba_codegen().endswith("NUMBA_CPU_FEATURES (the host's)")
 
 
 def test_quick_markdown_has_every_column_and_row(quick):
@@ -87,7 +102,8 @@ def test_quick_markdown_has_every_column_and_row(quick):
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert len(cells) == len(cols) and cells[-1].startswith("ok")
-    for word in ("command:", "date:", "CPU:", "threads:", "cpu step products:", "versions:", "GFLOP/s:", "memory:"):
+    for word in ("command:", "date:", "CPU:", "threads:", "cpu step products:", "Numba codegen:", "versions:", "GFLOP/s:",
+                 "memory:"):
         assert word in md
     assert "cuda: unavailable" in md
 

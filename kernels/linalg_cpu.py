@@ -278,8 +278,8 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None, bias=None, accumulate=F
     (code_a, lda), (code_b, ldb), ldc = view_a, view_b, view_c[1]
     codes = _CODES[code_a == _TRANSPOSED, code_b == _TRANSPOSED]
     beta = 1.0 if accumulate else 0.0
-    if (code_a == _NO and M >= REGISTER_MIN_ROWS and K >= REGISTER_MIN_INNER and cpu_variants.uses_register(B)
-            and A.strides[1] == A.itemsize):
+    # (code_a _NO with K > 1: a's rows of unit stride)
+    if code_a == _NO and M >= REGISTER_MIN_ROWS and K >= REGISTER_MIN_INNER and cpu_variants.uses_register(B):
         shares = _shares(M, K, N, M, dtype.itemsize)
         cpu_variants.pick(_register_rows_kernels, shares)(A, register_gemm.packed(B), out, accumulate, bias,
                                                           REGISTER_PIECE_ROWS, shares)

@@ -189,12 +189,14 @@ needs_register = pytest.mark.skipif(not register_gemm.AVAILABLE,
 
 @needs_register
 @pytest.mark.parametrize("layout", ["as it lies", "packed", "packed from Wᵀ"])
-@pytest.mark.parametrize("M", [1, 8, 13, 20, 31])
+@pytest.mark.parametrize("M", [1, 3, 8, 11, 13, 20, 31])
 @pytest.mark.parametrize("K,N", [(1, 32), (7, 96), (300, 32), (513, 64)])
 def test_register_gemm_matches_numpy(M, K, N, layout):
     """register_gemm.product against NumPy in float64, on W as it lies (rows wider than N) or packed
     by register_gemm.packed, from W or from a transposed view of Wᵀ (as the forward kernels pack
-    it): blocks of 8, 4, 2 and 1 rows, K across strips of STRIP rows, X and out with leading
+    it): blocks of ROWS rows by VECTORS vectors (N = 64, 96), TAIL_ROWS by TAIL_VECTORS (a last 32
+    columns), then of 4, 2 and 1 rows (M = 11: 6 + 4 + 1, 3: 2 + 1; 31: 8 x 3 + 4 + 2 + 1 for the
+    last 32), K across strips of STRIP rows, X and out with leading
     dimensions wider than their rows, written and then added to (``add``); nothing outside out's
     columns written, W left as it was."""
     from numba import njit

@@ -30,7 +30,8 @@ exceeds the architecture's per-block limit, or whose cooperative grid cannot be 
 fails the check.
 
 Run ``python -m gpubptt.compilecheck`` (the simulator must be off): it prints the table and exits 1 if
-any kernel fails to compile or link, or uses local memory (spills or a stack frame).
+any kernel fails to compile or link, or uses local memory (spills or a stack frame). ``--markdown``
+adds the README's tables (``format_markdown``), headed by the toolchain's versions (``toolchain``).
 """
 from __future__ import annotations
 
@@ -581,6 +582,78 @@ def plan_problems(rows):
     return found
 
 
+# ----------------------------------------------------------------------------------------------
+# The README's tables (``--markdown``)
+
+# The toolchain's parts as pip installs them: registers can change with any of them.
+TOOLCHAIN_PACKAGES = ("numba-cuda", "nvidia-nvvm", "nvidia-nvjitlink")
+# The shapes the README's plan table shows: the issue's default grid without haste's T = 50 shapes.
+README_SHAPES = BENCH_SHAPES[:7]
+
+
+def toolchain():
+    """'numba-cuda 0.30.4, nvidia-nvvm 13.5.37, nvidia-nvjitlink 13.5.37': the installed versions
+    the figures depend on ("not installed by pip" for a part found elsewhere, e.g. a CUDA toolkit)."""
+    from importlib import metadata
+
+    parts = []
+    for name in TOOLCHAIN_PACKAGES:
+        try:
+            parts.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{name} not installed by pip")
+    return ", ".join(parts)
+
+
+def format_markdown(reports, cell="elman", shapes=README_SHAPES, block=OCCUPANCY_BLOCK):
+    """The README's two Markdown tables: every kernel's registers (sm_80/sm_90, float32/float64),
+    static shared memory and the occupancy its registers allow; and the plan ``cuda_blocks.choose``
+    makes for ``cell`` at ``shapes`` (float32). Needs reports for sm_80 and sm_90, both dtypes."""
+    by_key = {(r.kernel, r.dtype, tuple(r.cc)): r for r in reports}
+    ccs, dtypes = tuple(VARIANT_DEVICES), DEFAULT_DTYPES
+    missing = [(k, d, cc) for d in dtypes for k in kernel_signatures(d) for cc in ccs if (k, d, cc) not in by_key]
+    if missing:
+        raise ValueError(f"format_markdown needs a report for every kernel at sm_80 and sm_90, float32 and "
+                         f"float64; missing {len(missing)}, e.g. {missing[0]}")
+
+    def per_arch(kernel, dtype, what):
+        return "/".join(what(by_key[(kernel, dtype, cc)]) for cc in ccs)
+
+    out = [f"Compile check: {toolchain()}.", "",
+           "| kernel | regs f32 sm_80/sm_90 | regs f64 sm_80/sm_90 | static smem B f32 sm_80/sm_90 (f64) "
+           f"| occupancy by registers at {block} threads/block, f32 sm_80/sm_90 |",
+           "|---|---|---|---|---|"]
+    for kernel in kernel_signatures("float32"):
+        regs = [per_arch(kernel, d, lambda r: _fmt(r.registers) if r.ok else "FAIL") for d in dtypes]
+        smem = [per_arch(kernel, d, lambda r: str(r.smem_bytes or 0)) for d in dtypes]
+        occ = per_arch(kernel, "float32", lambda r: "%g%%" % (100 * r.occupancy(block)[1]))
+        shown = smem[0] if smem[0] == smem[1] else f"{smem[0]} ({smem[1]})"
+        out.append(f"| `{kernel}` | {regs[0]} | {regs[1]} | {shown} | {occ} |")
+
+    rows = [r for r in variant_plans(reports, "float32", shapes) if r.cell == cell]
+    pairs = {}
+    for r in rows:
+        pairs.setdefault((r.shape, r.cc), {})[r.direction] = r
+
+    def plan(r):
+        if r is None:  # its kernel failed the check
+            return "-"
+        p = r.plan
+        shape = {"tiled": f" (tile {p.tile})",
+                 "cooperative": f" ({p.units} units/block, {p.splits} split{'s' if p.splits > 1 else ''})"}
+        return (f"{p.variant}{shape.get(p.variant, '')}, {p.blocks}×{p.threads}, {p.smem / 1024:.1f} KiB, "
+                f"{r.registers} regs, {r.per_sm}/{r.resident} blocks/SM, {100 * r.occupancy:.3g}%")
+
+    out += ["", "| B,T,D,H | arch | forward | backward |", "|---|---|---|---|"]
+    for shape in shapes:
+        for cc in ccs:
+            found = pairs.get((shape, cc), {})
+            if found:
+                out.append(f"| {','.join(map(str, shape))} | sm_{cc[0]}{cc[1]} | "
+                           f"{plan(found.get('forward'))} | {plan(found.get('backward'))} |")
+    return "\n".join(out)
+
+
 def _parse_cc(text):
     """'8.0', '80' or 'sm_80' -> (8, 0)."""
     text = text.lower().removeprefix("sm_")
@@ -598,11 +671,17 @@ def main(argv=None):
                         help="compute capabilities, e.g. 8.0 9.0 (default)")
     parser.add_argument("--dtype", nargs="+", default=list(DEFAULT_DTYPES), choices=DEFAULT_DTYPES)
     parser.add_argument("--log", action="store_true", help="print each nvJitLink info log too")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print the README's tables (Markdown) after the check; needs the default --cc and "
+                        "--dtype")
     args = parser.parse_args(argv)
     try:
         ccs = tuple(_parse_cc(c) for c in args.cc)
     except ValueError:
         parser.error("--cc takes values such as 8.0, 80 or sm_80")
+    if args.markdown and (set(ccs) != set(VARIANT_DEVICES) or set(args.dtype) != set(DEFAULT_DTYPES)):
+        parser.error("--markdown needs the default --cc 8.0 9.0 and --dtype float32 float64 (the README's "
+                     "tables show both)")
     try:
         reports = check_all(ccs=ccs, dtypes=tuple(args.dtype))
     except RuntimeError as exc:
@@ -618,6 +697,8 @@ def main(argv=None):
         print("\nVariant chosen for the benchmark shapes (float32), and what its resources imply:")
         print(format_plans(rows))
         found += plan_problems(rows)
+    if args.markdown:
+        print("\n" + format_markdown(reports))
     for reason in found:
         print("PROBLEM " + reason)
     return 1 if found else 0

@@ -5,6 +5,8 @@ First tier (simulator off). ``pytest tests/test_compile.py -s`` prints the resou
 toolchain tests skip with a reason where numba-cuda or nvJitLink is missing or the simulator is on;
 the log-parsing and occupancy tests run everywhere.
 """
+import pathlib
+
 import pytest
 
 from gpubptt import compilecheck
@@ -78,6 +80,43 @@ def test_variant_plans_fit_each_architecture(reports, dtype):
     assert compilecheck.plan_problems(rows) == []
     if dtype == "float32":
         print("\n" + compilecheck.format_plans(rows))
+
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+README_BEGIN, README_END = "<!-- compilecheck:begin -->\n", "\n<!-- compilecheck:end -->"
+
+
+@needs_toolchain
+def test_readme_tables_are_what_the_check_prints(reports):
+    """The README's register, shared-memory and plan tables are ``--markdown``'s output, for the
+    toolchain its first line names (registers change with it: skipped under another one)."""
+    text = README.read_text(encoding="utf-8")
+    block = text[text.index(README_BEGIN) + len(README_BEGIN):text.index(README_END)]
+    named, here = block.split("\n", 1)[0], f"Compile check: {compilecheck.toolchain()}."
+    if named != here:
+        pytest.skip(f"the README's tables are for another toolchain ({named!r}; here {here!r}): "
+                    "regenerate them with python -m gpubptt.compilecheck --markdown")
+    assert block == compilecheck.format_markdown(list(reports.values()))
+
+
+def _fake_reports(registers=64):
+    return [compilecheck.KernelReport(kernel=k, dtype=d, cc=cc, registers=registers, smem_bytes=0)
+            for d in DTYPES for k in compilecheck.kernel_signatures(d) for cc in CCS]
+
+
+def test_markdown_has_a_row_per_kernel_and_per_shape_and_architecture():
+    """format_markdown from made-up reports (no toolchain needed): one row per kernel, one per
+    (shape, architecture) of the plan table, the registers given; a missing report is an error."""
+    found = _fake_reports()
+    lines = compilecheck.format_markdown(found).split("\n")
+    kernels = [l for l in lines if l.startswith("| `")]
+    plans = [l for l in lines if l[:2] == "| " and l[2].isdigit()]
+    assert len(kernels) == len(compilecheck.kernel_signatures("float32"))
+    assert all("| 64/64 | 64/64 | 0/0 | 50%/50% |" in l for l in kernels), kernels[0]
+    assert len(plans) == len(compilecheck.README_SHAPES) * len(CCS)
+    assert all(l.count("64 regs") == 2 for l in plans), plans[0]
+    with pytest.raises(ValueError, match="missing 1"):
+        compilecheck.format_markdown(found[1:])
 
 
 def test_dynamic_smem_notes_name_every_variant():

@@ -351,6 +351,9 @@ class Trainer:
         for key in ("batch_size", "tbptt", "seed", "loss"):
             if meta["train"][key] != self.config()[key]:
                 mismatch(key, meta["train"][key], self.config()[key])
+        if self.total < int(meta["step"]):
+            raise ValueError(f"steps: the checkpoint {where} is at step {meta['step']}; a resumed run goes on to "
+                             f"steps (--steps) in all, so it takes {meta['step']} or more, got {self.total}")
         # everything fits: load (nothing above wrote anything)
         state = dict(meta["optimizer"])
         state["optimizer"] = state.pop("name")
@@ -558,7 +561,8 @@ def train(model, task_or_batches, steps, *, batch_size=32, optimizer="adam", lr=
     seed             the data generator's seed (the model carries its own initialisation)
     out              directory for checkpoint.npz, metrics.jsonl, training.png (None: nothing written)
     resume           continue from the checkpoint in ``out`` (same model shape, task and data settings):
-                     the checkpoint's parameters and optimizer state are loaded into ``model`` first
+                     the checkpoint's parameters and optimizer state are loaded into ``model`` first;
+                     ``steps`` counts the checkpoint's steps too (fewer than it has done: ValueError)
     checkpoint_every, eval_every, log_every   in steps; checkpoints and a test evaluation also at the end
     progress         show the progress bar on stderr
     callback         called as callback(step, trainer) after every step

@@ -177,6 +177,21 @@ def test_resume_refuses_another_model_and_leaves_the_checkpoint_alone(tmp_path):
     assert (tmp_path / ckpt.FILENAME).read_bytes() == before
 
 
+def test_resume_refuses_fewer_steps_than_the_checkpoint_has_done(tmp_path):
+    """steps counts the earlier run's steps: asking a checkpoint at step 3 for 2 in all is refused
+    before anything is loaded or written; as many as it has done trains nothing."""
+    task = gpubptt.tasks.make_task("sine", seq_len=6, dtype=np.float64)
+    train(small_model(), task, 3, batch_size=2, out=tmp_path, progress=False)
+    before = (tmp_path / ckpt.FILENAME).read_bytes()
+    mine = small_model(seed=99)
+    theirs = {k: v.copy() for k, v in mine.params.items()}
+    with pytest.raises(ValueError, match=r"steps: the checkpoint .* is at step 3; .* takes 3 or more, got 2"):
+        train(mine, task, 2, batch_size=2, out=tmp_path, resume=True, progress=False)
+    assert (tmp_path / ckpt.FILENAME).read_bytes() == before
+    assert params_equal(mine.params, theirs)
+    assert train(mine, task, 3, batch_size=2, out=tmp_path, resume=True, progress=False).steps == 3
+
+
 def test_a_corrupted_checkpoint_is_refused(tmp_path):
     task = gpubptt.tasks.make_task("sine", seq_len=6, dtype=np.float64)
     train(small_model(), task, 2, batch_size=2, out=tmp_path, progress=False)

@@ -5,6 +5,7 @@ First tier (simulator off). ``pytest tests/test_compile.py -s`` prints the resou
 toolchain tests skip with a reason where numba-cuda or nvJitLink is missing or the simulator is on;
 the log-parsing and occupancy tests run everywhere.
 """
+import os
 import pathlib
 
 import pytest
@@ -37,7 +38,7 @@ KERNELS = sorted(compilecheck.kernel_signatures("float32")) if SKIP is None else
 
 @pytest.fixture(scope="module")
 def reports():
-    found = compilecheck.check_all(ccs=CCS, dtypes=DTYPES)
+    found = compilecheck.check_all(ccs=CCS, dtypes=DTYPES, jobs=os.cpu_count() or 1)
     return {(r.kernel, r.dtype, r.cc): r for r in found}
 
 
@@ -80,6 +81,21 @@ def test_variant_plans_fit_each_architecture(reports, dtype):
     assert compilecheck.plan_problems(rows) == []
     if dtype == "float32":
         print("\n" + compilecheck.format_plans(rows))
+
+
+@needs_toolchain
+def test_processes_side_by_side_give_the_reports_in_order():
+    """check_all(jobs=2) spawns two processes; its reports are those of one process, in the same order
+    (the optimiser's kernels for sm_80, float32: a few seconds)."""
+    def key(r):
+        return (r.kernel, r.dtype, r.cc, r.registers, r.smem_bytes, r.spill_stores, r.lmem_bytes, r.error)
+
+    one = compilecheck.check_all(ccs=((8, 0),), dtypes=("float32",), modules=("optim_cuda",))
+    two = compilecheck.check_all(ccs=((8, 0),), dtypes=("float32",), modules=("optim_cuda",), jobs=2)
+    assert len(one) == len(compilecheck.kernel_signatures("float32", ("optim_cuda",))) > 1
+    assert [key(r) for r in two] == [key(r) for r in one]
+    with pytest.raises(ValueError, match="jobs: expected a positive integer, got 0"):
+        compilecheck.check_all(jobs=0)
 
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"

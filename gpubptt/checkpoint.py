@@ -104,12 +104,13 @@ def exists(directory):
     return os.path.isfile(path_in(directory))
 
 
-def load(directory):
-    """(arrays, meta) of directory/checkpoint.npz; CheckpointError if it is missing or unusable."""
-    directory = check_directory("resume", directory)
+def load(directory, name="resume"):
+    """(arrays, meta) of directory/checkpoint.npz; CheckpointError if it is missing or unusable, its
+    message naming the argument that gave the directory (``name``)."""
+    directory = check_directory(name, directory)
     path = path_in(directory)
     if not os.path.isfile(path):
-        raise CheckpointError(f"resume: {directory} holds no checkpoint ({FILENAME} not found)")
+        raise CheckpointError(f"{name}: {directory} holds no checkpoint ({FILENAME} not found)")
     try:
         with open(path, "rb") as f:
             data = f.read()

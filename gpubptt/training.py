@@ -578,7 +578,7 @@ def train(model, task_or_batches, steps, *, batch_size=32, optimizer="adam", lr=
 
 def load_model(directory, backend="auto"):
     """(model, task or None, meta) from the checkpoint in ``directory``."""
-    arrays, meta = ckpt.load(directory)
+    arrays, meta = ckpt.load(directory, "directory")
     model = build_model(meta["model"], backend=backend)
     for k, p in model.params.items():
         saved = arrays.get(f"param/{k}")

@@ -71,7 +71,7 @@ def test_sample_command(tmp_path, capsys, text_file):
     assert main(["sample", out, "--prime", "XYZ"]) == 2
     assert "gpubptt sample: error: prime: characters not in the model's vocabulary: 'XYZ'" in capsys.readouterr().err
     assert main(["sample", str(tmp_path / "nothing")]) == 2
-    assert "holds no checkpoint" in capsys.readouterr().err
+    assert f"gpubptt sample: error: directory: {tmp_path / 'nothing'} holds no checkpoint" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args,message", [

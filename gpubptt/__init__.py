@@ -8,8 +8,8 @@ from . import interop
 from .arrays import to_device, to_host
 from .model import RNN, bptt, forward
 from .params import init_params
-from . import clipping, optim, tasks
+from . import clipping, diagnostics, optim, tasks
 from .training import train
 
 __all__ = ["RNN", "bptt", "forward", "init_params", "interop", "to_device", "to_host", "train", "clipping",
-           "optim", "tasks", "__version__"]
+           "diagnostics", "optim", "tasks", "__version__"]

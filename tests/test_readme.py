@@ -1,6 +1,8 @@
 """The README's Python examples run as written (in order, sharing one namespace)."""
 import pathlib
 import re
+import subprocess
+import sys
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
@@ -13,3 +15,25 @@ def test_readme_python_blocks_run(monkeypatch):
     for block in blocks:
         exec(compile(block, str(README), "exec"), namespace)
     assert namespace["grads"]["Ws_l0"].shape[0] == 4 * 16  # the last example: a 2-layer bidirectional LSTM
+
+
+# Modules the README names to run (python -m) or as a place in the layout, not as attributes.
+NOT_ATTRIBUTES = {"gpubptt.compilecheck", "gpubptt.kernels"}
+
+
+def test_every_name_the_readme_writes_resolves_after_import_gpubptt():
+    """`gpubptt.diagnostics.contributions` and the like, as the README writes them, work after a plain
+    ``import gpubptt`` (in a fresh interpreter: this one has imported every submodule already)."""
+    names = sorted(set(re.findall(r"\bgpubptt(?:\.[A-Za-z_]\w*)+", README.read_text())) - NOT_ATTRIBUTES)
+    assert "gpubptt.diagnostics.contributions" in names, names
+    script = ("import gpubptt, sys\n"
+              "def has(name):\n"
+              "    obj = gpubptt\n"
+              "    for part in name.split('.')[1:]:\n"
+              "        if not hasattr(obj, part):\n"
+              "            return False\n"
+              "        obj = getattr(obj, part)\n"
+              "    return True\n"
+              "print([n for n in sys.argv[1:] if not has(n)])\n")
+    done = subprocess.run([sys.executable, "-c", script, *names], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr

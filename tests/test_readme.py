@@ -1,4 +1,5 @@
-"""The README's Python examples run as written (in order, sharing one namespace)."""
+"""The README's Python examples run as written (in order, sharing one namespace), and every gpubptt.* name it
+writes resolves after a plain import."""
 import pathlib
 import re
 import subprocess

@@ -269,15 +269,30 @@ class RNN:
     def _structure(self):
         return dict(num_layers=self.num_layers, bidirectional=self.bidirectional)
 
-    def forward(self, x, s0=None, lengths=None, **options):
-        """(Y [T,B,O], S [T,B,dirs·H]); see ``gpubptt.forward`` for ``options``."""
-        return forward(self.params, x, s0, self.cell, self.output_activation, self.backend, lengths=lengths,
-                       **self._structure(), **options)
+    # what the model fixes: given to forward or bptt, a TypeError that says so (not Python's "got
+    # multiple values")
+    _FIXED = ("params", "cell", "output_activation", "num_layers", "bidirectional")
 
-    def bptt(self, x, d, s0=None, loss="squared", loss_steps="all", lengths=None, **options):
-        """(L, grads); see ``gpubptt.bptt`` for ``options`` (truncate, clip_step, return_state, ...)."""
-        return bptt(self.params, x, d, s0, self.cell, self.output_activation, loss, loss_steps, self.backend,
-                    lengths=lengths, **self._structure(), **options)
+    def _options(self, method, options):
+        for key in self._FIXED:
+            if key in options:
+                where = "is the model's" if key == "params" else f"is set when the model is made (RNN(..., {key}=...))"
+                raise TypeError(f"{key}: {where}, not an option of RNN.{method}; got {key}={options[key]!r}")
+        return options
+
+    def forward(self, x, s0=None, lengths=None, backend=None, **options):
+        """(Y [T,B,O], S [T,B,dirs·H]); ``backend`` for this call (default: the model's); see
+        ``gpubptt.forward`` for ``options``."""
+        return forward(self.params, x, s0, self.cell, self.output_activation,
+                       self.backend if backend is None else backend, lengths=lengths, **self._structure(),
+                       **self._options("forward", options))
+
+    def bptt(self, x, d, s0=None, loss="squared", loss_steps="all", lengths=None, backend=None, **options):
+        """(L, grads); ``backend`` for this call (default: the model's); see ``gpubptt.bptt`` for
+        ``options`` (truncate, clip_step, return_state, ...)."""
+        return bptt(self.params, x, d, s0, self.cell, self.output_activation, loss, loss_steps,
+                    self.backend if backend is None else backend, lengths=lengths, **self._structure(),
+                    **self._options("bptt", options))
 
     def to_device(self):
         """Move the parameters to the GPU (CuPy arrays); returns self."""

@@ -124,6 +124,19 @@ def test_environment_overrides_auto_in_calls(monkeypatch, ran, env):
     assert set(ran) == {env}
 
 
+def test_a_backend_given_to_an_rnn_method_wins_for_that_call(ran):
+    rnn = gpubptt.RNN(D, H, O, dtype=np.float64, seed=0, backend="reference")
+    _, x, d, _ = make()
+    rnn.forward(x, backend="cpu")
+    rnn.bptt(x, d, backend="cpu")
+    assert set(ran) == {"cpu"} and rnn.backend == "reference"
+    ran.clear()
+    rnn.bptt(x, d)
+    assert set(ran) == {"reference"}
+    with pytest.raises(ValueError, match="backend: expected one of .* got 'gpu'"):
+        rnn.forward(x, backend="gpu")
+
+
 @pytest.mark.parametrize("value", ["bogus", "CPU", "gpu"])
 def test_environment_value_validated(monkeypatch, value):
     monkeypatch.setenv(ENV_VAR, value)

@@ -565,6 +565,10 @@ def test_rnn_methods_validate():
     expect_error(ValueError, ["loss:", "got 'mse'"], rnn.bptt, x, d, loss="mse")
     expect_error(ValueError, ["loss_steps:", "got 'first'"], rnn.bptt, x, d, loss_steps="first")
     expect_error(ValueError, ["loss='cross_entropy'", "softmax"], rnn.bptt, x, classes(), loss="cross_entropy")
+    for key, value in (("cell", "lstm"), ("num_layers", 2), ("bidirectional", True), ("output_activation", "tanh")):
+        expect_error(TypeError, [f"{key}:", f"RNN(..., {key}=...)", f"got {key}={value!r}"], rnn.bptt, x, d,
+                     **{key: value})
+    expect_error(TypeError, ["params:", "the model's", "RNN.forward"], rnn.forward, x, params=rnn.params)
     assert_unchanged(snap)
 
 

@@ -1317,7 +1317,8 @@ def add_arguments(p):
     p.add_argument("--cell", default="tanh", choices=KNOWN_CELLS,
                    help="g1 of the Elman RNN, or a gated cell; a peer that cannot run it is reported unavailable")
     p.add_argument("--shapes", type=_shapes_arg, default=None, metavar="BxTxDxH,...",
-                   help="e.g. 64x100x64x256,1x1000x8x64 (default: the issue's grid; --quick: tiny shapes)")
+                   help="e.g. 64x100x64x256,1x1000x8x64 (default: the 13 shapes of the README's performance "
+                   "grid; --quick: tiny shapes)")
     p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="CPU threads for Numba, BLAS and PyTorch (default: as they are)")

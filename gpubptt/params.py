@@ -92,6 +92,14 @@ def init_params(input_size, hidden_size, output_size, bias=True, dtype=np.float3
     return params
 
 
+def _whose_weight(G):
+    """': [GH,H] is the weight of cell=...' for the error of a recurrent weight given with another cell."""
+    cells = [c for c in CELLS if gates(c) == G]
+    if not cells:
+        return ""
+    return f": [{G if G > 1 else ''}H,H] is the weight of cell={' or '.join(map(repr, cells))}"
+
+
 def check_params(params, cell="tanh", num_layers=1, bidirectional=False):
     """Validate a parameter dict against the model structure; return (D, H, O, bias, dtype)."""
     if not isinstance(params, Mapping):
@@ -122,8 +130,10 @@ def check_params(params, cell="tanh", num_layers=1, bidirectional=False):
                              f"got {tuple(params[key].shape)}")
     H, D, O = params["Ws" + first].shape[1], params["Wx" + first].shape[1], params["Wy"].shape[0]
     if params["Ws" + first].shape[0] != G * H:  # H is read from Ws: its own shape must agree
-        raise ValueError(f"params['Ws{first}']: expected shape [{gh},H] = ({G * H}, {H}) (H = its width), "
-                         f"got {tuple(params['Ws' + first].shape)}")
+        rows = params["Ws" + first].shape[0]
+        hint = _whose_weight(rows // H) if rows % H == 0 and rows // H != G else ""
+        raise ValueError(f"params['Ws{first}']: expected shape [{gh},H] = ({G * H}, {H}) (H = its width) for "
+                         f"cell={cell!r}, got {tuple(params['Ws' + first].shape)}{hint}")
     if min(H, D, O) == 0:
         raise ValueError(
             f"params: expected sizes H, D, O of at least 1, got H={H}, D={D}, O={O} "

@@ -177,7 +177,8 @@ def test_step_defaults_to_t_and_step_1_has_one_summand():
     (dict(step="3"), ValueError, r"step: expected a positive integer or None, got '3'"),
     (dict(bidirectional=True), ValueError, r"bidirectional: the article's sum follows the forward direction only"),
     (dict(loss="hinge"), ValueError, r"loss: expected one of 'squared', 'cross_entropy', got 'hinge'"),
-    (dict(cell="lstm"), ValueError, r"params\['Ws'\]: expected shape \[4H,H\] = \(12, 3\) \(H = its width\), got \(3, 3\)"),
+    (dict(cell="lstm"), ValueError, r"params\['Ws'\]: expected shape \[4H,H\] = \(12, 3\) \(H = its width\) for cell='lstm', got \(3, 3\): "
+     r"\[H,H\] is the weight of cell='tanh' or 'relu' or 'sigmoid' or 'identity'"),
     (dict(backend="gpu"), ValueError, r"backend: expected one of"),
 ])
 def test_bad_input(kwargs, error, match):

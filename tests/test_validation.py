@@ -1213,3 +1213,13 @@ def test_rnn_with_structure_validates_and_runs(backend):
 def test_lengths_ragged_list(which):
     params, x, d, s0 = make()
     expect_error(TypeError, ["lengths:"], run, which, params, x, d, s0, lengths=[1, [2]])
+
+
+@pytest.mark.parametrize("made,given", [("lstm", "tanh"), ("gru", "lstm"), ("lstm", "gru")])
+def test_a_gated_cells_weights_given_with_another_cell_are_named(made, given):
+    """Parameters made for one cell and passed with another: the error says whose weight it is."""
+    params = gpubptt.init_params(D, H, O, cell=made, dtype=np.float64, seed=0)
+    x = make()[1]
+    G = {"lstm": 4, "gru": 3}[made]
+    expect_error(ValueError, ["params['Ws']:", f"for cell={given!r}", f"got ({G * H}, {H})",
+                              f"[{G}H,H] is the weight of cell={made!r}"], gpubptt.forward, params, x, cell=given)

@@ -276,6 +276,12 @@ class Trainer:
         if isinstance(optimizer, Optimizer):
             if optimizer.params is not model.params:
                 raise ValueError("optimizer: was made for other parameters than model.params")
+            given = {k: v for k, v in (("lr", lr), ("optimizer_options", optimizer_options)) if v is not None}
+            if given:  # the optimizer carries its own: a value here would be ignored
+                key, value = next(iter(given.items()))
+                raise ValueError(f"{key}: set when an Optimizer is made; with "
+                                 f"optimizer={type(optimizer).__name__}(...) pass lr and options to it, "
+                                 f"got {key}={value!r}")
             self.optimizer = optimizer
         else:
             check_choice("optimizer", optimizer, OPTIMIZERS)
@@ -554,6 +560,7 @@ def train(model, task_or_batches, steps, *, batch_size=32, optimizer="adam", lr=
     batch_size       sequences per batch (tasks only)
     optimizer        'sgd', 'adam', 'adagrad' or an ``Optimizer`` made for ``model.params``;
                      lr None takes the optimizer's default; optimizer_options e.g. {'momentum': 0.9}
+                     (an Optimizer brings its own: lr or optimizer_options beside it is an error)
     clip_norm        global-norm clipping threshold; clip_value: element-wise [-c, c];
                      clip_step: per-time-step clipping inside BPTT (the seed article's)
     tbptt            (k1, k2): TBPTT(k1, k2) (module docstring); None: full BPTT over each batch

@@ -396,3 +396,20 @@ def test_bad_model_or_task():
         train(small_model(), "adding", 2)
     with pytest.raises(TypeError, match=r"task: generates float32 data but the model's parameters are float64"):
         train(small_model(), gpubptt.tasks.make_task("sine"), 2)
+
+
+def test_an_optimizer_made_by_the_caller_is_used_and_keeps_its_settings():
+    """train(optimizer=SGD(model.params, ...)) steps that optimizer; lr or optimizer_options beside it
+    would be ignored, so they are refused, as is an optimizer made for other parameters."""
+    task = gpubptt.tasks.make_task("sine", seq_len=6, dtype=np.float64)
+    m = small_model()
+    sgd = gpubptt.optim.SGD(m.params, lr=0.05, momentum=0.9)
+    before = {k: v.copy() for k, v in m.params.items()}
+    assert train(m, task, 2, batch_size=2, optimizer=sgd, progress=False).steps == 2
+    assert not params_equal(m.params, before) and int(sgd.state_dict()["steps"]) == 2
+    with pytest.raises(ValueError, match=r"lr: set when an Optimizer is made; .*SGD\(\.\.\.\).* got lr=0\.1"):
+        train(m, task, 2, batch_size=2, optimizer=sgd, lr=0.1, progress=False)
+    with pytest.raises(ValueError, match=r"optimizer_options: set when an Optimizer is made"):
+        train(m, task, 2, batch_size=2, optimizer=sgd, optimizer_options={"momentum": 0.5}, progress=False)
+    with pytest.raises(ValueError, match=r"optimizer: was made for other parameters"):
+        train(small_model(), task, 2, batch_size=2, optimizer=sgd, progress=False)

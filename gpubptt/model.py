@@ -276,7 +276,8 @@ class RNN:
     def _options(self, method, options):
         for key in self._FIXED:
             if key in options:
-                where = "is the model's" if key == "params" else f"is set when the model is made (RNN(..., {key}=...))"
+                where = ("is the model's" if key == "params"
+                         else f"is set when the model is made (RNN(..., {key}=...))")
                 raise TypeError(f"{key}: {where}, not an option of RNN.{method}; got {key}={options[key]!r}")
         return options
 

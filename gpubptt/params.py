@@ -23,6 +23,11 @@ def gates(cell):
     return GATES.get(cell, 1)
 
 
+def gate_rows(G):
+    """The rows of a weight of G gate blocks in the notation: 'H', '3H', '4H'."""
+    return f"{G}H" if G > 1 else "H"
+
+
 def key_suffix(layer, direction, num_layers=1, bidirectional=False):
     """'' for a single layer in one direction, else PyTorch's '_l{layer}' plus '_reverse'."""
     if num_layers == 1 and not bidirectional:
@@ -40,7 +45,7 @@ def param_shapes(input_size, hidden_size, output_size, cell="tanh", num_layers=1
     """{key: (shape, dimension names)} of the parameters, in initialisation order."""
     D, H, O = input_size, hidden_size, output_size
     G, dirs = gates(cell), 2 if bidirectional else 1
-    gh = f"{G}H" if G > 1 else "H"
+    gh = gate_rows(G)
     below = "2H" if bidirectional else "H"
     shapes = {}
     for layer, _, sfx in layer_suffixes(num_layers, bidirectional):
@@ -97,7 +102,7 @@ def _whose_weight(G):
     cells = [c for c in CELLS if gates(c) == G]
     if not cells:
         return ""
-    return f": [{G if G > 1 else ''}H,H] is the weight of cell={' or '.join(map(repr, cells))}"
+    return f": [{gate_rows(G)},H] is the weight of cell={' or '.join(map(repr, cells))}"
 
 
 def check_params(params, cell="tanh", num_layers=1, bidirectional=False):
@@ -122,7 +127,7 @@ def check_params(params, cell="tanh", num_layers=1, bidirectional=False):
             "(the b* keys all present, or all absent for a model without recurrent biases)"
         )
     G = gates(cell)
-    gh = f"{G}H" if G > 1 else "H"
+    gh = gate_rows(G)
     for key, names in (("Wx" + first, (gh, "D")), ("Ws" + first, (gh, "H")), ("Wy", ("O", "H"))):
         check_type(f"params[{key!r}]", params[key])
         if params[key].ndim != 2:
@@ -131,7 +136,7 @@ def check_params(params, cell="tanh", num_layers=1, bidirectional=False):
     H, D, O = params["Ws" + first].shape[1], params["Wx" + first].shape[1], params["Wy"].shape[0]
     if params["Ws" + first].shape[0] != G * H:  # H is read from Ws: its own shape must agree
         rows = params["Ws" + first].shape[0]
-        hint = _whose_weight(rows // H) if rows % H == 0 and rows // H != G else ""
+        hint = _whose_weight(rows // H) if rows % H == 0 else ""  # (rows != G·H: another G)
         raise ValueError(f"params['Ws{first}']: expected shape [{gh},H] = ({G * H}, {H}) (H = its width) for "
                          f"cell={cell!r}, got {tuple(params['Ws' + first].shape)}{hint}")
     if min(H, D, O) == 0:

@@ -276,12 +276,11 @@ class Trainer:
         if isinstance(optimizer, Optimizer):
             if optimizer.params is not model.params:
                 raise ValueError("optimizer: was made for other parameters than model.params")
-            given = {k: v for k, v in (("lr", lr), ("optimizer_options", optimizer_options)) if v is not None}
-            if given:  # the optimizer carries its own: a value here would be ignored
-                key, value = next(iter(given.items()))
-                raise ValueError(f"{key}: set when an Optimizer is made; with "
-                                 f"optimizer={type(optimizer).__name__}(...) pass lr and options to it, "
-                                 f"got {key}={value!r}")
+            for key, value in (("lr", lr), ("optimizer_options", optimizer_options)):
+                if value is not None:  # the optimizer carries its own: a value here would be ignored
+                    raise ValueError(f"{key}: set when an Optimizer is made; with "
+                                     f"optimizer={type(optimizer).__name__}(...) pass lr and options to it, "
+                                     f"got {key}={value!r}")
             self.optimizer = optimizer
         else:
             check_choice("optimizer", optimizer, OPTIMIZERS)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .arrays import FLOAT_DTYPES, check_choice, check_float_array, check_type
+from .arrays import FLOAT_DTYPES, check_choice, check_float_array, check_int, check_type
 
 CELLS = ("tanh", "relu", "sigmoid", "identity", "lstm", "gru")
 GATES = {"lstm": 4, "gru": 3}
@@ -87,7 +87,7 @@ def init_params(input_size, hidden_size, output_size, bias=True, dtype=np.float3
         raise TypeError(f"dtype: expected float32 or float64, got {dtype!r}") from None
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_int("seed", seed, low=0, allow_none=True))
     params = {}
     for key, (shape, _) in param_shapes(input_size, hidden_size, output_size, cell, num_layers, bidirectional,
                                         bias).items():

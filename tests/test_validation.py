@@ -552,6 +552,15 @@ def test_init_params_seeded():
     a = gpubptt.init_params(D, H, O, seed=7)
     b = gpubptt.init_params(D, H, O, seed=7)
     assert all(np.array_equal(a[k], b[k]) for k in PARAM_KEYS)
+    assert not np.array_equal(a["Ws"], gpubptt.init_params(D, H, O, seed=8)["Ws"])
+    assert set(gpubptt.init_params(D, H, O, seed=None)) == set(PARAM_KEYS)  # fresh entropy
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "0", True])
+def test_init_params_refuses_a_bad_seed(seed):
+    expect_error(ValueError, ["seed:", "integer >= 0 or None", f"got {seed!r}"], gpubptt.init_params, D, H, O,
+                 seed=seed)
+    expect_error(ValueError, ["seed:", f"got {seed!r}"], gpubptt.RNN, D, H, O, seed=seed)
 
 
 def test_rnn_methods_validate():

@@ -24,6 +24,7 @@ buffer, as NumPy arrays): it is part of a training checkpoint.
 """
 from collections import namedtuple
 from collections.abc import Mapping
+import inspect
 import math
 
 import numpy as np
@@ -319,6 +320,12 @@ DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "adagrad": 1e-2}
 
 
 def make_optimizer(name, params, lr=None, backend="auto", **options):
-    """An optimizer by name ('sgd', 'adam', 'adagrad'); lr None takes DEFAULT_LR[name]."""
+    """An optimizer by name ('sgd', 'adam', 'adagrad'); lr None takes DEFAULT_LR[name]; ``options`` are
+    the class's other keyword arguments (``gpubptt.train``'s ``optimizer_options``)."""
     check_choice("optimizer", name, OPTIMIZERS)
+    known = [a for a in inspect.signature(CLASSES[name]).parameters if a not in ("params", "lr", "backend")]
+    unknown = [a for a in options if a not in known]
+    if unknown:
+        raise ValueError(f"optimizer_options: optimizer={name!r} takes {', '.join(known)}; "
+                         f"got {', '.join(map(repr, unknown))}")
     return CLASSES[name](params, lr=DEFAULT_LR[name] if lr is None else lr, backend=backend, **options)

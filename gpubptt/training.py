@@ -27,7 +27,7 @@ stay on the GPU until they are logged (every ``log_every`` steps).
 import os
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -284,6 +284,9 @@ class Trainer:
             self.optimizer = optimizer
         else:
             check_choice("optimizer", optimizer, OPTIMIZERS)
+            if optimizer_options is not None and not isinstance(optimizer_options, Mapping):
+                raise TypeError(f"optimizer_options: expected a dict of keyword arguments or None, "
+                                f"got {type(optimizer_options).__name__}")
             self.optimizer = make_optimizer(optimizer, model.params, lr, backend=model.backend,
                                             **(optimizer_options or {}))
         self.window_runner = _Window(model, self.loss, self.clip_step)

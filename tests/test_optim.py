@@ -220,6 +220,8 @@ def test_load_state_dict_rejects_a_mismatch_and_changes_nothing():
     (lambda p: optim.Adagrad(p, lr_decay=-1), ValueError, r"lr_decay: expected a finite number >= 0"),
     (lambda p: optim.make_optimizer("rmsprop", p), ValueError,
      r"optimizer: expected one of 'sgd', 'adam', 'adagrad', got 'rmsprop'"),
+    (lambda p: optim.make_optimizer("adam", p, momentum=0.9), ValueError,
+     r"optimizer_options: optimizer='adam' takes betas, eps, weight_decay; got 'momentum'"),
     (lambda p: optim.Adam([p["W"]]), TypeError, r"params: expected a dict of arrays, got list"),
     (lambda p: optim.Adam({"W": p["W"].T}), ValueError, r"params\['W'\]: expected a C-contiguous array"),
     (lambda p: optim.Adam({"W": p["W"], "b": p["b"].astype(np.float64)}), TypeError,

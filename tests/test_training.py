@@ -413,3 +413,17 @@ def test_an_optimizer_made_by_the_caller_is_used_and_keeps_its_settings():
         train(m, task, 2, batch_size=2, optimizer=sgd, optimizer_options={"momentum": 0.5}, progress=False)
     with pytest.raises(ValueError, match=r"optimizer: was made for other parameters"):
         train(small_model(), task, 2, batch_size=2, optimizer=sgd, progress=False)
+
+
+def test_optimizer_options_are_named_checked_before_training():
+    task = gpubptt.tasks.make_task("sine", seq_len=6, dtype=np.float64)
+    m = small_model()
+    before = {k: v.copy() for k, v in m.params.items()}
+    with pytest.raises(ValueError, match=r"optimizer_options: optimizer='adam' takes betas, eps, weight_decay; "
+                                         r"got 'momentum'"):
+        train(m, task, 2, batch_size=2, optimizer="adam", optimizer_options={"momentum": 0.9}, progress=False)
+    with pytest.raises(TypeError, match=r"optimizer_options: expected a dict of keyword arguments or None, got list"):
+        train(m, task, 2, batch_size=2, optimizer="sgd", optimizer_options=[("momentum", 0.9)], progress=False)
+    assert params_equal(m.params, before)
+    assert train(m, task, 2, batch_size=2, optimizer="sgd", optimizer_options={"momentum": 0.9, "nesterov": True},
+                 progress=False).steps == 2

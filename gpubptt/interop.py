@@ -41,6 +41,27 @@ def _as_numpy(value, name):
     return np.array(to_host(value), copy=True)
 
 
+def _key_hint(missing, extra):
+    """What the mismatch most likely is, for from_torch's error: a model's state_dict whose recurrent
+    layer and output layer sit under other prefixes ('rnn.weight_ih_l0', 'fc.weight'), or an LSTM
+    with a projection (proj_size); '' when it is neither."""
+    if any(isinstance(k, str) and k.startswith("weight_hr_l") for k in extra):
+        return (" (weight_hr_l*: an LSTM made with proj_size, which gpubptt's LSTM does not have; "
+                "its h has the cell's width)")
+    prefixes = {"recurrent": set(), "output": set()}
+    for m in missing:
+        tail = m[len("out"):] if m.startswith("out.") else "." + m  # '.weight' or '.weight_ih_l0'
+        found = [k[:-len(tail)] for k in extra if isinstance(k, str) and k.endswith(tail) and len(k) > len(tail)]
+        if len(found) != 1:
+            return ""
+        prefixes["output" if m.startswith("out.") else "recurrent"].add(found[0])
+    if not missing or any(len(p) > 1 for p in prefixes.values()):
+        return ""
+    steps = [f"strip the prefix {p + '.'!r}" for p in prefixes["recurrent"]] + \
+            [f"rename {p + '.'!r} to 'out.'" for p in prefixes["output"]]
+    return f" (the keys look like those of a module holding the layers under prefixes: {' and '.join(steps)})"
+
+
 def from_torch(state_dict, cell="tanh", num_layers=1, bidirectional=False):
     """A gpubptt parameter dict (NumPy copies) from a PyTorch ``state_dict`` keyed as described above."""
     check_structure(cell, num_layers, bidirectional)
@@ -54,7 +75,8 @@ def from_torch(state_dict, cell="tanh", num_layers=1, bidirectional=False):
         parts = ([f"missing key(s) {', '.join(map(repr, missing))}"] if missing else []) + \
                 ([f"unexpected key(s) {', '.join(map(repr, extra))}"] if extra else [])
         raise ValueError(f"state_dict: {'; '.join(parts)} for cell={cell!r}, num_layers={num_layers}, "
-                         f"bidirectional={bool(bidirectional)}; expected {', '.join(mapping.values())}")
+                         f"bidirectional={bool(bidirectional)}; expected {', '.join(mapping.values())}"
+                         f"{_key_hint(missing, extra)}")
     params = {ours: _as_numpy(state_dict[theirs], f"state_dict[{theirs!r}]")
               for ours, theirs in mapping.items()}
     try:

@@ -242,6 +242,30 @@ def test_keys_of_another_structure():
     raises(sd, ValueError, "missing key(s) 'bias_hh_l0'", cell="gru")
 
 
+def test_keys_under_a_module_prefix_get_a_hint():
+    """A model's own state_dict holds the layers under its attribute names ('rnn.', 'fc.'): the error
+    says which prefix to strip or rename, and doing what it says reads the same parameters."""
+    sd = lstm2_sd()
+    ours = interop.from_torch(sd, **LSTM2)
+    prefixed = {("fc." + k[4:] if k.startswith("out.") else "rnn." + k): v for k, v in sd.items()}
+    raises(prefixed, ValueError, "missing key(s)", "strip the prefix 'rnn.' and rename 'fc.' to 'out.'", **LSTM2)
+    only_rnn = {k if k.startswith("out.") else "encoder.rnn." + k: v for k, v in sd.items()}
+    message = raises(only_rnn, ValueError, "strip the prefix 'encoder.rnn.')", **LSTM2)
+    assert "rename" not in message
+    fixed = {k.removeprefix("rnn.").replace("fc.", "out.", 1): v for k, v in prefixed.items()}
+    assert all(np.array_equal(interop.from_torch(fixed, **LSTM2)[k], ours[k]) for k in ours)
+    # two candidate prefixes for one key: no guess
+    sd = lstm2_sd()
+    ambiguous = {**{"a." + k: v for k, v in sd.items()}, **{"b." + k: v for k, v in sd.items()}}
+    assert "prefix" not in raises(ambiguous, ValueError, "missing key(s)", **LSTM2)
+
+
+def test_an_lstm_with_a_projection_is_named():
+    sd = numpy_state_dict("lstm", 1, False, True)
+    sd["weight_hr_l0"] = np.zeros((2, 4), np.float32)
+    raises(sd, ValueError, "unexpected key(s) 'weight_hr_l0'", "proj_size", cell="lstm")
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("key,shape,expected", [
     ("weight_hh_l1", (16, 5), "[4H,H] = (16, 4)"),

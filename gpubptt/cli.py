@@ -1,5 +1,6 @@
 """The ``gpubptt`` command line (also ``python -m gpubptt``)."""
 import argparse
+import os
 import platform
 import sys
 from importlib import metadata
@@ -14,6 +15,21 @@ def _version(*dists):
         except metadata.PackageNotFoundError:
             continue
     return "not installed"
+
+
+def _prepare_output_file(option, path):
+    """Make sure ``path`` can be written before a command spends minutes on what goes in it: its
+    directory is created when missing; an error message naming ``option``, or None."""
+    if os.path.isdir(path):
+        return f"{option}: {path} is a directory, expected a file name"
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        return f"{option}: cannot create the directory {parent}: {e.strerror or e}"
+    if not os.access(parent, os.W_OK):
+        return f"{option}: cannot write in {parent} (permission denied)"
+    return None
 
 
 def cmd_info(args):
@@ -100,17 +116,23 @@ def build_parser():
     from .bench import add_arguments as add_bench_arguments
 
     add_bench_arguments(p)
-    p.set_defaults(func=cmd_bench)
+    p.set_defaults(func=cmd_bench, output_files=("json", "markdown"))
     p = sub.add_parser("diagnose", help="the article's sum for dE_N term by term: vanishing and exploding gradients")
     from .diagnostics import add_arguments as add_diagnose_arguments
 
     add_diagnose_arguments(p)
-    p.set_defaults(func=cmd_diagnose)
+    p.set_defaults(func=cmd_diagnose, output_files=("out",))
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    for attr in getattr(args, "output_files", ()):
+        path = getattr(args, attr)
+        error = path and _prepare_output_file("--" + attr, path)
+        if error:
+            print(f"gpubptt {args.command}: error: {error}", file=sys.stderr)
+            return 2
     return args.func(args)
 
 

@@ -106,3 +106,34 @@ def test_check_fails_when_a_deep_lstm_gradient_is_wrong(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "FAIL" in out.splitlines()[-1]
     assert any(line.startswith("lstm ") and line.endswith("FAIL") for line in out.splitlines()), out
+
+
+@pytest.mark.parametrize("argv,option", [(["bench", "--quick", "--json"], "--json"),
+                                         (["bench", "--quick", "--markdown"], "--markdown"),
+                                         (["diagnose", "--seq-len", "5", "--out"], "--out")])
+def test_an_output_file_that_cannot_be_written_is_refused_before_the_work(argv, option, capsys, tmp_path,
+                                                                          monkeypatch):
+    """bench and diagnose check where they will write before they measure: a directory given as the
+    file, or a parent that cannot be made, is exit status 2 with the option named; nothing runs."""
+    import gpubptt.bench
+    import gpubptt.diagnostics
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the command ran before its output file was checked")
+
+    monkeypatch.setattr(gpubptt.bench, "main", must_not_run)
+    monkeypatch.setattr(gpubptt.diagnostics, "main", must_not_run)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep")
+    for path, fragment in ((tmp_path, "is a directory, expected a file name"),
+                           (blocker / "out.json", "cannot create the directory")):
+        assert main(argv + [str(path)]) == 2
+        err = capsys.readouterr().err
+        assert f"error: {option}: " in err and fragment in err
+    assert blocker.read_text() == "keep"
+
+
+def test_an_output_file_in_a_new_directory_is_written(capsys, tmp_path):
+    path = tmp_path / "new" / "sub" / "table.md"
+    assert main(["bench", "--quick", "--backend", "cpu", "--markdown", str(path)]) == 0
+    assert path.read_text().startswith("# gpubptt bench")

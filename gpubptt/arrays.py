@@ -50,7 +50,15 @@ def to_device(a):
         return type(a)(to_device(v) for v in a)
     if a is None or is_device_array(a):
         return a
-    return _cupy().asarray(a)
+    cupy = _cupy()
+    try:
+        return cupy.asarray(a)
+    except RuntimeError as e:  # CuPy's CUDARuntimeError: no GPU, or a driver too old for this CuPy
+        if not type(e).__module__.startswith("cupy"):
+            raise
+        raise RuntimeError(f"to_device: cannot copy to a GPU ({e}); moving arrays to the GPU needs an NVIDIA GPU "
+                           "with a driver for the installed CuPy (`gpubptt info` shows what was found); "
+                           "without one, keep NumPy arrays: backend 'cpu' runs them") from e
 
 
 def to_host(a):

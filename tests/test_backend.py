@@ -227,6 +227,19 @@ def test_cuda_without_gpu_in_calls(which):
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
+@no_cuda_here
+def test_to_device_without_gpu_says_so_and_moves_nothing():
+    """Without a GPU, gpubptt.to_device and RNN.to_device raise a RuntimeError naming to_device and
+    what to do instead (CuPy's own error is a bare driver code), and the model keeps its arrays."""
+    pytest.importorskip("cupy", reason="CuPy is not installed: to_device says so itself")
+    rnn = gpubptt.RNN(D, H, O, seed=0)
+    before = {k: v.copy() for k, v in rnn.params.items()}
+    for call in (lambda: gpubptt.to_device(np.zeros(3)), rnn.to_device):
+        with pytest.raises(RuntimeError, match=r"to_device: cannot copy to a GPU \(.+\).*backend 'cpu'"):
+            call()
+    assert all(type(v) is np.ndarray and np.array_equal(v, before[k]) for k, v in rnn.params.items())
+
+
 # ------------------------------------------------------------------------------------------------
 # host backends refuse device inputs
 

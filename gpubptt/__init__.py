@@ -9,7 +9,7 @@ from .arrays import to_device, to_host
 from .model import RNN, bptt, forward
 from .params import init_params
 from . import clipping, diagnostics, optim, tasks
-from .training import train
+from .training import load_model, train
 
-__all__ = ["RNN", "bptt", "forward", "init_params", "interop", "to_device", "to_host", "train", "clipping",
-           "diagnostics", "optim", "tasks", "__version__"]
+__all__ = ["RNN", "bptt", "forward", "init_params", "interop", "to_device", "to_host", "train", "load_model",
+           "clipping", "diagnostics", "optim", "tasks", "__version__"]

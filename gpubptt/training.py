@@ -27,6 +27,7 @@ stay on the GPU until they are logged (every ``log_every`` steps).
 import os
 import signal
 import threading
+from collections import namedtuple
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -585,8 +586,19 @@ def train(model, task_or_batches, steps, *, batch_size=32, optimizer="adam", lr=
     return trainer.run()
 
 
+Loaded = namedtuple("Loaded", "model task meta")
+
+
 def load_model(directory, backend="auto"):
-    """(model, task or None, meta) from the checkpoint in ``directory``."""
+    """The model a ``train`` run (or ``gpubptt train``) checkpointed in ``directory``, to use from Python.
+
+    Returns ``Loaded(model, task, meta)``: an ``RNN`` of the run's structure holding the checkpoint's
+    parameters (on ``backend``); the task the run trained on, rebuilt from its configuration (None for
+    a run on a list of batches), whose ``test_set()`` and ``metrics(Y, d)`` give the run's test
+    figures again; and the checkpoint's metadata (``step``, the ``model``, ``task``, ``optimizer`` and
+    ``train`` settings). The checkpoint is read, never changed; a missing or damaged one raises
+    ``gpubptt.checkpoint.CheckpointError`` (a ValueError) naming the file.
+    """
     arrays, meta = ckpt.load(directory, "directory")
     model = build_model(meta["model"], backend=backend)
     for k, p in model.params.items():
@@ -595,7 +607,7 @@ def load_model(directory, backend="auto"):
             raise ckpt.CheckpointError(f"checkpoint {ckpt.path_in(directory)}: params[{k!r}] is missing or misshapen")
         p[...] = saved
     task = task_from_config(meta["task"], dtype=model.params["Wy"].dtype) if meta["task"] else None
-    return model, task, meta
+    return Loaded(model, task, meta)
 
 
 def sample_text(directory, length=200, temperature=1.0, prime=None, seed=0, backend="auto"):

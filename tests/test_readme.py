@@ -8,14 +8,16 @@ import sys
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_python_blocks_run(monkeypatch):
+def test_readme_python_blocks_run(monkeypatch, tmp_path):
     monkeypatch.setenv("GPUBPTT_BACKEND", "cpu")  # the examples use backend="auto"; keep this tier on the CPU
+    monkeypatch.chdir(tmp_path)  # where the training example writes runs/
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert blocks, "README.md has no python examples"
     namespace = {}
     for block in blocks:
         exec(compile(block, str(README), "exec"), namespace)
     assert namespace["grads"]["Ws_l0"].shape[0] == 4 * 16  # the last example: a 2-layer bidirectional LSTM
+    assert namespace["meta"]["step"] == 20 and (tmp_path / "runs" / "sine-py" / "checkpoint.npz").is_file()
 
 
 # Modules the README names to run (python -m) or as a place in the layout, not as attributes.

@@ -192,6 +192,28 @@ def test_resume_refuses_fewer_steps_than_the_checkpoint_has_done(tmp_path):
     assert train(mine, task, 3, batch_size=2, out=tmp_path, resume=True, progress=False).steps == 3
 
 
+def test_load_model_gives_the_trained_model_and_its_task_back(tmp_path):
+    """gpubptt.load_model: the run's structure and final parameters, the task that reproduces the
+    run's test figures, the metadata; the checkpoint untouched; a run on batches has no task."""
+    task = gpubptt.tasks.make_task("sine", seq_len=6, dtype=np.float64)
+    m = small_model(cell="gru", num_layers=2)
+    run = train(m, task, 3, batch_size=2, out=tmp_path / "sine", progress=False)
+    before = (tmp_path / "sine" / ckpt.FILENAME).read_bytes()
+    loaded = gpubptt.load_model(tmp_path / "sine", backend="cpu")
+    model, task2, meta = loaded
+    assert loaded.model is model and (model.cell, model.num_layers, model.hidden_size) == ("gru", 2, 6)
+    assert model.params is not m.params and params_equal(model.params, m.params)
+    assert meta["step"] == 3 and meta["task"] == task.config() and task2.config() == task.config()
+    x, d = task2.test_set()
+    assert task2.metrics(model.forward(x)[0], d) == run.test
+    assert (tmp_path / "sine" / ckpt.FILENAME).read_bytes() == before
+    batches = [task.batch(np.random.default_rng(0), 2)]
+    train(small_model(), batches, 1, out=tmp_path / "list", progress=False)
+    assert gpubptt.load_model(tmp_path / "list").task is None
+    with pytest.raises(ckpt.CheckpointError, match=r"directory: .*holds no checkpoint"):
+        gpubptt.load_model(tmp_path / "nothing-here")
+
+
 def test_a_corrupted_checkpoint_is_refused(tmp_path):
     task = gpubptt.tasks.make_task("sine", seq_len=6, dtype=np.float64)
     train(small_model(), task, 2, batch_size=2, out=tmp_path, progress=False)

@@ -85,10 +85,12 @@ def check_type(name, a):
         raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(a).__name__}")
 
 
-def check_float_array(name, a, names, shape, dtype=None):
+def check_float_array(name, a, names, shape, dtype=None, where=None, where_text=""):
     """Validate a float array's type, dtype, rank, shape (None = any size) and finiteness.
 
-    ``names`` are the dimension names of the notation table ('T', 'B', ...). Returns the array.
+    ``names`` are the dimension names of the notation table ('T', 'B', ...). ``where``: a boolean array
+    over the leading dimensions; only the entries it marks must be finite (``where_text`` says which,
+    for the message). Returns the array.
     """
     check_type(name, a)
     if a.dtype not in FLOAT_DTYPES:
@@ -99,8 +101,9 @@ def check_float_array(name, a, names, shape, dtype=None):
             "(float32 and float64 are not mixed; convert with .astype)"
         )
     check_shape(name, a, names, shape)
-    if a.size and not bool(_xp(a).isfinite(a).all()):
-        raise ValueError(f"{name}: contains NaN or Inf")
+    values = a if where is None else a[where]
+    if values.size and not bool(_xp(a).isfinite(values).all()):
+        raise ValueError(f"{name}: contains NaN or Inf{where_text}")
     return a
 
 
@@ -111,16 +114,19 @@ def check_shape(name, a, names, shape):
         raise ValueError(f"{name}: expected shape {shape_text(names, shape)}, got {tuple(a.shape)}")
 
 
-def check_int_array(name, a, names, shape, low, high):
-    """Validate an integer array's dtype, shape and that every value lies in [low, high)."""
+def check_int_array(name, a, names, shape, low, high, where=None, where_text=""):
+    """Validate an integer array's dtype, shape and that every value (or every one ``where`` marks, as
+    in ``check_float_array``) lies in [low, high)."""
     check_type(name, a)
     if a.dtype.kind not in "iu":
         raise TypeError(f"{name}: expected an integer dtype, got {a.dtype}")
     check_shape(name, a, names, shape)
-    if a.size:
-        lo, hi = int(a.min()), int(a.max())
+    values = a if where is None else a[where]
+    if values.size:
+        lo, hi = int(values.min()), int(values.max())
         if lo < low or hi >= high:
-            raise ValueError(f"{name}: values must lie in [{low}, {high - 1}], got values in [{lo}, {hi}]")
+            raise ValueError(f"{name}: values must lie in [{low}, {high - 1}]{where_text}, "
+                             f"got values in [{lo}, {hi}]")
     return a
 
 

@@ -61,7 +61,8 @@ def bptt(params, x, d, s0=None, cell="tanh", output_activation="identity", loss=
     """Loss and its exact gradients by backpropagation through time.
 
     d           [T,B,O] desired outputs for loss="squared"; integer classes [T,B] for
-                loss="cross_entropy" (which needs output_activation="softmax")
+                loss="cross_entropy" (which needs output_activation="softmax"); read only at the
+                steps in the loss, so padding elsewhere (-100, NaN) is accepted
     loss_steps  "all" every step, "last" each sequence's last step only (many-to-one), or an int k:
                 the last k steps
     truncate    k: gradient does not flow back across the start of each chunk of k steps (the state
@@ -149,13 +150,11 @@ class _Call:
         names, shape = (("B", "H"), (B, H)) if n_states == 1 else (("L·dirs", "B", "H"), (n_states, B, H))
         for name, a in s0_parts.items():
             check_float_array(name, a, names, shape, dtype)
-        if bptt and loss == "cross_entropy":
-            check_int_array("d", d, ("T", "B"), (T, B), 0, O)
-        elif bptt:
-            check_float_array("d", d, ("T", "B", "O"), (T, B, O), dtype)
         if state_step is not None and state_step > T:
             raise ValueError(f"state_step: expected 1..T = 1..{T}, got {state_step}")
         self.lengths_host = self._lengths(lengths, T, B)
+        if bptt:
+            d = self._targets(d, loss, loss_steps, T, B, O, dtype, xp)
         self.dtype, self.n_states, self.lstm = dtype, n_states, lstm
         self.state_step = state_step or T
         self.structure = engine.Structure(cell, num_layers, bool(bidirectional), H, bias)
@@ -185,6 +184,25 @@ class _Call:
             raise TypeError(f"s0: cell={cell!r} takes one array (only 'lstm' takes a pair (h0, c0)), "
                             f"got a {type(s0).__name__}")
         return {"s0": s0}
+
+    def _targets(self, d, loss, loss_steps, T, B, O, dtype, xp):
+        """d, checked where it enters the loss: the steps of ``loss_steps`` within each sequence's length.
+        The other entries are never read, so padding there (-100, NaN) is accepted; it is replaced by 0
+        in a copy, the caller's d unchanged."""
+        keep = None
+        if self.lengths_host is not None or loss_steps != "all":
+            lengths = np.full(B, T, np.int32) if self.lengths_host is None else self.lengths_host
+            keep = loss_mask(T, xp.asarray(lengths), loss_steps, bool, xp)
+        where_text = "" if keep is None else " at the steps in the loss"
+        if loss == "cross_entropy":
+            check_int_array("d", d, ("T", "B"), (T, B), 0, O, where=keep, where_text=where_text)
+            if keep is not None and not bool(((d >= 0) & (d < O)).all()):
+                d = xp.where(keep, d, 0).astype(d.dtype)
+        else:
+            check_float_array("d", d, ("T", "B", "O"), (T, B, O), dtype, where=keep, where_text=where_text)
+            if keep is not None and not bool(xp.isfinite(d).all()):
+                d = xp.where(keep[..., None], d, 0).astype(d.dtype)
+        return d
 
     @staticmethod
     def _lengths(lengths, T, B):

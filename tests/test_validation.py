@@ -814,6 +814,40 @@ def test_lengths_as_list_or_any_integer_dtype_work(backend, wrap, structure):
     assert L != gpubptt.bptt(params, x, d, s0, backend=backend, **kw)[0]
 
 
+# --- targets outside the loss: padding
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("loss", ["squared", "cross_entropy"])
+@pytest.mark.parametrize("lengths,loss_steps", [([T, 2], "all"), (None, "last"), (None, 2), ([T, 3], 1)])
+def test_targets_outside_the_loss_are_not_read(backend, loss, lengths, loss_steps):
+    """Where a step is outside the loss (past a sequence's length, or before its last loss_steps), d is
+    never read: padding there (-100 classes, NaN) gives the loss and gradients of any valid value,
+    and the caller's d is left as it was. Inside the loss the same values are still refused."""
+    params, x, d, s0 = make()
+    kw = dict(loss=loss, loss_steps=loss_steps, lengths=lengths, backend=backend)
+    if loss == "cross_entropy":
+        d, kw["output_activation"], pad = classes(), "softmax", -100
+    else:
+        pad = np.nan
+    n = np.full(B, T) if lengths is None else np.array(lengths)
+    k = {"all": T, "last": 1}.get(loss_steps, loss_steps)
+    t = np.arange(T)[:, None]
+    outside = (t >= n) | (t < n - k)
+    assert outside.any() and not outside.all()
+    padded = d.copy()
+    padded[outside] = pad
+    snap = snapshot(padded)
+    L, g = gpubptt.bptt(params, x, padded, s0, **kw)
+    assert_unchanged(snap)
+    ref_L, ref_g = gpubptt.bptt(params, x, d, s0, **kw)
+    assert L == ref_L and all(np.array_equal(g[key], ref_g[key]) for key in ref_g)
+    inside = padded.copy()
+    inside[np.argwhere(~outside)[0][0], np.argwhere(~outside)[0][1]] = pad
+    fragment = "got values in [-100," if loss == "cross_entropy" else "contains NaN or Inf"
+    expect_error(ValueError, ["d:", fragment, "at the steps in the loss"], gpubptt.bptt, params, x, inside, s0, **kw)
+
+
 # --- s0 of the wrong structure for the cell
 
 

@@ -67,6 +67,9 @@ def cmd_check(args):
     from .selfcheck import run_check
 
     cells = CELLS if args.cell == "all" else (args.cell,)
+    if args.layers < 1:  # a usage error (status 2), not a failed check
+        print(f"gpubptt check: error: --layers: expected a positive integer, got {args.layers}", file=sys.stderr)
+        return 2
     try:
         ok = run_check(backend=args.backend, dtype=args.dtype, cells=cells, num_layers=args.layers,
                        bidirectional=args.bidirectional)

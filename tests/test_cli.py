@@ -50,9 +50,16 @@ def test_check_fails_with_status_1_when_a_gradient_is_wrong(capsys, monkeypatch)
     assert "FAIL" in out.splitlines()[-1]
 
 
+@pytest.mark.skipif(gpubptt.backend.cuda_status()[0] is not None, reason="the cuda backend is available here")
 def test_check_reports_an_unavailable_backend(capsys):
     assert main(["check", "--backend", "cuda"]) == 1
     assert "NUMBA_ENABLE_CUDASIM" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("layers", ["0", "-2"])
+def test_check_refuses_a_bad_layer_count_as_a_usage_error(layers, capsys):
+    assert main(["check", "--backend", "cpu", "--layers", layers]) == 2
+    assert f"error: --layers: expected a positive integer, got {layers}" in capsys.readouterr().err
 
 
 def test_python_dash_m_entry_point():

@@ -917,3 +917,35 @@ def test_float32_tanh_branch_decided_by_type():
     assert abs(fresh(np.float32(0.5), np.float32(1.0)) - math.tanh(0.5)) < 1e-6
     assert "tanhf" not in fresh.inspect_llvm(fresh.signatures[0])
     assert fresh(0.5, 1.0) == math.tanh(0.5)  # float64 keeps math.tanh
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_combinations_of_every_option_match_the_reference(variant, seed):
+    """Seeded random draws over every option at once (cell, layers, directions, bias, output activation
+    and loss, loss_steps, lengths, truncate, clip_step, s0, odd sizes), float64, each against the
+    reference: the combinations the grids above do not enumerate."""
+    rng = np.random.default_rng(seed)
+    for case in range(40):
+        cell = str(rng.choice(CELLS))
+        T, B, D, H, O = (int(rng.choice(c)) for c in ([1, 2, 5, 16], [1, 2, 3, 7], [1, 3, 9], [1, 5, 32, 40],
+                                                     [1, 3]))
+        output_activation = str(rng.choice(["identity", "tanh", "sigmoid", "softmax"]))
+        loss = "cross_entropy" if output_activation == "softmax" and rng.random() < 0.5 else "squared"
+        structure = dict(num_layers=int(rng.integers(1, 3)), bidirectional=bool(rng.random() < 0.5))
+        params, x, s0, d = make_problem(T, B, D, H, O, loss=loss, seed=int(rng.integers(1 << 30)),
+                                        bias=bool(rng.random() < 0.7), cell=cell, **structure)
+        r = rng.random()
+        options = dict(
+            cell=cell, output_activation=output_activation, loss=loss, **structure,
+            loss_steps="all" if r < 0.5 else ("last" if r < 0.75 else int(rng.integers(1, T + 1))),
+            lengths=rng.integers(1, T + 1, B) if rng.random() < 0.5 else None,
+            truncate=int(rng.integers(1, T + 1)) if rng.random() < 0.25 else None,
+            clip_step=float(rng.uniform(0.05, 1.0)) if rng.random() < 0.25 else None)
+        s0 = s0 if rng.random() < 0.5 else None
+        what = f"case {case}: T,B,D,H,O={T, B, D, H, O}, {options}"
+        L_ref, g_ref = gpubptt.bptt(params, x, d, s0, backend="reference", **options)
+        L, g = gpubptt.bptt(params, x, d, s0, backend="cpu", **options)
+        assert_close(L, L_ref, TOLERANCE["float64"], f"{what}: loss", atol=1e-12)
+        assert set(g) == set(g_ref), what
+        for key in g_ref:
+            assert_close(g[key], g_ref[key], TOLERANCE["float64"], f"{what}: grads[{key!r}]", atol=1e-12)

@@ -135,10 +135,13 @@ class _Window:
         self.loss = loss
         self.clip_step = clip_step
 
-    def bptt(self, x, d, s0, loss_k, state_step):
-        """(L, grads, state after state_step steps of x from s0; None when state_step is None)."""
+    def bptt(self, x, d, s0, loss_k, state_step, lengths=None):
+        """(L, grads, state after state_step steps of x from s0; None when state_step is None).
+        ``lengths``: the sequences' lengths, for a batch that is one window (full BPTT)."""
         loss_steps = "all" if loss_k == x.shape[0] else loss_k
         kwargs = dict(s0=s0, loss=self.loss, loss_steps=loss_steps, clip_step=self.clip_step)
+        if lengths is not None:
+            kwargs["lengths"] = lengths
         if not state_step:  # the batch's last window (None), or the next one starts where this one does (0)
             L, grads = self.model.bptt(x, d, **kwargs)
             return L, grads, (None if state_step is None else s0)
@@ -188,14 +191,20 @@ class _ListData:
 
 
 def _check_batches(batches):
+    """The batches as a list of (x, d, lengths or None), lengths as a NumPy array (bptt reads them on
+    the host: the loss's mean sequence length for the log comes from them with no device transfer)."""
     if isinstance(batches, (str, bytes)) or not isinstance(batches, Sequence) or not batches:
         raise TypeError(f"task_or_batches: expected a task name ({', '.join(TASKS)}), a Task, or a non-empty "
-                        f"list of (x, d) batches, got {type(batches).__name__}")
+                        f"list of (x, d) or (x, d, lengths) batches, got {type(batches).__name__}")
+    out = []
     for i, b in enumerate(batches):
-        if not isinstance(b, (tuple, list)) or len(b) != 2:
-            raise TypeError(f"task_or_batches[{i}]: expected a pair (x, d), got {type(b).__name__}")
-    xp_of({f"task_or_batches[{i}][{j}]": a for i, b in enumerate(batches) for j, a in enumerate(b)})
-    return list(batches)
+        if not isinstance(b, (tuple, list)) or len(b) not in (2, 3):
+            got = f"a {type(b).__name__} of {len(b)}" if isinstance(b, (tuple, list)) else type(b).__name__
+            raise TypeError(f"task_or_batches[{i}]: expected a pair (x, d) or a triple (x, d, lengths), got {got}")
+        lengths = b[2] if len(b) == 3 else None
+        out.append((b[0], b[1], None if lengths is None else np.asarray(to_host(lengths))))
+    xp_of({f"task_or_batches[{i}][{j}]": a for i, b in enumerate(out) for j, a in enumerate(b[:2])})
+    return out
 
 
 def _carry_to_arrays(state):
@@ -264,6 +273,9 @@ class Trainer:
                 loss = "cross_entropy" if batches[0][1].dtype.kind in "iu" else "squared"
             self.loss = check_choice("loss", loss, LOSSES)
             self.loss_steps = "all"
+            if self.tbptt and any(b[2] is not None for b in batches):
+                raise ValueError(f"tbptt: batches with lengths train by full BPTT (a window past a sequence's end "
+                                 f"would hold none of it), got tbptt={self.tbptt}")
             self.data = _ListData(batches)
 
         # the backend, the model's and the data's device, the optimizer
@@ -272,7 +284,7 @@ class Trainer:
         if self.be.name == "cuda" and self.be.xp is not np:
             model.to_device()
             if isinstance(self.data, _ListData):
-                self.data.batches = [tuple(to_device(list(b))) for b in self.data.batches]
+                self.data.batches = [(to_device(x), to_device(d), lengths) for x, d, lengths in self.data.batches]
         self.xp = self.be.xp
         if isinstance(optimizer, Optimizer):
             if optimizer.params is not model.params:
@@ -294,7 +306,7 @@ class Trainer:
 
         # where the run stands
         self.step = 0
-        self.batch = None  # (x, d) on the compute device, with its plan
+        self.batch = None  # (x, d, lengths or None), x and d on the compute device, with its plan
         self.plan = None
         self.window = 0
         self.carry = None
@@ -388,8 +400,9 @@ class Trainer:
 
     def _draw_batch(self):
         self.batch_state = self.data.get_state()
-        x, d = self.data.next()
-        self.batch = (self.xp.asarray(x), self.xp.asarray(d)) if self.xp is not np else (x, d)
+        x, d, *lengths = self.data.next()  # a task's (x, d), a list's (x, d, lengths or None)
+        lengths = lengths[0] if lengths else None
+        self.batch = (self.xp.asarray(x), self.xp.asarray(d), lengths) if self.xp is not np else (x, d, lengths)
         self.plan = tbptt_windows(x.shape[0], self.tbptt, self.loss_steps)
         self.window = 0
         self.carry = None
@@ -400,16 +413,18 @@ class Trainer:
             if self.batch is None:
                 self._draw_batch()
             start, end, loss_k, next_start = self.plan[self.window]
-            x, d = self.batch
+            x, d, lengths = self.batch
             if loss_k == 0:
                 self.carry = self.window_runner.advance(x[start:next_start], self.carry)
                 self._next_window(next_start)
                 continue
             state_step = None if next_start is None else next_start - start
-            L, grads, state = self.window_runner.bptt(x[start:end], d[start:end], self.carry, loss_k, state_step)
+            L, grads, state = self.window_runner.bptt(x[start:end], d[start:end], self.carry, loss_k, state_step,
+                                                      lengths)
             info = self.optimizer.step(grads, clip_norm=self.clip_norm, clip_value=self.clip_value)
             self.step += 1
-            self.pending.append((self.step, L, loss_k, info, self.clock.elapsed()))
+            per = loss_k if lengths is None else float(lengths.mean())  # the log's loss: per step in the loss
+            self.pending.append((self.step, L, per, info, self.clock.elapsed()))
             self.carry = state
             self._next_window(next_start)
             return
@@ -559,7 +574,9 @@ def train(model, task_or_batches, steps, *, batch_size=32, optimizer="adam", lr=
     """Train ``model`` (a ``gpubptt.RNN``, its parameters updated in place) for ``steps`` optimizer steps.
 
     task_or_batches  a task name ('sine', 'adding', 'copy', 'text' needs a Task made with its file),
-                     a ``gpubptt.tasks.Task``, or a list of (x [T,B,D], d) batches used in turn
+                     a ``gpubptt.tasks.Task``, or a list of (x [T,B,D], d) batches used in turn,
+                     each also as (x, d, lengths [B]) for sequences of their own lengths (as in
+                     ``bptt``; full BPTT only, so not with tbptt)
     batch_size       sequences per batch (tasks only)
     optimizer        'sgd', 'adam', 'adagrad' or an ``Optimizer`` made for ``model.params``;
                      lr None takes the optimizer's default; optimizer_options e.g. {'momentum': 0.9}

@@ -324,10 +324,44 @@ def test_training_on_a_list_of_batches():
     m = small_model(O=3, out="softmax")
     r = train(m, batches, 4, optimizer="adagrad", lr=0.1, progress=False)
     assert r.steps == 4 and r.test is None and r.loss is not None
-    with pytest.raises(TypeError, match=r"task_or_batches\[0\]: expected a pair \(x, d\), got ndarray"):
+    with pytest.raises(TypeError, match=r"task_or_batches\[0\]: expected a pair \(x, d\) or a triple "
+                                        r"\(x, d, lengths\), got ndarray"):
         train(m, [batches[0][0]], 4, progress=False)
+    with pytest.raises(TypeError, match=r"task_or_batches\[1\]: .* got a tuple of 4"):
+        train(m, [batches[0], batches[1] + (None, None)], 4, progress=False)
     with pytest.raises(TypeError, match=r"task_or_batches: expected a task name .* got dict"):
         train(m, {"x": 1}, 4, progress=False)
+
+
+def test_batches_with_lengths_train_as_bptt_with_those_lengths():
+    """A list of (x, d, lengths) batches (pairs may sit among them) steps the optimizer with
+    bptt(x, d, lengths=lengths), exactly as a hand-written loop; padding past the lengths (-100) is
+    never read; the logged loss is per step of the mean length; tbptt with lengths is refused."""
+    rng = np.random.default_rng(1)
+    T, B, O = 7, 3, 4
+    x = [rng.standard_normal((T, B, 1)) for _ in range(2)]
+    d = [rng.integers(0, O, (T, B)) for _ in range(2)]
+    lengths = [3, 7, 1]
+    d[0][3:, 0], d[0][1:, 2] = -100, -100
+    batches = [(x[0], d[0], lengths), (x[1], d[1])]
+    by_train, by_hand = small_model(O=O, out="softmax"), small_model(O=O, out="softmax")
+    run = train(by_train, batches, 4, optimizer="sgd", lr=0.1, log_every=1, progress=False)
+    sgd = optim.SGD(by_hand.params, lr=0.1)
+    losses = []
+    for step in range(4):
+        xb, db, *n = batches[step % 2]
+        L, grads = by_hand.bptt(xb, db, loss="cross_entropy", lengths=n[0] if n else None)
+        sgd.step(grads)
+        losses.append(float(L) / (np.mean(n[0]) if n else T))
+    assert params_equal(by_train.params, by_hand.params)
+    assert [r["loss"] for r in run.history if "loss" in r] == pytest.approx(losses, rel=1e-12)
+    whole = small_model(O=O, out="softmax")
+    train(whole, [(x[0], np.where(d[0] < 0, 0, d[0])), (x[1], d[1])], 4, optimizer="sgd", lr=0.1, progress=False)
+    assert not params_equal(whole.params, by_train.params)  # the lengths did something
+    with pytest.raises(ValueError, match=r"tbptt: batches with lengths train by full BPTT.*got tbptt=\(3, 3\)"):
+        train(small_model(O=O, out="softmax"), batches, 1, tbptt=(3, 3), progress=False)
+    with pytest.raises(ValueError, match=r"lengths: expected shape \[B\] = \(3,\), got \(2,\)"):
+        train(small_model(O=O, out="softmax"), [(x[0], d[1], [1, 2])], 1, progress=False)
 
 
 def test_text_training_and_sampling(tmp_path):

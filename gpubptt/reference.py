@@ -36,7 +36,7 @@ def g1(cell, a):
     if cell == "relu":
         return np.maximum(a, 0.0)
     if cell == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-a))
+        return sigmoid(a)
     return a
 
 
@@ -66,7 +66,9 @@ def g2_jacobian(name, y):
 
 
 def sigmoid(a):
-    return 1.0 / (1.0 + np.exp(-a))
+    """1 / (1 + exp(-a)), as exp(a) / (1 + exp(a)) where a < 0 so that no exp overflows (the same number)."""
+    e = np.exp(-np.abs(a))
+    return np.where(a >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 def in_loss(t, length, loss_steps):

@@ -216,3 +216,26 @@ def test_returned_state_carries_a_sequence_across_chunks(cell, backend):
     assert_close(mid, state, 1e-12, "state after 4 steps")
     top_h = mid[0][1] if cell == "lstm" else mid[1]  # layer 1's h after step 4 is S[3]
     assert_close(top_h, S[3], 1e-12, "top state")
+
+
+@pytest.mark.parametrize("cell", ["sigmoid", "lstm", "gru"])
+def test_saturated_sigmoids_give_no_overflow_warning(cell):
+    """Pre-activations of ±1e4: every sigmoid (the sigmoid cell, the gates, the output) is computed
+    without an exp overflowing (a RuntimeWarning, an error under -W error), and agrees with the CPU
+    kernels, which saturate the same way."""
+    import warnings
+
+    params, x, _, d = make_problem(4, 2, 3, 5, 2, cell=cell, seed=5)
+    x = x * 1e4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        L, g = gpubptt.bptt(params, x, d, cell=cell, output_activation="sigmoid", backend="reference")
+    assert np.isfinite(L) and all(np.isfinite(g[k]).all() for k in params)
+    L_cpu, g_cpu = gpubptt.bptt(params, x, d, cell=cell, output_activation="sigmoid", backend="cpu")
+    assert_close(L_cpu, L, 1e-9, "loss")
+    for k in params:
+        assert_close(g_cpu[k], g[k], 1e-9, k, atol=1e-12)
+    from gpubptt.reference import sigmoid
+    a = np.array([-800.0, -30.0, 0.0, 2.0, 800.0])
+    with np.errstate(over="ignore"):
+        np.testing.assert_allclose(sigmoid(a), 1.0 / (1.0 + np.exp(-a)), rtol=4e-16, atol=0)

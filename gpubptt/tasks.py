@@ -67,7 +67,10 @@ class Task:
         self._test = None
 
     def batch(self, rng, batch_size):
-        """(x [T,B,D], d) of B fresh sequences drawn from ``rng`` (NumPy arrays)."""
+        """(x [T,B,D], d) of B fresh sequences drawn from ``rng``, a ``numpy.random.Generator`` or an
+        integer seed (NumPy arrays)."""
+        if not isinstance(rng, np.random.Generator):
+            rng = np.random.default_rng(check_int("rng", rng, low=0))
         return self._make(rng, check_int("batch_size", batch_size))
 
     def test_set(self):
@@ -81,8 +84,16 @@ class Task:
         return {"name": self.name, "seq_len": self.seq_len}
 
     def metrics(self, Y, d):
-        """{metric: float} of outputs Y [T,B,O] (NumPy or CuPy) against targets d."""
+        """{metric: float} of outputs Y [T,B,O] (NumPy or CuPy) against targets d of ``batch`` or
+        ``test_set`` ([T,B,O], or classes [T,B] for a cross-entropy task)."""
         Y, d = np.asarray(to_host(Y), np.float64), np.asarray(to_host(d))
+        T, B = d.shape[:2]
+        if Y.shape != (T, B, self.output_size):
+            raise ValueError(f"Y: expected the model's outputs [T,B,O] = ({T}, {B}, {self.output_size}) for targets "
+                             f"d of shape {d.shape}, got {Y.shape}")
+        return self._metrics(Y, d)
+
+    def _metrics(self, Y, d):
         steps = slice(-1, None) if self.loss_steps == "last" else slice(None)
         return {"mse": float(np.mean(np.sum((Y[steps] - d[steps]) ** 2, axis=-1)))}
 
@@ -177,8 +188,7 @@ class Copy(Task):
     def config(self):
         return {"name": self.name, "seq_len": self.seq_len, "delay": self.delay}
 
-    def metrics(self, Y, d):
-        Y, d = np.asarray(to_host(Y), np.float64), np.asarray(to_host(d))
+    def _metrics(self, Y, d):
         p = np.take_along_axis(Y, d[..., None], axis=-1)[..., 0]
         recall = Y[-COPY_SYMBOLS:].argmax(axis=-1) == d[-COPY_SYMBOLS:]
         return {"cross_entropy": float(-np.mean(np.log(np.maximum(p, 1e-300)))),
@@ -248,8 +258,7 @@ class Text(Task):
         return {"name": self.name, "seq_len": self.seq_len, "path": self.path, "sha256": self.sha256,
                 "vocab": self.vocab}
 
-    def metrics(self, Y, d):
-        Y, d = np.asarray(to_host(Y), np.float64), np.asarray(to_host(d))
+    def _metrics(self, Y, d):
         p = np.take_along_axis(Y, d[..., None], axis=-1)[..., 0]
         return {"bits_per_char": float(-np.mean(np.log2(np.maximum(p, 1e-300))))}
 

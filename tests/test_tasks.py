@@ -74,6 +74,24 @@ def test_batches_are_determined_by_the_generator_and_the_test_set_is_fixed():
     b = t.batch(np.random.default_rng(5), 3)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(tasks.make_task("adding").test_set()[0], t.test_set()[0])
+    c = t.batch(5, 3)  # an integer seed is default_rng(seed)
+    np.testing.assert_array_equal(a[0], c[0])
+    np.testing.assert_array_equal(a[1], c[1])
+    for rng in (-1, 1.5, "5", None):
+        with pytest.raises(ValueError, match=r"rng: expected an integer >= 0"):
+            t.batch(rng, 3)
+
+
+@pytest.mark.parametrize("name", ["sine", "adding", "copy"])
+def test_metrics_check_the_outputs_shape(name):
+    t = tasks.make_task(name)
+    x, d = t.batch(0, 3)
+    Y = np.full(x.shape[:2] + (t.output_size,), 1.0 / t.output_size)
+    assert set(t.metrics(Y, d)) >= {t.metric}
+    for bad in (Y[:-1], Y[:, :2], Y[..., :1] if t.output_size > 1 else np.concatenate([Y, Y], -1), Y[0]):
+        with pytest.raises(ValueError, match=r"Y: expected the model's outputs \[T,B,O\] = "
+                                             rf"\({x.shape[0]}, 3, {t.output_size}\).* got \("):
+            t.metrics(bad, d)
 
 
 @pytest.mark.parametrize("kwargs,error,match", [

@@ -94,19 +94,26 @@ class Contributions:
         """N − i for i = 1..N: how many steps before N each row lies (NumPy ints)."""
         return np.arange(self.step - 1, -1, -1)
 
+    def _summands(self, name):
+        names = ("dWx", "dWs") + (("dbx", "dbs") if self.dbx is not None else ())
+        if name not in names:
+            raise ValueError(f"name: expected one of {', '.join(map(repr, names))}, got {name!r}")
+        return getattr(self, name)
+
     def block(self, name, gate):
         """The rows of gate ``gate`` (e.g. 'f') of the per-step summands ``name`` ('dWs', 'dWx', ...)."""
         if gate not in self.gates:
             raise ValueError(f"gate: expected one of {', '.join(map(repr, self.gates))}, got {gate!r}")
-        a = getattr(self, name)
+        a = self._summands(name)
         H = a.shape[1] // len(self.gates)
         k = self.gates.index(gate)
         return a[:, k * H:(k + 1) * H]
 
     def block_norms(self, name):
         """[N, G] Frobenius norm of each step's summand of ``name``, per gate block (columns in
-        ``gates`` order), float64, on the summands' device: the contribution profile."""
-        a = getattr(self, name)
+        ``gates`` order), float64, on the summands' device: the contribution profile. ``name``: one
+        of 'dWx', 'dWs', 'dbx', 'dbs' (the bias ones exist for a model with biases)."""
+        a = self._summands(name)
         N, GH = a.shape[:2]
         G = len(self.gates)
         blocks = a.reshape(N, G, GH // G, -1).astype(np.float64)

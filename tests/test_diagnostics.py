@@ -155,6 +155,11 @@ def test_gate_blocks_of_the_summands():
     assert isinstance(r.spectral_radius, dict) and set(r.spectral_radius) == {"r", "z", "n"}
     with pytest.raises(ValueError, match=r"gate: expected one of 'r', 'z', 'n', got 'f'"):
         r.block("dWs", "f")
+    for bad in ("Ws", "dS_norm", "dWy"):
+        with pytest.raises(ValueError, match=rf"name: expected one of 'dWx', 'dWs', 'dbx', 'dbs', got '{bad}'"):
+            r.block_norms(bad)
+        with pytest.raises(ValueError, match=rf"name: expected one of .* got '{bad}'"):
+            r.block(bad, "z")
     params, x, s0, d = make_problem(4, 2, 2, 3, 2, seed=6)
     tanh = contributions(params, x, d, s0=s0, backend="cpu")
     assert tanh.gates == ("tanh",) and tanh.block_norms("dWs").shape == (4, 1)

@@ -85,12 +85,78 @@ def check_type(name, a):
         raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(a).__name__}")
 
 
-def check_float_array(name, a, names, shape, dtype=None, where=None, where_text=""):
+class ValueChecks:
+    """Checks of array values (finite; integers within a range) queued while a call is validated and
+    evaluated together by ``run()``: every reduction runs on its array's own device and the results
+    come back in one transfer per array module, so a call on CuPy arrays waits for the GPU once rather
+    than once per array. ``run()`` raises the first failing check in the order they were queued.
+
+    ``where`` (optional, per check): a boolean array over the leading dimensions of the array; only
+    the entries it marks are checked (``where_text`` says which, for the message).
+    """
+
+    def __init__(self):
+        self._queue = []
+
+    def finite(self, name, a, where=None, where_text=""):
+        self._queue.append((name, a, where, where_text, None))
+
+    def within(self, name, a, low, high, where=None, where_text=""):
+        """Every (marked) integer of ``a`` in [low, high)."""
+        self._queue.append((name, a, where, where_text, (low, high)))
+
+    @staticmethod
+    def _reduce(a, where, bounds):
+        """All finite (a 0-d bool), or the (marked) minimum and maximum (two 0-d values), on a's device."""
+        xp = _xp(a)
+        if where is not None:
+            where = where.reshape(where.shape + (1,) * (a.ndim - where.ndim))
+        if bounds is None:
+            ok = xp.isfinite(a)
+            if where is not None:
+                ok |= ~where
+            return (ok.all(),)
+        if where is None:
+            return a.min(), a.max()
+        info = np.iinfo(a.dtype)
+        return xp.where(where, a, info.max).min(), xp.where(where, a, info.min).max()
+
+    @staticmethod
+    def _read_back(module, reductions):
+        """The 0-d results of ``reductions`` (a list of tuples) as host floats, in one transfer."""
+        flat = module.stack([module.asarray(r, dtype=np.float64) for rs in reductions for r in rs])
+        values, i, out = to_host(flat), 0, []
+        for rs in reductions:
+            out.append(tuple(float(v) for v in values[i:i + len(rs)]))
+            i += len(rs)
+        return out
+
+    def run(self):
+        """Evaluate the queued checks (NumPy arrays at once, each array module's others read back together)
+        and raise the first failure; the queue is emptied."""
+        queue, self._queue = [q for q in self._queue if q[1].size], []
+        modules = [_xp(a) for _, a, _, _, _ in queue]
+        results = [self._reduce(a, where, bounds) if xp is np else None
+                   for (_, a, where, _, bounds), xp in zip(queue, modules)]
+        for module in set(modules) - {np}:
+            mine = [i for i, xp in enumerate(modules) if xp is module]
+            reductions = [self._reduce(queue[i][1], queue[i][2], queue[i][4]) for i in mine]
+            for i, values in zip(mine, self._read_back(module, reductions)):
+                results[i] = values
+        for (name, _, _, where_text, bounds), result in zip(queue, results):
+            if bounds is None and not result[0]:
+                raise ValueError(f"{name}: contains NaN or Inf{where_text}")
+            if bounds is not None and (result[0] < bounds[0] or result[1] >= bounds[1]):
+                raise ValueError(f"{name}: values must lie in [{bounds[0]}, {bounds[1] - 1}]{where_text}, "
+                                 f"got values in [{int(result[0])}, {int(result[1])}]")
+
+
+def check_float_array(name, a, names, shape, dtype=None, where=None, where_text="", checks=None):
     """Validate a float array's type, dtype, rank, shape (None = any size) and finiteness.
 
-    ``names`` are the dimension names of the notation table ('T', 'B', ...). ``where``: a boolean array
-    over the leading dimensions; only the entries it marks must be finite (``where_text`` says which,
-    for the message). Returns the array.
+    ``names`` are the dimension names of the notation table ('T', 'B', ...). ``where``, ``where_text``:
+    as in ``ValueChecks``. ``checks``: a ``ValueChecks`` that takes the finiteness check, to be run
+    with the call's other checks (None: checked here). Returns the array.
     """
     check_type(name, a)
     if a.dtype not in FLOAT_DTYPES:
@@ -101,9 +167,11 @@ def check_float_array(name, a, names, shape, dtype=None, where=None, where_text=
             "(float32 and float64 are not mixed; convert with .astype)"
         )
     check_shape(name, a, names, shape)
-    values = a if where is None else a[where]
-    if values.size and not bool(_xp(a).isfinite(values).all()):
-        raise ValueError(f"{name}: contains NaN or Inf{where_text}")
+    own = checks is None
+    checks = ValueChecks() if own else checks
+    checks.finite(name, a, where, where_text)
+    if own:
+        checks.run()
     return a
 
 
@@ -114,19 +182,18 @@ def check_shape(name, a, names, shape):
         raise ValueError(f"{name}: expected shape {shape_text(names, shape)}, got {tuple(a.shape)}")
 
 
-def check_int_array(name, a, names, shape, low, high, where=None, where_text=""):
-    """Validate an integer array's dtype, shape and that every value (or every one ``where`` marks, as
-    in ``check_float_array``) lies in [low, high)."""
+def check_int_array(name, a, names, shape, low, high, where=None, where_text="", checks=None):
+    """Validate an integer array's dtype, shape and that every value (or every one ``where`` marks)
+    lies in [low, high); ``where``, ``where_text``, ``checks`` as in ``check_float_array``."""
     check_type(name, a)
     if a.dtype.kind not in "iu":
         raise TypeError(f"{name}: expected an integer dtype, got {a.dtype}")
     check_shape(name, a, names, shape)
-    values = a if where is None else a[where]
-    if values.size:
-        lo, hi = int(values.min()), int(values.max())
-        if lo < low or hi >= high:
-            raise ValueError(f"{name}: values must lie in [{low}, {high - 1}]{where_text}, "
-                             f"got values in [{lo}, {hi}]")
+    own = checks is None
+    checks = ValueChecks() if own else checks
+    checks.within(name, a, low, high, where, where_text)
+    if own:
+        checks.run()
     return a
 
 

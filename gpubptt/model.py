@@ -8,7 +8,8 @@ import numbers
 import numpy as np
 
 from . import engine, reference
-from .arrays import check_choice, check_float_array, check_int_array, check_type, to_device, to_host, xp_of
+from .arrays import (ValueChecks, check_choice, check_float_array, check_int_array, check_type, to_device, to_host,
+                     xp_of)
 from .backend import BACKENDS, resolve
 from .losses import LOSS_STEPS, LOSSES, OUTPUT_ACTIVATIONS, loss_and_output_grad, loss_mask
 from .params import check_params, check_structure, init_params
@@ -138,23 +139,25 @@ class _Call:
                              "got state_step with bidirectional=True")
         if state_step is not None and not return_state:
             raise ValueError("state_step: picks the state that return_state=True returns; got state_step without it")
-        D, H, O, bias, dtype = check_params(params, cell, num_layers, bidirectional)
+        checks = ValueChecks()  # finiteness and ranges, run together below: one wait for a GPU
+        D, H, O, bias, dtype = check_params(params, cell, num_layers, bidirectional, checks=checks)
         n_states, lstm = num_layers * (2 if bidirectional else 1), cell == "lstm"
         s0_parts = self._s0_parts(s0, cell, lstm)
         named = {"x": x, "d": d, **s0_parts, **{f"params[{k!r}]": v for k, v in params.items()}}
         xp = xp_of(named)
-        check_float_array("x", x, ("T", "B", "D"), (None, None, D), dtype)
+        check_float_array("x", x, ("T", "B", "D"), (None, None, D), dtype, checks=checks)
         T, B, _ = x.shape
         if T == 0 or B == 0:
             raise ValueError(f"x: expected at least one time step and one sequence, got shape {tuple(x.shape)} (T={T}, B={B})")
         names, shape = (("B", "H"), (B, H)) if n_states == 1 else (("L·dirs", "B", "H"), (n_states, B, H))
         for name, a in s0_parts.items():
-            check_float_array(name, a, names, shape, dtype)
+            check_float_array(name, a, names, shape, dtype, checks=checks)
         if state_step is not None and state_step > T:
             raise ValueError(f"state_step: expected 1..T = 1..{T}, got {state_step}")
         self.lengths_host = self._lengths(lengths, T, B)
         if bptt:
-            d = self._targets(d, loss, loss_steps, T, B, O, dtype, xp)
+            d = self._targets(d, loss, loss_steps, T, B, O, dtype, xp, checks)
+        checks.run()
         self.dtype, self.n_states, self.lstm = dtype, n_states, lstm
         self.state_step = state_step or T
         self.structure = engine.Structure(cell, num_layers, bool(bidirectional), H, bias)
@@ -185,23 +188,22 @@ class _Call:
                             f"got a {type(s0).__name__}")
         return {"s0": s0}
 
-    def _targets(self, d, loss, loss_steps, T, B, O, dtype, xp):
-        """d, checked where it enters the loss: the steps of ``loss_steps`` within each sequence's length.
-        The other entries are never read, so padding there (-100, NaN) is accepted; it is replaced by 0
-        in a copy, the caller's d unchanged."""
+    def _targets(self, d, loss, loss_steps, T, B, O, dtype, xp, checks):
+        """d, checked where it enters the loss: the steps of ``loss_steps`` within each sequence's length
+        (its values by ``checks``). The other entries are never read, so padding there (-100, NaN) is
+        accepted; they are replaced by 0 in a copy, the caller's d unchanged."""
         keep = None
         if self.lengths_host is not None or loss_steps != "all":
             lengths = np.full(B, T, np.int32) if self.lengths_host is None else self.lengths_host
             keep = loss_mask(T, xp.asarray(lengths), loss_steps, bool, xp)
         where_text = "" if keep is None else " at the steps in the loss"
         if loss == "cross_entropy":
-            check_int_array("d", d, ("T", "B"), (T, B), 0, O, where=keep, where_text=where_text)
-            if keep is not None and not bool(((d >= 0) & (d < O)).all()):
-                d = xp.where(keep, d, 0).astype(d.dtype)
+            check_int_array("d", d, ("T", "B"), (T, B), 0, O, where=keep, where_text=where_text, checks=checks)
         else:
-            check_float_array("d", d, ("T", "B", "O"), (T, B, O), dtype, where=keep, where_text=where_text)
-            if keep is not None and not bool(xp.isfinite(d).all()):
-                d = xp.where(keep[..., None], d, 0).astype(d.dtype)
+            check_float_array("d", d, ("T", "B", "O"), (T, B, O), dtype, where=keep, where_text=where_text,
+                              checks=checks)
+        if keep is not None:
+            d = xp.where(keep if loss == "cross_entropy" else keep[..., None], d, 0).astype(d.dtype)
         return d
 
     @staticmethod

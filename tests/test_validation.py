@@ -6,6 +6,8 @@ Every bad input must raise the documented error type (ValueError for a wrong val
 TypeError for a wrong type or dtype) with a message that names the argument and what was expected
 or received, and must leave the caller's arrays exactly as they were.
 """
+import re
+
 import numpy as np
 import pytest
 
@@ -1266,3 +1268,53 @@ def test_a_gated_cells_weights_given_with_another_cell_are_named(made, given):
     G = {"lstm": 4, "gru": 3}[made]
     expect_error(ValueError, ["params['Ws']:", f"for cell={given!r}", f"got ({G * H}, {H})",
                               f"[{G}H,H] is the weight of cell={made!r}"], gpubptt.forward, params, x, cell=given)
+
+
+# --- the value checks of one call are read back together
+
+
+class _CountingModule:
+    """NumPy under another name: ValueChecks takes the arrays of a module that is not NumPy for device
+    arrays, whose results it reads back in one transfer; ``stacks`` counts those transfers."""
+
+    def __init__(self):
+        self.stacks = 0
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    def stack(self, arrays):
+        self.stacks += 1
+        return np.stack(arrays)
+
+
+@pytest.mark.parametrize("bad", [None, "params['Ws']", "x", "s0", "d"])
+def test_a_calls_value_checks_are_read_back_at_once_as_for_a_gpu(bad, monkeypatch):
+    """With the arrays taken for a device module's, a bptt call reads its value checks (finiteness of
+    every parameter, x, s0 and d; d's range) back in one transfer, and a failing one is still named."""
+    from gpubptt import arrays
+
+    module = _CountingModule()
+    # lengths (the one 1-D integer array) stay NumPy's: bptt reads them on the host, as on a GPU
+    monkeypatch.setattr(arrays, "_xp", lambda a: np if a.ndim == 1 and a.dtype.kind in "iu" else module)
+    params, x, d, s0 = make()
+    target = {"params['Ws']": params["Ws"], "x": x, "s0": s0, "d": d}.get(bad)
+    if target is not None:
+        target[0, 0] = np.nan
+        with pytest.raises(ValueError, match=rf"^{re.escape(bad)}: contains NaN or Inf$"):
+            gpubptt.bptt(params, x, d, s0, backend="cpu")
+    else:
+        L, _ = gpubptt.bptt(params, x, d, s0, backend="cpu")
+        assert np.isfinite(L)
+    assert module.stacks == 1
+    module.stacks = 0
+    kw = dict(output_activation="softmax", loss="cross_entropy", lengths=[T, 2], backend="cpu")
+    c = classes()
+    c[2:, 1] = -100  # padding past the second sequence's length: never read
+    if bad is None:
+        assert np.isfinite(gpubptt.bptt(params, x, c, s0, **kw)[0])
+        c[0, 1] = O
+        with pytest.raises(ValueError, match=rf"d: values must lie in \[0, {O - 1}\] at the steps in the loss, "
+                                             rf"got values in \[0, {O}\]"):
+            gpubptt.bptt(params, x, c, s0, **kw)
+        assert module.stacks == 2

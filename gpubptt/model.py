@@ -168,7 +168,8 @@ class _Call:
         self.params = {k: contiguous(move(v)) for k, v in params.items()}
         self.x = contiguous(move(x))
         self.d = None if d is None else contiguous(move(d))
-        self.lengths = cxp.asarray(np.full(B, T, np.int32) if self.lengths_host is None else self.lengths_host)
+        # full lengths are made on the compute device: no copy from the host, which would wait for the GPU
+        self.lengths = cxp.full(B, T, np.int32) if self.lengths_host is None else cxp.asarray(self.lengths_host)
         parts = [contiguous(move(a)) for a in s0_parts.values()] or [cxp.zeros(shape, dtype=dtype)] * (1 + lstm)
         per_layer = [[p] if n_states == 1 else list(p) for p in parts]  # per part, per layer and direction
         self.states0 = list(zip(*per_layer)) if lstm else per_layer[0]  # h0 [B,H] or (h0, c0) each
@@ -194,8 +195,8 @@ class _Call:
         accepted; they are replaced by 0 in a copy, the caller's d unchanged."""
         keep = None
         if self.lengths_host is not None or loss_steps != "all":
-            lengths = np.full(B, T, np.int32) if self.lengths_host is None else self.lengths_host
-            keep = loss_mask(T, xp.asarray(lengths), loss_steps, bool, xp)
+            lengths = xp.full(B, T, np.int32) if self.lengths_host is None else xp.asarray(self.lengths_host)
+            keep = loss_mask(T, lengths, loss_steps, bool, xp)
         where_text = "" if keep is None else " at the steps in the loss"
         if loss == "cross_entropy":
             check_int_array("d", d, ("T", "B"), (T, B), 0, O, where=keep, where_text=where_text, checks=checks)

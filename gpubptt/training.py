@@ -419,8 +419,14 @@ class Trainer:
                 self._next_window(next_start)
                 continue
             state_step = None if next_start is None else next_start - start
-            L, grads, state = self.window_runner.bptt(x[start:end], d[start:end], self.carry, loss_k, state_step,
-                                                      lengths)
+            try:
+                L, grads, state = self.window_runner.bptt(x[start:end], d[start:end], self.carry, loss_k,
+                                                          state_step, lengths)
+            except (ValueError, TypeError) as e:  # bptt's checks, before any kernel: nothing has changed
+                if not isinstance(self.data, _ListData):
+                    raise
+                i = (self.data.index - 1) % len(self.data.batches)
+                raise type(e)(f"task_or_batches[{i}] (at step {self.step + 1}): {e}") from None
             info = self.optimizer.step(grads, clip_norm=self.clip_norm, clip_value=self.clip_value)
             self.step += 1
             per = loss_k if lengths is None else float(lengths.mean())  # the log's loss: per step in the loss

@@ -331,6 +331,10 @@ def test_training_on_a_list_of_batches():
         train(m, [batches[0], batches[1] + (None, None)], 4, progress=False)
     with pytest.raises(TypeError, match=r"task_or_batches: expected a task name .* got dict"):
         train(m, {"x": 1}, 4, progress=False)
+    # a batch that bptt refuses is named, with the step it was drawn for
+    wide = (rng.standard_normal((5, 2, 2)), batches[1][1])
+    with pytest.raises(ValueError, match=r"^task_or_batches\[1\] \(at step 2\): x: expected shape \[T,B,D\]"):
+        train(m, [batches[0], wide], 4, progress=False)
 
 
 def test_batches_with_lengths_train_as_bptt_with_those_lengths():

@@ -198,8 +198,9 @@ def contributions(params, x, d, *, step=None, s0=None, cell="tanh", output_activ
     sequence), truncate and clip_step (they change the gradient the sum adds up to).
     """
     _positive_int("step", step)
+    # d is read at step N, which may come before T: validated whole (loss_steps="all"), kept whole
     call = _Call(params, x, s0, d, cell, output_activation, backend, num_layers, bidirectional, None, loss=loss,
-                 loss_steps="last")
+                 loss_steps="all")
     if bidirectional:
         raise ValueError("bidirectional: the article's sum follows the forward direction only (a reverse "
                          "direction's state at step i depends on later steps); got bidirectional=True")

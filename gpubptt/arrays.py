@@ -92,18 +92,25 @@ class ValueChecks:
     than once per array. ``run()`` raises the first failing check in the order they were queued.
 
     ``where`` (optional, per check): a boolean array over the leading dimensions of the array; only
-    the entries it marks are checked (``where_text`` says which, for the message).
+    the entries it marks are checked (``where_text`` says which, for the message). ``immediate``: run
+    each check as it is added (a lone array's check).
     """
 
-    def __init__(self):
+    def __init__(self, immediate=False):
         self._queue = []
+        self.immediate = immediate
+
+    def _add(self, check):
+        self._queue.append(check)
+        if self.immediate:
+            self.run()
 
     def finite(self, name, a, where=None, where_text=""):
-        self._queue.append((name, a, where, where_text, None))
+        self._add((name, a, where, where_text, None))
 
     def within(self, name, a, low, high, where=None, where_text=""):
         """Every (marked) integer of ``a`` in [low, high)."""
-        self._queue.append((name, a, where, where_text, (low, high)))
+        self._add((name, a, where, where_text, (low, high)))
 
     @staticmethod
     def _reduce(a, where, bounds):
@@ -156,7 +163,7 @@ def check_float_array(name, a, names, shape, dtype=None, where=None, where_text=
 
     ``names`` are the dimension names of the notation table ('T', 'B', ...). ``where``, ``where_text``:
     as in ``ValueChecks``. ``checks``: a ``ValueChecks`` that takes the finiteness check, to be run
-    with the call's other checks (None: checked here). Returns the array.
+    with the call's other checks (None: checked here and now). Returns the array.
     """
     check_type(name, a)
     if a.dtype not in FLOAT_DTYPES:
@@ -167,11 +174,7 @@ def check_float_array(name, a, names, shape, dtype=None, where=None, where_text=
             "(float32 and float64 are not mixed; convert with .astype)"
         )
     check_shape(name, a, names, shape)
-    own = checks is None
-    checks = ValueChecks() if own else checks
-    checks.finite(name, a, where, where_text)
-    if own:
-        checks.run()
+    (ValueChecks(immediate=True) if checks is None else checks).finite(name, a, where, where_text)
     return a
 
 
@@ -189,11 +192,7 @@ def check_int_array(name, a, names, shape, low, high, where=None, where_text="",
     if a.dtype.kind not in "iu":
         raise TypeError(f"{name}: expected an integer dtype, got {a.dtype}")
     check_shape(name, a, names, shape)
-    own = checks is None
-    checks = ValueChecks() if own else checks
-    checks.within(name, a, low, high, where, where_text)
-    if own:
-        checks.run()
+    (ValueChecks(immediate=True) if checks is None else checks).within(name, a, low, high, where, where_text)
     return a
 
 

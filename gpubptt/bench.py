@@ -1257,7 +1257,8 @@ def failed_checks(result):
 # command line
 
 
-def _positive_int(text):
+def positive_int_arg(text):
+    """argparse type: a positive integer, else the option's usage error (status 2)."""
     try:
         v = int(text)
     except ValueError:
@@ -1320,15 +1321,15 @@ def add_arguments(p):
                    help="e.g. 64x100x64x256,1x1000x8x64 (default: the 13 shapes of the README's performance "
                    "grid; --quick: tiny shapes)")
     p.add_argument("--dtype", default="float32", choices=DTYPES)
-    p.add_argument("--threads", type=_positive_int, default=None,
+    p.add_argument("--threads", type=positive_int_arg, default=None,
                    help="CPU threads for Numba, BLAS and PyTorch (default: as they are)")
-    p.add_argument("--repeat", type=_positive_int, default=None,
+    p.add_argument("--repeat", type=positive_int_arg, default=None,
                    help=f"timed runs per entry, median reported (default {DEFAULT_REPEAT}; --quick {QUICK_REPEAT})")
     p.add_argument("--backend", type=_backend_arg, default="all", metavar="PEERS",
                    help="'all' or a comma-separated list of reference, cpu, cuda, torch-cpu, torch-cuda, torch")
     p.add_argument("--mode", default="both", choices=tuple(MODE_CHOICES),
                    help="forward + BPTT ('bptt'), forward alone ('fwd'), or both")
-    p.add_argument("--output-size", type=_positive_int, default=DEFAULT_OUTPUT_SIZE, help="O (default 1)")
+    p.add_argument("--output-size", type=positive_int_arg, default=DEFAULT_OUTPUT_SIZE, help="O (default 1)")
     p.add_argument("--warmup", type=_nonnegative_int, default=1, help="untimed runs before the memory run and timing (default 1)")
     p.add_argument("--reference-budget", type=_positive_float, default=DEFAULT_REFERENCE_BUDGET_S, metavar="SECONDS",
                    help="the reference backend's time per entry: skipped when one run is projected to take longer, "

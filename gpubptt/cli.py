@@ -20,13 +20,15 @@ def _version(*dists):
 def _prepare_output_file(option, path):
     """Make sure ``path`` can be written before a command spends minutes on what goes in it: its
     directory is created when missing; an error message naming ``option``, or None."""
+    from .checkpoint import check_directory
+
     if os.path.isdir(path):
         return f"{option}: {path} is a directory, expected a file name"
     parent = os.path.dirname(os.path.abspath(path))
     try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as e:
-        return f"{option}: cannot create the directory {parent}: {e.strerror or e}"
+        check_directory(option, parent, create=True)
+    except ValueError as e:
+        return str(e)
     if not os.access(parent, os.W_OK):
         return f"{option}: cannot write in {parent} (permission denied)"
     return None
@@ -67,9 +69,6 @@ def cmd_check(args):
     from .selfcheck import run_check
 
     cells = CELLS if args.cell == "all" else (args.cell,)
-    if args.layers < 1:  # a usage error (status 2), not a failed check
-        print(f"gpubptt check: error: --layers: expected a positive integer, got {args.layers}", file=sys.stderr)
-        return 2
     try:
         ok = run_check(backend=args.backend, dtype=args.dtype, cells=cells, num_layers=args.layers,
                        bidirectional=args.bidirectional)
@@ -108,11 +107,13 @@ def build_parser():
     p = sub.add_parser("sample", help="generate text from a checkpoint of gpubptt train --task text")
     add_sample_arguments(p)
     p.set_defaults(func=cmd_sample)
+    from .bench import positive_int_arg
+
     p = sub.add_parser("check", help="compare a backend's forward + BPTT with the reference")
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--cell", default="all", choices=("all",) + CELLS)
-    p.add_argument("--layers", type=int, default=1, help="stacked layers (default 1)")
+    p.add_argument("--layers", type=positive_int_arg, default=1, help="stacked layers (default 1)")
     p.add_argument("--bidirectional", action="store_true", help="run both directions")
     p.set_defaults(func=cmd_check)
     p = sub.add_parser("bench", help="time forward + BPTT against the reference, the other backends and PyTorch")

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .arrays import FLOAT_DTYPES, ValueChecks, check_choice, check_float_array, check_int, check_type
+from .arrays import FLOAT_DTYPES, check_choice, check_float_array, check_int, check_type
 
 CELLS = ("tanh", "relu", "sigmoid", "identity", "lstm", "gru")
 GATES = {"lstm": 4, "gru": 3}
@@ -107,7 +107,7 @@ def _whose_weight(G):
 
 def check_params(params, cell="tanh", num_layers=1, bidirectional=False, checks=None):
     """Validate a parameter dict against the model structure; return (D, H, O, bias, dtype).
-    ``checks``: a ``ValueChecks`` that takes the finiteness checks (None: checked here)."""
+    ``checks``: a ``ValueChecks`` that takes the finiteness checks (None: each checked at once)."""
     if not isinstance(params, Mapping):
         raise TypeError(f"params: expected a dict of arrays, got {type(params).__name__}")
     keys = set(params)
@@ -148,9 +148,6 @@ def check_params(params, cell="tanh", num_layers=1, bidirectional=False, checks=
             f"params['Wy'] [O,H] = {tuple(params['Wy'].shape)})"
         )
     dtype = params["Wx" + first].dtype
-    values = ValueChecks() if checks is None else checks
     for key, (shape, names) in param_shapes(D, H, O, cell, num_layers, bidirectional, has_bias).items():
-        check_float_array(f"params[{key!r}]", params[key], names, shape, dtype, checks=values)
-    if checks is None:
-        values.run()
+        check_float_array(f"params[{key!r}]", params[key], names, shape, dtype, checks=checks)
     return D, H, O, has_bias, dtype

@@ -170,7 +170,7 @@ class _TaskData:
         self.rng.bit_generator.state = state["rng"]
 
     def next(self):
-        return self.task.batch(self.rng, self.batch_size)
+        return (*self.task.batch(self.rng, self.batch_size), None)  # (x, d, lengths) as a list's
 
 
 class _ListData:
@@ -400,8 +400,7 @@ class Trainer:
 
     def _draw_batch(self):
         self.batch_state = self.data.get_state()
-        x, d, *lengths = self.data.next()  # a task's (x, d), a list's (x, d, lengths or None)
-        lengths = lengths[0] if lengths else None
+        x, d, lengths = self.data.next()
         self.batch = (self.xp.asarray(x), self.xp.asarray(d), lengths) if self.xp is not np else (x, d, lengths)
         self.plan = tbptt_windows(x.shape[0], self.tbptt, self.loss_steps)
         self.window = 0

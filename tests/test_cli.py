@@ -56,10 +56,12 @@ def test_check_reports_an_unavailable_backend(capsys):
     assert "NUMBA_ENABLE_CUDASIM" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("layers", ["0", "-2"])
+@pytest.mark.parametrize("layers", ["0", "-2", "two"])
 def test_check_refuses_a_bad_layer_count_as_a_usage_error(layers, capsys):
-    assert main(["check", "--backend", "cpu", "--layers", layers]) == 2
-    assert f"error: --layers: expected a positive integer, got {layers}" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["check", "--backend", "cpu", "--layers", layers])
+    assert exit_.value.code == 2
+    assert f"argument --layers: expected a positive integer, got '{layers}'" in capsys.readouterr().err
 
 
 def test_python_dash_m_entry_point():
@@ -133,7 +135,7 @@ def test_an_output_file_that_cannot_be_written_is_refused_before_the_work(argv, 
     blocker = tmp_path / "a-file"
     blocker.write_text("keep")
     for path, fragment in ((tmp_path, "is a directory, expected a file name"),
-                           (blocker / "out.json", "cannot create the directory")):
+                           (blocker / "out.json", "is a file, expected a directory")):
         assert main(argv + [str(path)]) == 2
         err = capsys.readouterr().err
         assert f"error: {option}: " in err and fragment in err

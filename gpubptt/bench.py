@@ -116,6 +116,7 @@ from importlib import metadata
 import numpy as np
 
 from . import model
+from .arrays import check_int
 from .params import CELLS, gates
 
 # (B, T, D, H): PyTorch's own RNN benchmark shape, the floor shapes, then haste's T = 50 grid
@@ -218,21 +219,11 @@ def check_shapes(shapes):
     except TypeError:
         raise TypeError(f"shapes: expected a list of (B, T, D, H) tuples, got {shapes!r}") from None
     for s in out:
-        if len(s) != 4 or not all(_is_positive_int(v) for v in s):
+        if len(s) != 4 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in s):
             raise ValueError(f"shapes: expected (B, T, D, H) with four positive integers, got {s!r}")
     if not out:
         raise ValueError("shapes: expected at least one (B, T, D, H), got none")
     return [tuple(int(v) for v in s) for s in out]
-
-
-def check_positive_int(name, value):
-    if not _is_positive_int(value):
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return int(value)
-
-
-def _is_positive_int(v):
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
 
 
 def check_peers(backend):
@@ -772,10 +763,10 @@ def run(cell="tanh", shapes=None, dtype="float32", threads=None, repeat=None, ba
     if mode not in MODE_CHOICES:
         raise ValueError(f"mode: expected one of {', '.join(map(repr, MODE_CHOICES))}, got {mode!r}")
     shapes = check_shapes(shapes if shapes is not None else QUICK_SHAPES if quick else DEFAULT_SHAPES)
-    repeat = check_positive_int("repeat", repeat if repeat is not None else QUICK_REPEAT if quick else DEFAULT_REPEAT)
+    repeat = check_int("repeat", repeat if repeat is not None else QUICK_REPEAT if quick else DEFAULT_REPEAT)
     if threads is not None:
-        threads = check_positive_int("threads", threads)
-    output_size = check_positive_int("output_size", output_size)
+        threads = check_int("threads", threads)
+    output_size = check_int("output_size", output_size)
     if isinstance(warmup, bool) or not isinstance(warmup, (int, np.integer)) or warmup < 0:
         raise ValueError(f"warmup: expected a non-negative integer, got {warmup!r}")
     if not isinstance(reference_budget_s, (int, float)) or isinstance(reference_budget_s, bool) or reference_budget_s <= 0:

@@ -34,9 +34,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import engine, reference
-from .arrays import to_host
+from .arrays import check_int, to_host
 from .losses import loss_and_output_grad, loss_mask
-from .model import _Call, _positive_int
+from .model import _Call
 from .params import gates, layer_suffixes
 
 WEIGHTS = ("Wx", "Ws", "bx", "bs")
@@ -197,7 +197,7 @@ def contributions(params, x, d, *, step=None, s0=None, cell="tanh", output_activ
     direction's state at step i depends on the steps after i), lengths (pass x[:, b] for one
     sequence), truncate and clip_step (they change the gradient the sum adds up to).
     """
-    _positive_int("step", step)
+    check_int("step", step, allow_none=True)
     # d is read at step N, which may come before T: validated whole (loss_steps="all"), kept whole
     call = _Call(params, x, s0, d, cell, output_activation, backend, num_layers, bidirectional, None, loss=loss,
                  loss_steps="all")

@@ -8,8 +8,8 @@ import numbers
 import numpy as np
 
 from . import engine, reference
-from .arrays import (ValueChecks, check_choice, check_float_array, check_int_array, check_type, to_device, to_host,
-                     xp_of)
+from .arrays import (ValueChecks, check_choice, check_float_array, check_int, check_int_array, check_type, to_device,
+                     to_host, xp_of)
 from .backend import BACKENDS, resolve
 from .losses import LOSS_STEPS, LOSSES, OUTPUT_ACTIVATIONS, loss_and_output_grad, loss_mask
 from .params import check_params, check_structure, init_params
@@ -100,14 +100,6 @@ def bptt(params, x, d, s0=None, cell="tanh", output_activation="identity", loss=
     return call.result(out)
 
 
-def _positive_int(name, value, allow_none=True):
-    if value is None and allow_none:
-        return value
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer{' or None' if allow_none else ''}, got {value!r}")
-    return int(value)
-
-
 class _Call:
     """One validated call: its arrays (contiguous, on the compute device), its states and backend."""
 
@@ -127,13 +119,13 @@ class _Call:
                 raise ValueError(
                     f"loss='cross_entropy' needs output_activation='softmax', got output_activation={output_activation!r}"
                 )
-            _positive_int("truncate", truncate)
+            check_int("truncate", truncate, allow_none=True)
             if clip_step is not None and not (isinstance(clip_step, numbers.Real) and not isinstance(clip_step, bool)
                                               and np.isfinite(clip_step) and clip_step > 0):
                 raise ValueError(f"clip_step: expected a positive finite number or None, got {clip_step!r}")
         if not isinstance(return_state, (bool, np.bool_)):
             raise TypeError(f"return_state: expected True or False, got {return_state!r}")
-        _positive_int("state_step", state_step)
+        check_int("state_step", state_step, allow_none=True)
         if state_step is not None and bidirectional:
             raise ValueError("state_step: the state after a given step exists for the forward direction only; "
                              "got state_step with bidirectional=True")

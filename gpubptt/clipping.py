@@ -180,5 +180,5 @@ def clip_value(grads, limit, backend="auto"):
 
 def norm_of(info, be):
     """A copy of the norm in ``info`` (which the next step overwrites), on the caller's device."""
-    norm = info[0].copy()
+    norm = info[0, ...].copy()  # 0-d on NumPy too (info[0] would be a NumPy scalar)
     return to_host(norm) if be.host_io else norm

@@ -145,7 +145,7 @@ class Optimizer:
         if host_io:
             for key, p in self.params.items():
                 p[...] = to_host(work_p[key])
-        applied = info[2] != 0
+        applied = (info[2:] != 0).reshape(())  # a 0-d array on NumPy too, as on the GPU
         return StepInfo(norm_of(info, self.be), to_host(applied) if host_io else applied)
 
     def _reference_step(self, pg, clip_norm, clip_value):
@@ -197,14 +197,16 @@ class Optimizer:
             for k, v in saved.items():
                 check_shape(f"state['buffers'][{b!r}][{k!r}]", np.asarray(v), ("*",) * self.params[k].ndim,
                             self.params[k].shape)
+        # every value converted before any is written
+        host = {b: {k: np.asarray(v, self.dtype) for k, v in buffers[b].items()} for b in self.active_buffers()}
         for name in ("steps", "skipped"):
             v = state.get(name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-                raise ValueError(f"state[{name!r}]: expected a non-negative integer, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v <= np.iinfo(np.int64).max:
+                raise ValueError(f"state[{name!r}]: expected a non-negative 64-bit integer, got {v!r}")
         xp = self.be.xp
-        for b in self.active_buffers():
-            for k, v in buffers[b].items():
-                self.state[b][k][...] = xp.asarray(np.asarray(v, self.dtype))
+        for b, values in host.items():
+            for k, v in values.items():
+                self.state[b][k][...] = xp.asarray(v)
         self._counters[...] = xp.asarray(np.array([state["steps"], state["skipped"]], np.int64))
 
     def __repr__(self):

@@ -294,12 +294,15 @@ def read_text(path):
 
 def make_task(name, seq_len=None, delay=None, text=None, dtype=np.float32, vocab=None):
     """A task by name. seq_len: T (sine, adding, text; copy derives it from delay); delay: copy's
-    delay; text: the file of the text task. An option the task does not take is an error."""
+    delay; text: the file of the text task; vocab: its alphabet (a string; default: the file's characters,
+    sorted). An option the task does not take is an error."""
     check_choice("task", name, TASKS)
     if delay is not None and name != "copy":
         raise ValueError(f"delay: only the copy task takes a delay, got delay={delay!r} for task {name!r}")
     if text is not None and name != "text":
         raise ValueError(f"text: only the text task reads a file, got text={text!r} for task {name!r}")
+    if vocab is not None and name != "text":
+        raise ValueError(f"vocab: only the text task has a vocabulary, got vocab={vocab!r} for task {name!r}")
     if name == "copy":
         task = Copy(DEFAULT_DELAY if delay is None else delay, dtype)
         if seq_len is not None and seq_len != task.seq_len:

@@ -52,6 +52,17 @@ def test_clip_global_norm_matches_numpy(backend, dtype, max_norm):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_norms_and_step_info_are_0d_float64_arrays(backend):
+    """As documented (and as CuPy gives on the GPU): 0-d arrays, not NumPy scalars."""
+    norms = [clipping.global_norm(grads_of(np.float32), backend=backend),
+             clipping.clip_global_norm(grads_of(np.float32), 1.0, backend=backend)]
+    params = {k: v for k, v in grads_of(np.float32, seed=1).items() if k not in ("x", "s0")}
+    info = gpubptt.optim.SGD(params, lr=0.1, backend=backend).step(grads_of(np.float32))
+    for a, dtype in zip(norms + list(info), [np.float64] * 3 + [np.bool_]):
+        assert isinstance(a, np.ndarray) and a.shape == () and a.dtype == dtype, (type(a), a)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_clip_value_matches_numpy(backend, dtype):
     g = grads_of(dtype, scale=2.0)

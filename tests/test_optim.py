@@ -195,11 +195,14 @@ def test_load_state_dict_rejects_a_mismatch_and_changes_nothing():
     with pytest.raises(ValueError, match="state: saved by optimizer 'sgd', this is 'adam'"):
         opt.load_state_dict({**good, "optimizer": "sgd"})
     bad = {**good, "buffers": {b: dict(v) for b, v in good["buffers"].items()}}
+    bad_values = {**good, "buffers": {b: dict(v) for b, v in good["buffers"].items()}}
+    bad_values["buffers"]["exp_avg"]["W"] = np.full_like(good["buffers"]["exp_avg"]["W"], 7.0)
     bad["buffers"]["exp_avg"]["W"] = np.zeros((4, 3), np.float32)
     with pytest.raises(ValueError, match=r"state\['buffers'\]\['exp_avg'\]\['W'\]: expected shape .*got \(4, 3\)"):
         opt.load_state_dict(bad)
-    with pytest.raises(ValueError, match=r"state\['steps'\]: expected a non-negative integer, got -1"):
-        opt.load_state_dict({**good, "steps": -1})
+    for steps in (-1, 2 ** 70):  # 2**70 does not fit the int64 counter: refused before the buffers change
+        with pytest.raises(ValueError, match=rf"state\['steps'\]: expected a non-negative 64-bit integer, got {steps}"):
+            opt.load_state_dict({**bad_values, "steps": steps})
     after = opt.state_dict()
     assert after["steps"] == 1
     for k in params:

@@ -101,6 +101,7 @@ def test_metrics_check_the_outputs_shape(name):
     (dict(name="copy", delay=0), ValueError, r"delay: expected a positive integer, got 0"),
     (dict(name="copy", delay=5, seq_len=30), ValueError, r"seq_len: the copy task's length is delay \+ 20 = 25"),
     (dict(name="sine", delay=5), ValueError, r"delay: only the copy task takes a delay"),
+    (dict(name="adding", vocab="abc"), ValueError, r"vocab: only the text task has a vocabulary, got vocab='abc'"),
     (dict(name="sine", text="x.txt"), ValueError, r"text: only the text task reads a file"),
     (dict(name="text"), ValueError, r"text: the text task needs a text file \(--text FILE\)"),
 ])

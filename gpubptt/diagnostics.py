@@ -122,7 +122,7 @@ class Contributions:
     @property
     def rate(self):
         """The geometric rate per step fitted to ``dS_norm`` (see ``fit_rate``): below 1 the gradient
-        vanishes, above 1 it explodes. NaN with fewer than two nonzero norms."""
+        vanishes, above 1 it explodes. NaN with fewer than two finite nonzero norms."""
         return fit_rate(self.dS_norm)[0]
 
     @property
@@ -139,20 +139,26 @@ class Contributions:
 
 def fit_rate(norms):
     """(rate, scale, used): the least-squares line log norms_i = log scale + (N − i) log rate over the
-    steps with a nonzero norm, ``norms`` [N] ordered i = 1..N; ``used`` is how many steps it fits.
+    steps with a finite nonzero norm, ``norms`` [N] ordered i = 1..N; ``used`` is how many steps it fits.
 
     A norm of exactly 0 (the gradient vanished entirely, e.g. every ReLU unit off, or underflow) has no
-    logarithm: those steps are left out of the fit, so the rate describes the decay while there still
-    is a gradient; ``used`` < N says so. Fewer than two nonzero norms give rate = scale = NaN.
+    logarithm, nor has one that overflowed to Inf (an exploding gradient, far back) or is NaN: those
+    steps are left out of the fit, so the rate describes the steps that still have a finite gradient;
+    ``used`` < N says so. Fewer than two such norms give rate = scale = NaN.
     """
     norms = np.asarray(to_host(norms), np.float64)
     distance = np.arange(len(norms) - 1, -1, -1, dtype=np.float64)
-    keep = norms > 0
+    keep = _loggable(norms)
     used = int(keep.sum())
     if used < 2:
         return math.nan, math.nan, used
     slope, intercept = np.polyfit(distance[keep], np.log(norms[keep]), 1)
     return float(np.exp(slope)), float(np.exp(intercept)), used
+
+
+def _loggable(norms):
+    """Where ``norms`` has a finite logarithm: finite and > 0."""
+    return np.isfinite(norms) & (norms > 0)
 
 
 def spectral_radius(Ws, cell="tanh"):
@@ -209,10 +215,12 @@ def contributions(params, x, d, *, step=None, s0=None, cell="tanh", output_activ
         raise ValueError(f"step: expected 1..T = 1..{T}, got {step}")
     N = T if step is None else step
     sfx = layer_suffixes(num_layers)[-1][2]
-    if call.backend.name == "reference":
-        sums, dS_norm, dc_norm = _reference_terms(call, N, cell, output_activation, loss, sfx)
-    else:
-        sums, dS_norm, dc_norm = _engine_terms(call, N, output_activation, loss, sfx)
+    # an exploding gradient overflows to Inf far back: what the norms are there to show, not a warning
+    with np.errstate(over="ignore", invalid="ignore"):
+        if call.backend.name == "reference":
+            sums, dS_norm, dc_norm = _reference_terms(call, N, cell, output_activation, loss, sfx)
+        else:
+            sums, dS_norm, dc_norm = _engine_terms(call, N, output_activation, loss, sfx)
     sums = call.result(sums)  # x's dtype, where x came from
     if call.backend.host_io:
         dS_norm, dc_norm = to_host((dS_norm, dc_norm))
@@ -366,7 +374,7 @@ def plot_profile(result, path, title=""):
         curves.append(("‖dE_N/dc_i‖ (cell state c)", result.dc_norm, "tab:green"))
     for label, norms, color in curves:
         norms = np.asarray(to_host(norms), np.float64)
-        keep = norms > 0  # a log scale has no 0: exactly vanished steps are left out (see fit_rate)
+        keep = _loggable(norms)  # a log scale has no 0 or Inf: left out (see fit_rate)
         ax.plot(distance[keep], norms[keep], "o-", ms=3, lw=1, color=color, label=label)
         rate, scale, _ = fit_rate(norms)
         if math.isfinite(rate):
@@ -415,7 +423,7 @@ def _rows_to_show(N):
 
 def _verdict(rate):
     if not math.isfinite(rate):
-        return "no fit (fewer than two nonzero norms)"
+        return "no fit (fewer than two finite nonzero norms)"
     if rate < 1:
         return f"vanishing: every 10 steps back it shrinks by a factor of {rate ** -10:.3g}"
     if rate > 1:

@@ -121,9 +121,22 @@ def test_steps_where_the_gradient_vanished_exactly_are_left_out_of_the_fit():
 def test_fit_rate_edge_cases():
     assert fit_rate(np.array([0.0, 0.0, 0.25, 0.5, 1.0])) == (pytest.approx(0.5), pytest.approx(1.0), 3)
     assert fit_rate(np.array([8.0, 4.0]))[:2] == (pytest.approx(2.0), pytest.approx(4.0))  # i = 1 is 1 step back
-    for norms in (np.zeros(4), np.array([0.0, 0.0, 3.0]), np.array([2.0])):
+    for norms in (np.zeros(4), np.array([0.0, 0.0, 3.0]), np.array([2.0]), np.array([np.inf, np.nan, 1.0])):
         rate, scale, used = fit_rate(norms)
-        assert math.isnan(rate) and math.isnan(scale) and used == int((norms > 0).sum())
+        assert math.isnan(rate) and math.isnan(scale) and used == int((np.isfinite(norms) & (norms > 0)).sum())
+
+
+def test_norms_that_overflowed_are_left_out_of_the_fit():
+    """An exploding gradient: far enough back the float32 norms overflow to Inf; the fit reads the rest."""
+    T, H = 100, 8
+    params = with_spectral_radius(gpubptt.init_params(2, H, 1, dtype=np.float32, seed=0, cell="identity",
+                                                      bias=False), 3.0, "identity")
+    r = contributions(params, np.zeros((T, 2, 2), np.float32), np.ones((T, 2, 1), np.float32), cell="identity",
+                      backend="cpu")
+    finite = int(np.isfinite(r.dS_norm).sum())
+    assert 2 <= finite < T  # the case this test is about
+    rate, _, used = fit_rate(r.dS_norm)
+    assert used == finite and rate == pytest.approx(3.0, rel=0.05) and r.rate == rate
 
 
 def test_spectral_radius_per_gate_block_and_rescaling():

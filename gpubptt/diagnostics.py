@@ -196,17 +196,16 @@ def contributions(params, x, d, *, step=None, s0=None, cell="tanh", output_activ
     """Every summand of the article's sum for dE_N/dW, N = ``step``; returns ``Contributions``.
 
     params, x, d, s0, cell, output_activation, loss, backend, num_layers   as ``gpubptt.bptt``
-    step    N, an int in 1..T (default T): E_N is the loss at step N alone; x and d after N are
-            not used
+    step    N, an int in 1..T (default T): E_N is the loss at step N alone; x after N is not used,
+            d is read at step N only (padding elsewhere, -100 or NaN, is accepted as in ``bptt``)
 
     Not taken, since the article's sum does not describe them: bidirectional=True (a reverse
     direction's state at step i depends on the steps after i), lengths (pass x[:, b] for one
     sequence), truncate and clip_step (they change the gradient the sum adds up to).
     """
     check_int("step", step, allow_none=True)
-    # d is read at step N, which may come before T: validated whole (loss_steps="all"), kept whole
     call = _Call(params, x, s0, d, cell, output_activation, backend, num_layers, bidirectional, None, loss=loss,
-                 loss_steps="all")
+                 loss_steps="last", loss_at=step)  # E_N: d read at step N alone (N = T: "last")
     if bidirectional:
         raise ValueError("bidirectional: the article's sum follows the forward direction only (a reverse "
                          "direction's state at step i depends on later steps); got bidirectional=True")

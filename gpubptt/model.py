@@ -104,7 +104,9 @@ class _Call:
     """One validated call: its arrays (contiguous, on the compute device), its states and backend."""
 
     def __init__(self, params, x, s0, d, cell, output_activation, backend, num_layers, bidirectional, lengths,
-                 loss=None, loss_steps=None, truncate=None, clip_step=None, return_state=False, state_step=None):
+                 loss=None, loss_steps=None, truncate=None, clip_step=None, return_state=False, state_step=None,
+                 loss_at=None):
+        """``loss_at`` N (diagnostics): the loss is at step N alone, so d is read (and checked) there only."""
         bptt = d is not None or loss is not None
         check_structure(cell, num_layers, bidirectional)
         check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
@@ -148,7 +150,7 @@ class _Call:
             raise ValueError(f"state_step: expected 1..T = 1..{T}, got {state_step}")
         self.lengths_host = self._lengths(lengths, T, B)
         if bptt:
-            d = self._targets(d, loss, loss_steps, T, B, O, dtype, xp, checks)
+            d = self._targets(d, loss, loss_steps, loss_at, T, B, O, dtype, xp, checks)
         checks.run()
         self.dtype, self.n_states, self.lstm = dtype, n_states, lstm
         self.state_step = state_step or T
@@ -181,12 +183,14 @@ class _Call:
                             f"got a {type(s0).__name__}")
         return {"s0": s0}
 
-    def _targets(self, d, loss, loss_steps, T, B, O, dtype, xp, checks):
-        """d, checked where it enters the loss: the steps of ``loss_steps`` within each sequence's length
-        (its values by ``checks``). The other entries are never read, so padding there (-100, NaN) is
-        accepted; they are replaced by 0 in a copy, the caller's d unchanged."""
+    def _targets(self, d, loss, loss_steps, loss_at, T, B, O, dtype, xp, checks):
+        """d, checked where it enters the loss: the steps of ``loss_steps`` within each sequence's length,
+        or step ``loss_at`` alone (its values by ``checks``). The other entries are never read, so padding
+        there (-100, NaN) is accepted; they are replaced by 0 in a copy, the caller's d unchanged."""
         keep = None
-        if self.lengths_host is not None or loss_steps != "all":
+        if loss_at is not None:  # (loss_at > T keeps nothing: the caller reports that step)
+            keep = loss_mask(T, xp.full(B, loss_at, np.int32), "last", bool, xp)
+        elif self.lengths_host is not None or loss_steps != "all":
             lengths = xp.full(B, T, np.int32) if self.lengths_host is None else xp.asarray(self.lengths_host)
             keep = loss_mask(T, lengths, loss_steps, bool, xp)
         where_text = "" if keep is None else " at the steps in the loss"

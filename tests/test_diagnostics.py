@@ -215,6 +215,27 @@ def test_bad_arrays_are_named():
         contributions(params, x, d, lengths=[5, 5])
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("loss,pad", [("squared", np.nan), ("cross_entropy", -100)])
+def test_targets_away_from_step_n_are_not_read(backend, loss, pad):
+    """E_N reads d at step N alone: padding elsewhere is accepted, as bptt accepts it outside its loss."""
+    T, N = 5, 3
+    params, x, s0, d = make_problem(T, 2, 2, 3, 2, loss=loss, seed=3)
+    out = "softmax" if loss == "cross_entropy" else "identity"
+    padded = d.astype(np.float64 if pad is np.nan else d.dtype)
+    padded[:N - 1] = pad
+    padded[N:] = pad
+    kept = padded.copy()
+    kw = dict(step=N, s0=s0, output_activation=out, loss=loss, backend=backend)
+    want, got = contributions(params, x, d, **kw), contributions(params, x, padded, **kw)
+    np.testing.assert_array_equal(padded, kept)  # the caller's d is untouched
+    for k in WEIGHTS:
+        np.testing.assert_array_equal(getattr(got, "d" + k), getattr(want, "d" + k))
+    padded[N - 1] = pad  # at step N it is read, so refused
+    with pytest.raises(ValueError, match=r"d: .* at the steps in the loss"):
+        contributions(params, x, padded, **kw)
+
+
 def test_inputs_are_not_modified():
     params, x, s0, d = make_problem(4, 2, 2, 3, 2, cell="lstm")
     copies = [{k: v.copy() for k, v in params.items()}, x.copy(), (s0[0].copy(), s0[1].copy()), d.copy()]

@@ -3,6 +3,7 @@
 Each call validates everything first (arrays.py, params.py), then asks backend.py for the backend,
 then runs ``reference`` or ``engine`` (which calls the kernels). Inputs are never modified.
 """
+import math
 import numbers
 
 import numpy as np
@@ -65,7 +66,7 @@ def bptt(params, x, d, s0=None, cell="tanh", output_activation="identity", loss=
                 loss="cross_entropy" (which needs output_activation="softmax"); read only at the
                 steps in the loss, so padding elsewhere (-100, NaN) is accepted
     loss_steps  "all" every step, "last" each sequence's last step only (many-to-one), or an int k:
-                the last k steps
+                the last k steps of each sequence (k >= its length: all of them)
     truncate    k: gradient does not flow back across the start of each chunk of k steps (the state
                 does flow forward); None: full BPTT
     clip_step   c: the article's clipping, at every step the gradient reaching the state (per
@@ -79,8 +80,8 @@ def bptt(params, x, d, s0=None, cell="tanh", output_activation="identity", loss=
                  state_step=state_step)
     if call.backend.name == "reference":
         L, grads, dstates = reference.bptt(call.params, call.x, call.d, call.states0, cell,
-                                           output_activation, loss, loss_steps, num_layers, bidirectional,
-                                           call.lengths_host, truncate, clip_step)
+                                           output_activation, loss, call.loss_steps, num_layers, bidirectional,
+                                           call.lengths_host, call.truncate, call.clip_step)
         finals = None
         if return_state:
             finals = reference.forward(call.params, call.x, call.states0, cell, output_activation,
@@ -90,10 +91,10 @@ def bptt(params, x, d, s0=None, cell="tanh", output_activation="identity", loss=
         Y, Z, top, saved = engine.forward(call.params, call.x, call.states0, call.lengths, call.structure,
                                           output_activation, call.backend)
         finals = engine.final_states(saved, call.structure, call.state_step) if return_state else None
-        mask = loss_mask(T, call.lengths, loss_steps, Z.dtype, xp)
+        mask = loss_mask(T, call.lengths, call.loss_steps, Z.dtype, xp)
         L, dZ = loss_and_output_grad(Z, Y, call.d, output_activation, loss, mask, xp)
         grads, dstates = engine.backward(call.params, call.x, call.states0, call.lengths, call.structure, saved,
-                                         top, dZ, truncate or 0, float(clip_step or 0.0), call.backend,
+                                         top, dZ, call.truncate or 0, call.clip_step or 0.0, call.backend,
                                          full_lengths=call.lengths_host is None or bool((call.lengths_host == T).all()))
     grads["s0"] = call.pack_states(dstates)
     out = (L, grads) + ((call.pack_states(finals),) if return_state else ())
@@ -121,13 +122,15 @@ class _Call:
                 raise ValueError(
                     f"loss='cross_entropy' needs output_activation='softmax', got output_activation={output_activation!r}"
                 )
-            check_int("truncate", truncate, allow_none=True)
-            if clip_step is not None and not (isinstance(clip_step, numbers.Real) and not isinstance(clip_step, bool)
-                                              and np.isfinite(clip_step) and clip_step > 0):
-                raise ValueError(f"clip_step: expected a positive finite number or None, got {clip_step!r}")
+            truncate = check_int("truncate", truncate, allow_none=True)
+            if clip_step is not None:
+                if isinstance(clip_step, bool) or not isinstance(clip_step, numbers.Real) \
+                        or not (math.isfinite(float(clip_step)) and clip_step > 0):
+                    raise ValueError(f"clip_step: expected a positive finite number or None, got {clip_step!r}")
+                clip_step = float(clip_step)
         if not isinstance(return_state, (bool, np.bool_)):
             raise TypeError(f"return_state: expected True or False, got {return_state!r}")
-        check_int("state_step", state_step, allow_none=True)
+        state_step = check_int("state_step", state_step, allow_none=True)
         if state_step is not None and bidirectional:
             raise ValueError("state_step: the state after a given step exists for the forward direction only; "
                              "got state_step with bidirectional=True")
@@ -150,10 +153,13 @@ class _Call:
             raise ValueError(f"state_step: expected 1..T = 1..{T}, got {state_step}")
         self.lengths_host = self._lengths(lengths, T, B)
         if bptt:
+            if isinstance(loss_steps, numbers.Integral):
+                loss_steps = min(int(loss_steps), T)  # k >= T: every step
             d = self._targets(d, loss, loss_steps, loss_at, T, B, O, dtype, xp, checks)
         checks.run()
         self.dtype, self.n_states, self.lstm = dtype, n_states, lstm
         self.state_step = state_step or T
+        self.loss_steps, self.truncate, self.clip_step = loss_steps, truncate, clip_step  # as plain Python values
         self.structure = engine.Structure(cell, num_layers, bool(bidirectional), H, bias)
         self.backend = resolve(backend, on_device=xp is not np)
         cxp = self.backend.xp

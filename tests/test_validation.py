@@ -7,6 +7,7 @@ TypeError for a wrong type or dtype) with a message that names the argument and 
 or received, and must leave the caller's arrays exactly as they were.
 """
 import re
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -1097,11 +1098,12 @@ def test_return_cells_needs_lstm(backend, cell):
 
 
 @pytest.mark.parametrize("backend", HOST_BACKENDS)
-@pytest.mark.parametrize("structure", [("lstm", 2, True), ("gru", 1, False)], ids=_sid)
+@pytest.mark.parametrize("structure", [("lstm", 2, True), ("gru", 1, False), ("tanh", 1, False)], ids=_sid)
 def test_option_boundaries_and_integer_types(backend, structure):
     """Values at the edge of each option's range are accepted and mean what the docstrings say:
-    loss_steps=1 is "last", loss_steps=T is "all", truncate=T and a huge clip_step change nothing;
-    NumPy integers work wherever a Python int does."""
+    loss_steps=1 is "last", loss_steps=T is "all" (so is any larger k, even past int64), truncate=T
+    and a huge clip_step change nothing; NumPy integers (unsigned too) work wherever a Python int
+    does, and any real number (a Fraction) as clip_step."""
     params, x, d, s0, kw = make_net(*structure)
     kw.update(backend=backend, lengths=np.array([T, 2]))
 
@@ -1118,7 +1120,12 @@ def test_option_boundaries_and_integer_types(backend, structure):
     same(gpubptt.bptt(params, x, d, s0, loss_steps=T, **kw), full, "loss_steps=T")
     same(gpubptt.bptt(params, x, d, s0, loss_steps=np.int64(10 * T), **kw), full, "loss_steps=10T")
     same(gpubptt.bptt(params, x, d, s0, truncate=np.int32(T), **kw), full, "truncate=T")
+    same(gpubptt.bptt(params, x, d, s0, loss_steps=2 ** 70, **kw), full, "loss_steps=2**70")
     same(gpubptt.bptt(params, x, d, s0, clip_step=1e30, **kw), full, "clip_step=1e30")
+    same(gpubptt.bptt(params, x, d, s0, truncate=np.uint64(2), loss_steps=np.uint8(3), **kw),
+         gpubptt.bptt(params, x, d, s0, truncate=2, loss_steps=3, **kw), "unsigned truncate and loss_steps")
+    same(gpubptt.bptt(params, x, d, s0, clip_step=Fraction(1, 2), **kw),
+         gpubptt.bptt(params, x, d, s0, clip_step=0.5, **kw), "clip_step=Fraction(1, 2)")
     kw.update(num_layers=np.int64(kw["num_layers"]), bidirectional=np.bool_(kw["bidirectional"]))
     same(gpubptt.bptt(params, x, d, s0, **kw), full, "NumPy num_layers and bidirectional")
 

@@ -67,7 +67,7 @@ def from_torch(state_dict, cell="tanh", num_layers=1, bidirectional=False):
     check_structure(cell, num_layers, bidirectional)
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict: expected a dict of arrays or tensors, got {type(state_dict).__name__}")
-    has_bias = "bias_ih_l0" in state_dict or "bias_hh_l0" in state_dict
+    has_bias = any(isinstance(k, str) and ("bias_ih_l" in k or "bias_hh_l" in k) for k in state_dict)  # any prefix
     mapping = key_map(num_layers, bidirectional, has_bias)
     missing = [k for k in mapping.values() if k not in state_dict]
     extra = sorted((k for k in state_dict if k not in mapping.values()), key=str)

@@ -8,6 +8,7 @@ the gates stacked in PyTorch's order. With several layers or both directions eve
 carries PyTorch's suffix: ``Wx_l0``, ``Ws_l1``, ``bx_l0_reverse``, ...; layer l > 0 reads the
 layer below's states, both directions concatenated (``Wx_l1 [G·H, 2H]``), and so does ``Wy [O, 2H]``.
 """
+import re
 from collections.abc import Mapping
 
 import numpy as np
@@ -78,8 +79,7 @@ def init_params(input_size, hidden_size, output_size, bias=True, dtype=np.float3
     (``torch.nn.Linear``). Keys are drawn in the order of ``param_shapes``, so a seed fixes every value.
     """
     for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("output_size", output_size)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name}: expected a positive integer, got {v!r}")
+        check_int(name, v)
     check_structure(cell, num_layers, bidirectional)
     try:
         dtype = np.dtype(dtype)
@@ -105,6 +105,17 @@ def _whose_weight(G):
     return f": [{gate_rows(G)},H] is the weight of cell={' or '.join(map(repr, cells))}"
 
 
+def _structure_hint(keys):
+    """'; these keys are those of num_layers=L, bidirectional=...' when the keys' suffixes say so."""
+    layers = [int(m.group(1)) for k in keys if isinstance(k, str) for m in [re.search(r"_l(\d+)(_reverse)?$", k)] if m]
+    num_layers = max(layers) + 1 if layers else 1
+    bidirectional = any(isinstance(k, str) and k.endswith("_reverse") for k in keys)
+    has_bias = any(isinstance(k, str) and k[:2] in ("bx", "bs") for k in keys)
+    if set(param_shapes(1, 1, 1, "tanh", num_layers, bidirectional, has_bias)) != keys:
+        return ""
+    return f"; these keys are those of num_layers={num_layers}, bidirectional={bidirectional}"
+
+
 def check_params(params, cell="tanh", num_layers=1, bidirectional=False, checks=None):
     """Validate a parameter dict against the model structure; return (D, H, O, bias, dtype).
     ``checks``: a ``ValueChecks`` that takes the finiteness checks (None: each checked at once)."""
@@ -112,7 +123,7 @@ def check_params(params, cell="tanh", num_layers=1, bidirectional=False, checks=
         raise TypeError(f"params: expected a dict of arrays, got {type(params).__name__}")
     keys = set(params)
     first = key_suffix(0, 0, num_layers, bidirectional)
-    has_bias = "bx" + first in keys or "bs" + first in keys
+    has_bias = any(isinstance(k, str) and k[:2] in ("bx", "bs") for k in keys)  # any suffix
     expected = list(param_shapes(1, 1, 1, cell, num_layers, bidirectional, has_bias))
     missing = [k for k in expected if k not in keys]
     unknown = sorted(keys - set(expected), key=repr)  # keys may not all be str
@@ -125,7 +136,7 @@ def check_params(params, cell="tanh", num_layers=1, bidirectional=False, checks=
         structure = f"cell={cell!r}, num_layers={num_layers}, bidirectional={bool(bidirectional)}"
         raise ValueError(
             f"params: {'; '.join(parts)}; for {structure} the keys are {', '.join(expected)} "
-            "(the b* keys all present, or all absent for a model without recurrent biases)"
+            f"(the b* keys all present, or all absent for a model without recurrent biases){_structure_hint(keys)}"
         )
     G = gates(cell)
     gh = gate_rows(G)

@@ -248,7 +248,9 @@ def test_keys_under_a_module_prefix_get_a_hint():
     sd = lstm2_sd()
     ours = interop.from_torch(sd, **LSTM2)
     prefixed = {("fc." + k[4:] if k.startswith("out.") else "rnn." + k): v for k, v in sd.items()}
-    raises(prefixed, ValueError, "missing key(s)", "strip the prefix 'rnn.' and rename 'fc.' to 'out.'", **LSTM2)
+    message = raises(prefixed, ValueError, "missing key(s)", "strip the prefix 'rnn.' and rename 'fc.' to 'out.'",
+                     **LSTM2)
+    assert "expected weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, " in message  # the biases too
     only_rnn = {k if k.startswith("out.") else "encoder.rnn." + k: v for k, v in sd.items()}
     message = raises(only_rnn, ValueError, "strip the prefix 'encoder.rnn.')", **LSTM2)
     assert "rename" not in message

@@ -14,6 +14,7 @@ import pytest
 
 import gpubptt
 from gpubptt.backend import ENV_VAR
+from gpubptt.params import param_shapes
 
 T, B, D, H, O = 4, 2, 3, 5, 2
 HOST_BACKENDS = ("cpu", "reference")
@@ -352,6 +353,21 @@ def test_params_missing_and_unknown_key_both_named():
     params, x, d, s0 = make()
     params["W_x"] = params.pop("Wx")
     expect_error(ValueError, ["missing key(s) 'Wx'", "unknown key(s) 'W_x'"], run, "forward", params, x)
+
+
+@pytest.mark.parametrize("made,told", [((2, False, True), (1, False)), ((1, True, False), (2, False)),
+                                       ((3, True, True), (1, True)), ((1, False, True), (2, True))], ids=str)
+def test_params_of_another_structure_say_which(made, told):
+    """Keys of another num_layers/bidirectional: the error lists the expected keys (biases included
+    when the given keys have any) and says which structure the given keys are."""
+    num_layers, bidirectional, bias = made
+    params = gpubptt.init_params(D, H, O, dtype=np.float64, num_layers=num_layers, bidirectional=bidirectional,
+                                 bias=bias, seed=0)
+    x = make()[1]
+    expected = ", ".join(param_shapes(1, 1, 1, "tanh", *told, bias))
+    expect_error(ValueError, [f"the keys are {expected} (", f"these keys are those of num_layers={num_layers}, "
+                              f"bidirectional={bidirectional}"],
+                 run, "forward", params, x, num_layers=told[0], bidirectional=told[1])
 
 
 # a wrong shape for each parameter (the others right); for Wx, Ws and Wy the rank check comes first.

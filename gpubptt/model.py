@@ -35,6 +35,8 @@ def forward(params, x, s0=None, cell="tanh", output_activation="identity", backe
     """
     call = _Call(params, x, s0, None, cell, output_activation, backend, num_layers, bidirectional, lengths,
                  return_state=return_state, state_step=state_step)
+    if not isinstance(return_cells, (bool, np.bool_)):
+        raise TypeError(f"return_cells: expected True or False, got {return_cells!r}")
     if return_cells and cell != "lstm":
         raise ValueError(f"return_cells: only cell='lstm' has cell states, got cell={cell!r}")
     if call.backend.name == "reference":
@@ -215,14 +217,17 @@ class _Call:
         if lengths is None:
             return None
         if isinstance(lengths, (list, tuple)):
+            if any(isinstance(v, (bool, np.bool_)) for v in lengths):  # NumPy would make True a 1
+                raise TypeError(f"lengths: expected integers, got a bool in {lengths!r}")
             try:
                 lengths = np.asarray(lengths)
             except ValueError:
                 raise TypeError(f"lengths: expected a flat list or array of B integers, got {lengths!r}") from None
             if lengths.dtype.kind not in "iu":
                 raise TypeError(f"lengths: expected integers, got values of dtype {lengths.dtype}")
-        if not hasattr(lengths, "dtype"):
-            raise TypeError(f"lengths: expected a list or array of B integers, got {type(lengths).__name__}")
+        if not hasattr(lengths, "dtype") or isinstance(lengths, np.generic):  # np.int64(3): one number
+            raise TypeError(f"lengths: expected a list or array of B = {B} integers, got {type(lengths).__name__} "
+                            f"{lengths!r}")
         check_type("lengths", lengths)
         check_int_array("lengths", lengths, ("B",), (B,), 1, T + 1)
         return np.asarray(to_host(lengths), dtype=np.int32)

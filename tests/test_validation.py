@@ -780,8 +780,8 @@ def test_lengths_out_of_range(which, backend, wrap, values, lo, hi):
 @pytest.mark.parametrize(
     "lengths,dtype",
     [(np.array([1.0, 2.0]), "float64"), (np.array([1, 2], np.float32), "float32"), (np.array([True, True]), "bool"),
-     ([1.0, 2.0], "float64"), ([True, False], "bool"), ([1, 2.5], "float64")],
-    ids=["array-f64", "array-f32", "array-bool", "list-float", "list-bool", "list-mixed"],
+     ([1.0, 2.0], "float64"), ([True, False], "bool"), ([1, 2.5], "float64"), ([T, True], "True")],
+    ids=["array-f64", "array-f32", "array-bool", "list-float", "list-bool", "list-mixed", "list-int-and-bool"],
 )
 def test_lengths_not_integer(which, lengths, dtype):
     params, x, d, s0 = make()
@@ -1111,6 +1111,13 @@ def test_return_cells_needs_lstm(backend, cell):
     params, x, d, s0, kw = make_net(cell)
     expect_error(ValueError, ["return_cells:", "cell='lstm'", f"got cell={cell!r}"],
                  run, "forward", params, x, d, s0, return_cells=True, backend=backend, **kw)
+
+
+@pytest.mark.parametrize("value", [1, "yes", None])
+def test_return_cells_is_true_or_false(value):
+    params, x, d, s0, kw = make_net("lstm")
+    expect_error(TypeError, ["return_cells:", "True or False", f"got {value!r}"],
+                 run, "forward", params, x, d, s0, return_cells=value, **kw)
 
 
 @pytest.mark.parametrize("backend", HOST_BACKENDS)

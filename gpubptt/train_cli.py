@@ -6,7 +6,8 @@ values. Given with ``--resume``, options that define the model, the task or the 
 agree with the checkpoint (an error names the difference); the learning rate, the clipping
 thresholds, ``--steps`` (the total to reach), the evaluation and checkpoint intervals and the backend
 may change. Errors in the options print ``gpubptt <command>: error: ...`` and exit with status 2;
-an interrupted run (Ctrl-C) saves its checkpoint and exits with status 130.
+a run that diverges (an update overflows the parameters) exits with status 1; an interrupted run
+(Ctrl-C) saves its checkpoint and exits with status 130.
 """
 import os
 import sys
@@ -171,6 +172,9 @@ def run_train(args):
     except (ValueError, TypeError) as e:
         print(f"gpubptt train: error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # the options were fine; the run diverged
+        print(f"gpubptt train: error: {e}", file=sys.stderr)
+        return 1
     summary = f"trained {result.steps} steps in {result.seconds:.1f} s"
     if result.skipped:
         summary += f" ({result.skipped} skipped: non-finite gradients)"

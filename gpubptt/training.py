@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import checkpoint as ckpt
-from .arrays import check_choice, check_int, to_device, to_host, xp_of
+from .arrays import check_choice, check_int, check_type, to_device, to_host, xp_of
 from .backend import resolve
 from .clipping import check_threshold
 from .losses import LOSSES
@@ -201,6 +201,8 @@ def _check_batches(batches):
         if not isinstance(b, (tuple, list)) or len(b) not in (2, 3):
             got = f"a {type(b).__name__} of {len(b)}" if isinstance(b, (tuple, list)) else type(b).__name__
             raise TypeError(f"task_or_batches[{i}]: expected a pair (x, d) or a triple (x, d, lengths), got {got}")
+        for j, name in enumerate(("x", "d")):  # the rest is bptt's to check, at the batch's step
+            check_type(f"task_or_batches[{i}][{j}] ({name})", b[j])
         lengths = b[2] if len(b) == 3 else None
         out.append((b[0], b[1], None if lengths is None else np.asarray(to_host(lengths))))
     xp_of({f"task_or_batches[{i}][{j}]": a for i, b in enumerate(out) for j, a in enumerate(b[:2])})
@@ -422,6 +424,7 @@ class Trainer:
                 L, grads, state = self.window_runner.bptt(x[start:end], d[start:end], self.carry, loss_k,
                                                           state_step, lengths)
             except (ValueError, TypeError) as e:  # bptt's checks, before any kernel: nothing has changed
+                self._raise_if_model_error(e)
                 if not isinstance(self.data, _ListData):
                     raise
                 i = (self.data.index - 1) % len(self.data.batches)
@@ -471,8 +474,23 @@ class Trainer:
         Y = self.model.forward(self.test[0])[0]
         return self.task.metrics(Y, self.test[1])
 
+    def _raise_if_model_error(self, e):
+        """A check's error about the parameters is the model's, not the data's: finite when the run
+        started (its first step checked them), they became non-finite in an update that overflowed."""
+        if not str(e).startswith("params["):
+            return
+        if self.step > self.first_step:
+            raise FloatingPointError(
+                f"the run diverged: after the update of step {self.step}, model.{e} (the update overflowed); "
+                "lower lr, or bound the updates with clip_norm or clip_value") from None
+        raise type(e)(f"model.{e}") from None
+
     def _evaluate_and_log(self):
-        metrics = self.evaluate()
+        try:
+            metrics = self.evaluate()
+        except (ValueError, TypeError) as e:
+            self._raise_if_model_error(e)
+            raise
         if metrics is None:
             return
         self.last_test = metrics
@@ -598,7 +616,8 @@ def train(model, task_or_batches, steps, *, batch_size=32, optimizer="adam", lr=
     checkpoint_every, eval_every, log_every   in steps; checkpoints and a test evaluation also at the end
     progress         show the progress bar on stderr
     callback         called as callback(step, trainer) after every step
-    Returns a ``TrainResult``.
+    Returns a ``TrainResult``. Steps whose gradients are not finite are skipped (counted in ``skipped``);
+    an update that makes the parameters non-finite raises FloatingPointError at the next step.
     """
     trainer = Trainer(model, task_or_batches, steps, batch_size=batch_size, optimizer=optimizer, lr=lr,
                       optimizer_options=optimizer_options, clip_norm=clip_norm, clip_value=clip_value,

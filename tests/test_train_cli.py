@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from gpubptt import checkpoint as ckpt
@@ -106,6 +107,13 @@ def test_unknown_choices_are_usage_errors(capsys, args, message):
     with pytest.raises(SystemExit) as e:
         main(["train", *args])
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_diverging_run_exits_1_with_the_reason(tmp_path, capsys):
+    args = ["train", "--task", "sine", *TINY, "--optimizer", "sgd", "--lr", "1e38", "--out", str(tmp_path / "r")]
+    with np.errstate(over="ignore", invalid="ignore"):
+        assert main(args) == 1
+    assert "gpubptt train: error: the run diverged: after the update of step 1" in capsys.readouterr().err
 
 
 def test_task_is_required_without_resume(capsys):

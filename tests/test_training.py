@@ -315,6 +315,24 @@ def test_global_norm_clipping_tames_an_exploding_rnn():
     assert wild.skipped > 0 or max(v or np.inf for v in wild_losses) > 1e6 * wild_losses[0]
 
 
+def test_an_update_that_overflows_the_parameters_is_a_divergence_not_a_bad_batch():
+    """Finite gradients, an update past float32's range: the next check of the parameters (the next
+    step's, or the test evaluation's) raises FloatingPointError saying so; parameters that are not
+    finite before the run starts are the model's error, not the batch's."""
+    rng = np.random.default_rng(0)
+    batches = [(rng.standard_normal((5, 2, 1)).astype(np.float32), rng.standard_normal((5, 2, 1)).astype(np.float32))]
+    task = gpubptt.tasks.make_task("sine", seq_len=5)
+    for data in (batches, task):
+        with np.errstate(over="ignore", invalid="ignore"), \
+                pytest.raises(FloatingPointError, match=r"^the run diverged: after the update of step 1, "
+                                                        r"model\.params\['\w+'\]: contains NaN or Inf"):
+            train(small_model(dtype=np.float32), data, 3, batch_size=2, optimizer="sgd", lr=1e38, progress=False)
+    m = small_model(dtype=np.float32)
+    m.params["Ws"][0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"^model\.params\['Ws'\]: contains NaN or Inf$"):
+        train(m, batches, 3, progress=False)
+
+
 # -- other data, tasks and sampling ------------------------------------------------------------------
 
 
@@ -331,6 +349,10 @@ def test_training_on_a_list_of_batches():
         train(m, [batches[0], batches[1] + (None, None)], 4, progress=False)
     with pytest.raises(TypeError, match=r"task_or_batches: expected a task name .* got dict"):
         train(m, {"x": 1}, 4, progress=False)
+    with pytest.raises(TypeError, match=r"task_or_batches\[1\]\[0\] \(x\): expected a NumPy or CuPy array, got list"):
+        train(m, [batches[0], (batches[1][0].tolist(), batches[1][1])], 4, progress=False)
+    with pytest.raises(TypeError, match=r"task_or_batches\[0\]\[1\] \(d\): expected a NumPy or CuPy array, got list"):
+        train(m, [(batches[0][0], batches[0][1].tolist())], 4, progress=False)
     # a batch that bptt refuses is named, with the step it was drawn for
     wide = (rng.standard_normal((5, 2, 2)), batches[1][1])
     with pytest.raises(ValueError, match=r"^task_or_batches\[1\] \(at step 2\): x: expected shape \[T,B,D\]"):

@@ -84,8 +84,9 @@ def resolve(backend, on_device):
             )
         return Backend(name, np, source)
     if kind is None:
+        asked = source if source.startswith(ENV_VAR) else "backend='cuda'"
         raise ValueError(
-            f"backend='cuda' is not available: {detail}. It needs an NVIDIA GPU with its driver and "
+            f"{asked} is not available: {detail}. It needs an NVIDIA GPU with its driver and "
             "pip install 'gpubptt[cuda12]' or 'gpubptt[cuda13]', or Numba's CUDA simulator: set "
             "NUMBA_ENABLE_CUDASIM=1 in the environment before Python starts"
         )

@@ -103,6 +103,7 @@ import ctypes
 import datetime
 import gc
 import json
+import math
 import os
 import platform
 import shlex
@@ -769,7 +770,8 @@ def run(cell="tanh", shapes=None, dtype="float32", threads=None, repeat=None, ba
     output_size = check_int("output_size", output_size)
     if isinstance(warmup, bool) or not isinstance(warmup, (int, np.integer)) or warmup < 0:
         raise ValueError(f"warmup: expected a non-negative integer, got {warmup!r}")
-    if not isinstance(reference_budget_s, (int, float)) or isinstance(reference_budget_s, bool) or reference_budget_s <= 0:
+    if not isinstance(reference_budget_s, (int, float)) or isinstance(reference_budget_s, bool) \
+            or not reference_budget_s > 0:
         raise ValueError(f"reference_budget_s: expected a positive number of seconds, got {reference_budget_s!r}")
     requested = check_peers(backend)
     if clock not in CLOCKS:
@@ -778,8 +780,8 @@ def run(cell="tanh", shapes=None, dtype="float32", threads=None, repeat=None, ba
         raise ValueError(f"clock: 'cpu' sums the CPU time of every thread, spinning included: it needs threads=1, "
                          f"got threads={threads!r}")
     settle_s = (0.0 if quick else DEFAULT_SETTLE_S) if settle_s is None else settle_s
-    if isinstance(settle_s, bool) or not isinstance(settle_s, (int, float)) or settle_s < 0:
-        raise ValueError(f"settle_s: expected a non-negative number of seconds, got {settle_s!r}")
+    if isinstance(settle_s, bool) or not isinstance(settle_s, (int, float)) or not 0 <= settle_s < math.inf:
+        raise ValueError(f"settle_s: expected a finite non-negative number of seconds, got {settle_s!r}")
     retries = (0 if quick else DEFAULT_RETRIES) if retries is None else retries
     if isinstance(retries, bool) or not isinstance(retries, (int, np.integer)) or retries < 0:
         raise ValueError(f"retries: expected a non-negative integer, got {retries!r}")
@@ -1284,8 +1286,8 @@ def _nonnegative_float(text):
         v = float(text)
     except ValueError:
         v = -1.0
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
+    if not 0 <= v < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a finite non-negative number, got {text!r}")
     return v
 
 
@@ -1340,12 +1342,17 @@ def add_arguments(p):
 
 
 def main(args):
-    """Run ``gpubptt bench`` from parsed arguments; 0 if every checked peer agrees with the oracle."""
-    result = run(cell=args.cell, shapes=args.shapes, dtype=args.dtype, threads=args.threads, repeat=args.repeat,
-                 backend=args.backend, quick=args.quick, output_size=args.output_size, mode=args.mode,
-                 warmup=args.warmup, reference_budget_s=args.reference_budget, settle_s=args.settle,
-                 retries=args.retries, clock=args.clock,
-                 log=lambda line: print(line, file=sys.stderr, flush=True))
+    """Run ``gpubptt bench`` from parsed arguments; 0 if every peer ran and every checked one agrees
+    with the oracle, 1 if not, 2 for options that do not go together."""
+    try:
+        result = run(cell=args.cell, shapes=args.shapes, dtype=args.dtype, threads=args.threads, repeat=args.repeat,
+                     backend=args.backend, quick=args.quick, output_size=args.output_size, mode=args.mode,
+                     warmup=args.warmup, reference_budget_s=args.reference_budget, settle_s=args.settle,
+                     retries=args.retries, clock=args.clock,
+                     log=lambda line: print(line, file=sys.stderr, flush=True))
+    except (ValueError, TypeError) as e:  # run's checks, before any work
+        print(f"gpubptt bench: error: {e}", file=sys.stderr)
+        return 2
     result["meta"]["command"] = _command(args)
     table = to_markdown(result)
     print(table)
@@ -1360,4 +1367,8 @@ def main(args):
     for r in bad:
         print(f"FAIL: {r['peer']} {r['mode']} at B={r['B']} T={r['T']} D={r['D']} H={r['H']} disagrees with "
               f"the {r['check']['oracle']}: {_check_text(r['check'])}", file=sys.stderr)
-    return 1 if bad else 0
+    errors = [r for r in result["results"] if r.get("status") == "error"]
+    for r in errors:
+        print(f"ERROR: {r['peer']} {r['mode']} at B={r['B']} T={r['T']} D={r['D']} H={r['H']} did not run: "
+              f"{r['reason']}", file=sys.stderr)
+    return 1 if bad or errors else 0

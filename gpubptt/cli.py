@@ -41,12 +41,12 @@ def cmd_info(args):
     print(f"gpubptt {__version__}")
     print(f"Python {platform.python_version()}, NumPy {_version('numpy')}, Numba {_version('numba')}, "
           f"numba-cuda {_version('numba-cuda')}, CuPy {_version('cupy-cuda13x', 'cupy-cuda12x', 'cupy')}")
-    requested, source = requested_backend("auto")
     try:
+        requested, source = requested_backend("auto")
         be = resolve("auto", on_device=False)
         print(f"backend: {be.name} ({be.reason})" if requested == "auto" else f"backend: {be.name} ({source})")
-    except ValueError as e:
-        print(f"backend: unavailable ({source}): {e}")
+    except ValueError as e:  # GPUBPTT_BACKEND names no backend, or one that cannot run here (it says which)
+        print(f"backend: unavailable: {e}")
     dev = device_description()
     print(f"GPU: {dev[0]}, compute capability {dev[1][0]}.{dev[1][1]}" if dev else "GPU: none found")
     return 0

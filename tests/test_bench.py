@@ -214,6 +214,8 @@ def test_shapes_parse():
     (dict(output_size=0), "output_size"),
     (dict(reference_budget_s=0), "reference_budget_s"),
     (dict(settle_s=-1), "settle_s"),
+    (dict(settle_s=float("inf")), "settle_s"),
+    (dict(reference_budget_s=float("nan")), "reference_budget_s"),
     (dict(retries=-1), "retries"),
     (dict(clock="tsc"), "clock"),
     (dict(clock="cpu", threads=2), "clock"),
@@ -239,6 +241,7 @@ def test_shapes_of_the_wrong_type_raise_type_error():
     (["--backend", "cpu,gpu"], "--backend"),
     (["--dtype", "int8"], "--dtype"),
     (["--settle", "-0.5"], "--settle"),
+    (["--settle", "inf"], "--settle"),
     (["--retries", "x"], "--retries"),
     (["--clock", "gpu"], "--clock"),
     (["--warmup", "-1"], "--warmup"),
@@ -248,6 +251,20 @@ def test_bad_command_line_arguments_are_argparse_errors(argv, name, capsys):
         main(["bench", "--quick"] + argv)
     assert e.value.code == 2
     assert f"argument {name}" in capsys.readouterr().err
+
+
+def test_options_that_do_not_go_together_are_usage_errors(capsys):
+    assert main(["bench", "--quick", "--backend", "cpu", "--clock", "cpu", "--threads", "2"]) == 2
+    assert "gpubptt bench: error: clock: 'cpu' sums the CPU time of every thread" in capsys.readouterr().err
+
+
+def test_a_peer_that_fails_to_run_makes_the_exit_status_1(monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise RuntimeError("the kernel crashed")
+
+    monkeypatch.setattr(bench, "_timed_block", broken)
+    assert main(["bench", "--quick", "--backend", "cpu", "--mode", "fwd", "--shapes", "1x2x2x2"]) == 1
+    assert "ERROR: cpu fwd at B=1 T=2 D=2 H=2 did not run: RuntimeError: the kernel crashed" in capsys.readouterr().err
 
 
 def test_a_block_disturbed_by_other_processes_is_timed_again_and_marked(monkeypatch):

@@ -25,6 +25,18 @@ def test_info_reports_the_environment_override(capsys, monkeypatch):
     assert "backend: reference (GPUBPTT_BACKEND=reference)" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("value,says", [
+    ("bogus", "backend: unavailable: GPUBPTT_BACKEND: expected one of 'auto', 'reference', 'cpu', 'cuda', got 'bogus'"),
+    ("cuda", "backend: unavailable: GPUBPTT_BACKEND=cuda is not available: "),  # no GPU, no simulator here
+])
+def test_info_reports_an_override_that_cannot_be_used(capsys, monkeypatch, value, says):
+    """info is where a wrong GPUBPTT_BACKEND is looked for: it says what is wrong and goes on."""
+    monkeypatch.setenv("GPUBPTT_BACKEND", value)
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert says in out and "GPU: none found" in out
+
+
 def test_check_cpu_passes_and_prints_errors_per_gradient(capsys):
     assert main(["check", "--backend", "cpu", "--dtype", "float64", "--cell", "tanh"]) == 0
     out = capsys.readouterr().out

@@ -233,10 +233,10 @@ class Text(Task):
             )
 
     def encode(self, s):
-        return np.array([self.index[c] for c in s], np.int64)
+        return encode(s, self.index)
 
     def one_hot(self, codes):
-        return np.eye(self.input_size, dtype=self.dtype)[codes]
+        return one_hot(codes, self.input_size, self.dtype)
 
     def _make(self, rng, B):
         T = self.seq_len
@@ -290,6 +290,16 @@ def read_text(path):
     except UnicodeDecodeError as e:
         raise ValueError(f"text: {path} is not UTF-8 text (invalid byte at offset {e.start})") from None
     return path, text, hashlib.sha256(data).hexdigest()
+
+
+def encode(s, index):
+    """The codes [len(s)] of the characters of ``s`` ({character: code})."""
+    return np.array([index[c] for c in s], np.int64)
+
+
+def one_hot(codes, size, dtype):
+    """codes [...] -> one-hot vectors [..., size] of ``dtype``."""
+    return np.eye(size, dtype=dtype)[codes]
 
 
 def make_task(name, seq_len=None, delay=None, text=None, dtype=np.float32, vocab=None):

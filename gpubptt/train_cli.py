@@ -67,8 +67,9 @@ def add_sample_arguments(p):
     p.add_argument("checkpoint", metavar="DIR", help="run directory of a text model (gpubptt train --task text)")
     p.add_argument("--length", type=int, default=200, help="characters to generate (default 200)")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default 1.0)")
-    p.add_argument("--prime", help="text to start from (default: one character drawn from the training text)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prime", help="text to start from (default: one character drawn from the training text's "
+                                    "frequencies, which needs the training text; with a prime the checkpoint is enough)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
     p.add_argument("--backend", choices=BACKENDS, default="auto")
 
 

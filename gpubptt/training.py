@@ -41,7 +41,7 @@ from .losses import LOSSES
 from .model import RNN
 from .optim import OPTIMIZERS, Optimizer, make_optimizer
 from .report import Clock, MetricsLog, Progress, finite_or_none, plot
-from .tasks import TASKS, Task, make_task, task_from_config
+from .tasks import TASKS, Task, encode, make_task, one_hot, task_from_config
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "training.png"
@@ -640,6 +640,13 @@ def load_model(directory, backend="auto"):
     ``train`` settings). The checkpoint is read, never changed; a missing or damaged one raises
     ``gpubptt.checkpoint.CheckpointError`` (a ValueError) naming the file.
     """
+    model, meta = _load_trained(directory, backend)
+    task = task_from_config(meta["task"], dtype=model.params["Wy"].dtype) if meta["task"] else None
+    return Loaded(model, task, meta)
+
+
+def _load_trained(directory, backend):
+    """(model holding the checkpoint's parameters, the checkpoint's metadata): ``load_model`` without the task."""
     arrays, meta = ckpt.load(directory, "directory")
     model = build_model(meta["model"], backend=backend)
     for k, p in model.params.items():
@@ -647,44 +654,51 @@ def load_model(directory, backend="auto"):
         if saved is None or saved.shape != p.shape:
             raise ckpt.CheckpointError(f"checkpoint {ckpt.path_in(directory)}: params[{k!r}] is missing or misshapen")
         p[...] = saved
-    task = task_from_config(meta["task"], dtype=model.params["Wy"].dtype) if meta["task"] else None
-    return Loaded(model, task, meta)
+    return model, meta
 
 
 def sample_text(directory, length=200, temperature=1.0, prime=None, seed=0, backend="auto"):
     """Generate ``length`` characters from the text model checkpointed in ``directory``.
 
     prime: text to run through the model first (its characters must be in the vocabulary; default
-    one character drawn from the training text's frequencies). Each next character is drawn from
-    softmax(z / temperature), z the model's output before softmax. Returns the prime + the sample.
+    one character drawn from the training text's frequencies, which reads the training text: with a
+    prime the checkpoint alone is enough). Each next character is drawn from softmax(z / temperature),
+    z the model's output before softmax. Returns the prime + the sample.
     """
     length = check_int("length", length)
     temperature = check_threshold("temperature", temperature, allow_none=False)
-    model, task, meta = load_model(directory, backend=backend)
+    seed = check_int("seed", seed, low=0)
+    model, meta = _load_trained(directory, backend)
     if meta["task"] is None or meta["task"]["name"] != "text":
         name = meta["task"]["name"] if meta["task"] else "a list of batches"
         raise ValueError(f"sample: the checkpoint in {directory} was trained on {name}; sampling needs a text model")
     if model.bidirectional:
         raise ValueError(f"sample: the model in {directory} is bidirectional; generating text needs a model that "
                          "reads left to right only")
+    vocab, dtype = meta["task"]["vocab"], model.params["Wy"].dtype
     rng = np.random.default_rng(seed)
     if prime is None:
-        counts = np.bincount(task.train_codes, minlength=task.output_size)
-        prime = task.vocab[rng.choice(task.output_size, p=counts / counts.sum())]
+        try:
+            train_codes = task_from_config(meta["task"], dtype=dtype).train_codes
+        except ValueError as e:
+            raise ValueError(f"{e} (the default prime is drawn from the training text's character frequencies; "
+                             "give a prime to sample without it)") from None
+        counts = np.bincount(train_codes, minlength=len(vocab))
+        prime = vocab[rng.choice(len(vocab), p=counts / counts.sum())]
     if not isinstance(prime, str) or not prime:
         raise ValueError(f"prime: expected a non-empty string, got {prime!r}")
-    unknown = sorted(set(prime) - set(task.vocab))
+    unknown = sorted(set(prime) - set(vocab))
     if unknown:
         raise ValueError(f"prime: characters not in the model's vocabulary: {''.join(unknown)!r}")
     runner = _Window(model, "cross_entropy", None)
     state, out = None, list(prime)
-    x = task.one_hot(task.encode(prime))[:, None, :]
+    x = one_hot(encode(prime, {c: i for i, c in enumerate(vocab)}), len(vocab), dtype)[:, None, :]
     for _ in range(length):
         Y, state = runner.forward(x, state)
         Y = to_host(Y)[-1, 0].astype(np.float64)
         logits = np.log(np.maximum(Y, 1e-300)) / temperature
         p = np.exp(logits - logits.max())
-        code = rng.choice(task.output_size, p=p / p.sum())
-        out.append(task.vocab[code])
-        x = task.one_hot(np.array([code]))[:, None, :]
+        code = rng.choice(len(vocab), p=p / p.sum())
+        out.append(vocab[code])
+        x = one_hot(np.array([code]), len(vocab), dtype)[:, None, :]
     return "".join(out)

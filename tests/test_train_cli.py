@@ -69,10 +69,19 @@ def test_sample_command(tmp_path, capsys, text_file):
     assert main(["sample", out, "--length", "20", "--prime", "the ", "--seed", "2"]) == 0
     text = capsys.readouterr().out.rstrip("\n")
     assert text.startswith("the ") and len(text) == 24
+    assert main(["sample", out, "--seed", "-1"]) == 2
+    assert "gpubptt sample: error: seed: expected an integer >= 0, got -1" in capsys.readouterr().err
     assert main(["sample", out, "--prime", "XYZ"]) == 2
     assert "gpubptt sample: error: prime: characters not in the model's vocabulary: 'XYZ'" in capsys.readouterr().err
     assert main(["sample", str(tmp_path / "nothing")]) == 2
     assert f"gpubptt sample: error: directory: {tmp_path / 'nothing'} holds no checkpoint" in capsys.readouterr().err
+    # with a prime the checkpoint alone is enough: the same text once the training file is gone
+    text_file.rename(tmp_path / "moved.txt")
+    assert main(["sample", out, "--length", "20", "--prime", "the ", "--seed", "2"]) == 0
+    assert capsys.readouterr().out.rstrip("\n") == text
+    assert main(["sample", out]) == 2  # the default prime is drawn from the training text's frequencies
+    assert "(the default prime is drawn from the training text's character frequencies; give a prime to sample " \
+           "without it)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args,message", [

@@ -176,7 +176,13 @@ def run_train(args):
     except FloatingPointError as e:  # the options were fine; the run diverged
         print(f"gpubptt train: error: {e}", file=sys.stderr)
         return 1
-    summary = f"trained {result.steps} steps in {result.seconds:.1f} s"
+    done = result.steps - result.resumed_from
+    if not done:
+        summary = f"nothing to train: the checkpoint is at step {result.steps} already (raise --steps to go on)"
+    elif result.resumed_from:
+        summary = f"trained {done} steps (steps {result.resumed_from + 1} to {result.steps}) in {result.seconds:.1f} s"
+    else:
+        summary = f"trained {done} steps in {result.seconds:.1f} s"
     if result.skipped:
         summary += f" ({result.skipped} skipped: non-finite gradients)"
     if result.test:

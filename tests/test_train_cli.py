@@ -50,12 +50,22 @@ def test_tbptt_and_resume_from_the_command_line(tmp_path, capsys):
     base = ["train", "--task", "sine", "--seq-len", "8", "--hidden", "4", "--batch", "2", "--backend", "cpu",
             "--quiet", "--tbptt", "4", "4"]
     assert main([*base, "--steps", "3", "--out", out]) == 0
+    capsys.readouterr()
     assert main(["train", "--resume", out, "--steps", "5", "--quiet"]) == 0
+    assert "trained 2 steps (steps 4 to 5) in " in capsys.readouterr().out
     assert ckpt.load(out)[1]["step"] == 5
     assert ckpt.load(out)[1]["train"]["tbptt"] == [4, 4]
-    records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    metrics = open(os.path.join(out, "metrics.jsonl")).read()
+    records = [json.loads(line) for line in metrics.splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5]
-    capsys.readouterr()
+    saved = open(ckpt.path_in(out), "rb").read()
+    # resumed at its total: nothing trained, nothing appended or rewritten, and it says so
+    assert main(["train", "--resume", out, "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "nothing to train: the checkpoint is at step 5 already (raise --steps to go on)" in printed
+    assert "; test mse " in printed and f"checkpoint: {ckpt.path_in(out)}" in printed
+    assert open(os.path.join(out, "metrics.jsonl")).read() == metrics
+    assert open(ckpt.path_in(out), "rb").read() == saved
     assert main(["train", "--resume", out, "--hidden", "8", "--steps", "7", "--seed", "3"]) == 2
     err = capsys.readouterr().err
     assert "gpubptt train: error: --resume" in err and "options differ from the checkpoint" in err

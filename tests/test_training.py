@@ -146,7 +146,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, stop, structure)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
     resumed_model = small_model(seed=99, dtype=np.float32, **structure)  # other weights: the checkpoint's win
     second = train(resumed_model, task, 10, out=tmp_path / "b", resume=True, **common)
-    assert second.steps == 10 and not second.interrupted
+    assert second.steps == 10 and second.resumed_from == stop and full.resumed_from == 0 and not second.interrupted
     assert params_equal(resumed_model.params, straight.params)
     a, b = ckpt.load(tmp_path / "a"), ckpt.load(tmp_path / "b")
     for k in a[0]:
@@ -157,7 +157,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, stop, structure)
 
 def test_ctrl_c_without_out_stops_cleanly():
     m = small_model()
-    r = train(m, "sine" if False else gpubptt.tasks.make_task("sine", seq_len=6, dtype=np.float64), 50,
+    r = train(m, gpubptt.tasks.make_task("sine", seq_len=6, dtype=np.float64), 50,
               batch_size=2, progress=False, callback=_interrupt_at(2))
     assert r.interrupted and r.steps == 2 and r.checkpoint is None
 

@@ -2,13 +2,15 @@
 
 cli.py registers the subcommands and calls ``run_train``/``run_sample``; everything else is here.
 Options left out take the defaults in ``DEFAULTS``, or, with ``--resume DIR``, the checkpoint's
-values. Given with ``--resume``, options that define the model, the task or the data stream must
-agree with the checkpoint (an error names the difference); the learning rate, the clipping
-thresholds, ``--steps`` (the total to reach), the evaluation and checkpoint intervals and the backend
-may change. Errors in the options print ``gpubptt <command>: error: ...`` and exit with status 2;
-a run that diverges (an update overflows the parameters) exits with status 1; an interrupted run
-(Ctrl-C) saves its checkpoint and exits with status 130.
+values. Given with ``--resume``, options that define the model, the task, the data stream or the
+optimizer (its momentum too) must agree with the checkpoint (an error names the difference); the
+learning rate, the clipping thresholds (``off`` removes one), ``--steps`` (the total to reach), the
+evaluation and checkpoint intervals and the backend may change. Errors in the options print
+``gpubptt <command>: error: ...`` and exit with status 2; a run that diverges (an update overflows the
+parameters) exits with status 1; an interrupted run (Ctrl-C) saves its checkpoint and exits with
+status 130.
 """
+import argparse
 import os
 import sys
 
@@ -43,9 +45,10 @@ def add_train_arguments(p):
     p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default {DEFAULTS['optimizer']}")
     p.add_argument("--momentum", type=float, help="SGD momentum (default 0)")
     p.add_argument("--nesterov", action="store_true", default=None, help="SGD with Nesterov momentum")
-    p.add_argument("--clip-norm", type=float, metavar="C", help="global-norm gradient clipping threshold")
-    p.add_argument("--clip-value", type=float, metavar="C", help="element-wise gradient clipping to [-C, C]")
-    p.add_argument("--clip-step", type=float, metavar="C", help="per-time-step clipping inside BPTT")
+    p.add_argument("--clip-norm", type=_clip_arg, metavar="C", help="global-norm gradient clipping threshold "
+                   "('off': none, e.g. on --resume; so for the other clips)")
+    p.add_argument("--clip-value", type=_clip_arg, metavar="C", help="element-wise gradient clipping to [-C, C]")
+    p.add_argument("--clip-step", type=_clip_arg, metavar="C", help="per-time-step clipping inside BPTT")
     p.add_argument("--tbptt", type=int, nargs=2, metavar=("K1", "K2"),
                    help="truncated BPTT: update every K1 steps, backpropagating K2 >= K1 steps (default: full BPTT)")
     p.add_argument("--backend", choices=BACKENDS, help="default auto")
@@ -61,6 +64,19 @@ def add_train_arguments(p):
     p.add_argument("--eval-every", type=int, metavar="N", help="test evaluation every N steps (default steps/10)")
     p.add_argument("--log-every", type=int, metavar="N", help="metrics read back and logged every N steps (default 10)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+OFF = "off"  # a clipping option given as 'off': none, whatever a resumed checkpoint had
+
+
+def _clip_arg(text):
+    """argparse type: a number (checked by train) or 'off'."""
+    if text == OFF:
+        return OFF
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'off', got {text!r}") from None
 
 
 def add_sample_arguments(p):
@@ -82,6 +98,11 @@ def _value(args, name, saved=None):
     if v is not None:
         return v
     return saved if saved is not None else DEFAULTS.get(name)
+
+
+def _clip(args, name, saved):
+    v = _value(args, name, saved.get(name))
+    return None if v == OFF else v
 
 
 def _fresh(args):
@@ -117,9 +138,11 @@ def _resumed(args):
         saved = saved_model.get(key, 1 if key == "num_layers" else None)
         if given is not None and given != saved:
             conflicts.append(f"--{opt} {given} (the checkpoint has {saved})")
+    hyper = meta["optimizer"]["hyper"]
     for opt, saved in (("task", saved_task["name"]), ("seq_len", saved_task["seq_len"]),
                        ("delay", saved_task.get("delay")), ("batch", saved_train["batch_size"]),
-                       ("seed", saved_train["seed"]), ("optimizer", meta["optimizer"]["name"])):
+                       ("seed", saved_train["seed"]), ("optimizer", meta["optimizer"]["name"]),
+                       ("momentum", hyper.get("momentum")), ("nesterov", hyper.get("nesterov"))):
         given = getattr(args, opt)
         if given is not None and given != saved:
             conflicts.append(f"--{opt.replace('_', '-')} {given} (the checkpoint has {saved})")
@@ -163,9 +186,8 @@ def run_train(args):
         result = train(
             model, task, steps, batch_size=_value(args, "batch", saved.get("batch")), optimizer=optimizer,
             lr=_value(args, "lr", saved.get("lr")), optimizer_options=options,
-            clip_norm=_value(args, "clip_norm", saved.get("clip_norm")),
-            clip_value=_value(args, "clip_value", saved.get("clip_value")),
-            clip_step=_value(args, "clip_step", saved.get("clip_step")),
+            clip_norm=_clip(args, "clip_norm", saved), clip_value=_clip(args, "clip_value", saved),
+            clip_step=_clip(args, "clip_step", saved),
             tbptt=tuple(tbptt) if tbptt else None, seed=_value(args, "seed", saved.get("seed")), out=out,
             resume=bool(args.resume), checkpoint_every=_value(args, "checkpoint_every"), eval_every=eval_every,
             log_every=_value(args, "log_every"), progress=not args.quiet,

@@ -72,6 +72,23 @@ def test_tbptt_and_resume_from_the_command_line(tmp_path, capsys):
     assert "--hidden 8 (the checkpoint has 4)" in err and "--seed 3 (the checkpoint has 0)" in err
 
 
+def test_resume_can_switch_clipping_off_but_not_change_the_optimizer(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(["train", "--task", "sine", "--seq-len", "5", *TINY, "--optimizer", "sgd", "--momentum", "0.9",
+                 "--nesterov", "--clip-norm", "1", "--clip-value", "3", "--clip-step", "2", "--out", out]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", out, "--steps", "5", "--momentum", "0", "--quiet"]) == 2
+    assert "--momentum 0.0 (the checkpoint has 0.9)" in capsys.readouterr().err
+    assert main(["train", "--resume", out, "--steps", "5", "--clip-norm", "off", "--clip-step", "off", "--quiet"]) == 0
+    meta = ckpt.load(out)[1]
+    assert (meta["step"], meta["train"]["clip_norm"], meta["train"]["clip_value"], meta["train"]["clip_step"]) \
+        == (5, None, 3.0, None)  # the clip not named keeps the checkpoint's value
+    assert meta["optimizer"]["hyper"]["momentum"] == 0.9 and meta["optimizer"]["hyper"]["nesterov"] is True
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--resume", out, "--clip-norm", "of"])
+    assert e.value.code == 2 and "argument --clip-norm: expected a number or 'off', got 'of'" in capsys.readouterr().err
+
+
 def test_sample_command(tmp_path, capsys, text_file):
     out = str(tmp_path / "run")
     assert main(["train", "--task", "text", "--text", str(text_file), "--seq-len", "10", *TINY, "--out", out]) == 0

@@ -22,6 +22,8 @@ def _prepare_output_file(option, path):
     directory is created when missing; an error message naming ``option``, or None."""
     from .checkpoint import check_directory
 
+    if not path:
+        return f"{option}: expected a file name, got {path!r}"
     if os.path.isdir(path):
         return f"{option}: {path} is a directory, expected a file name"
     parent = os.path.dirname(os.path.abspath(path))
@@ -133,11 +135,15 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     for attr in getattr(args, "output_files", ()):
         path = getattr(args, attr)
-        error = path and _prepare_output_file("--" + attr, path)
+        error = path is not None and _prepare_output_file("--" + attr, path)
         if error:
             print(f"gpubptt {args.command}: error: {error}", file=sys.stderr)
             return 2
-    return args.func(args)
+    try:
+        return args.func(args)
+    except MemoryError as e:  # sizes past this machine's memory (NumPy says how much it wanted)
+        print(f"gpubptt {args.command}: error: out of memory: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

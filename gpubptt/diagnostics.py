@@ -25,6 +25,7 @@ How the backends get them:
 The state S is h; for LSTM the step's state is the pair (h, c), so the reference's Jacobians are
 2H×2H, and the cell state gets its own norm (see ``Contributions.dc_norm``).
 """
+import argparse
 import math
 import numbers
 import os
@@ -38,6 +39,7 @@ from .arrays import check_int, to_host
 from .losses import loss_and_output_grad, loss_mask
 from .model import _Call
 from .params import gates, layer_suffixes
+from .report import FIGURE_FORMATS, save_figure
 
 WEIGHTS = ("Wx", "Ws", "bx", "bs")
 GATE_NAMES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
@@ -356,9 +358,16 @@ def _norms(a, xp):
 
 # --- the ``gpubptt diagnose`` command -------------------------------------------------------------
 
+def _figure_path(text):
+    """argparse type: a file name whose extension is one of FIGURE_FORMATS."""
+    if os.path.splitext(text)[1].lower() not in FIGURE_FORMATS:
+        raise argparse.ArgumentTypeError(f"expected a file name ending in {', '.join(FIGURE_FORMATS)}, got {text!r}")
+    return text
+
+
 def plot_profile(result, path, title=""):
     """‖dE_N/dS_i‖ (and LSTM's ‖dE_N/dc_i‖) against N − i on a log scale, with the fitted rate, saved
-    as a PNG at ``path``. Returns (path, None), or (None, note) when matplotlib is not installed."""
+    at ``path`` (PNG, or PDF or SVG by its extension). Returns (path, None), or (None, note) when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -386,10 +395,7 @@ def plot_profile(result, path, title=""):
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
     return path, None
 
 
@@ -412,7 +418,8 @@ def add_arguments(p):
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--dtype", default="float64", choices=("float32", "float64"),
                    help="float64 (default) keeps norms far below 1e-38 visible")
-    p.add_argument("--out", default=None, metavar="FILE.png", help="write the profile as a PNG (needs matplotlib)")
+    p.add_argument("--out", default=None, type=_figure_path, metavar="FILE.png",
+                   help="write the profile as a figure: .png, .pdf or .svg (needs matplotlib)")
 
 
 def _rows_to_show(N):

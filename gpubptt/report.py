@@ -116,6 +116,21 @@ def _fmt(v):
     return "nan" if v is None else f"{v:.4g}"
 
 
+FIGURE_FORMATS = (".png", ".pdf", ".svg")
+
+
+def save_figure(fig, path):
+    """Save a matplotlib figure at ``path`` in the format its extension names (one of FIGURE_FORMATS;
+    PNG otherwise), through a temporary file moved into place, and close it."""
+    import matplotlib.pyplot as plt
+
+    ext = os.path.splitext(path)[1].lower()
+    tmp = path + ".tmp"
+    fig.savefig(tmp, format=ext[1:] if ext in FIGURE_FORMATS else "png", dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def plot(records, path, title="", clip_norm=None):
     """Loss per step (with test evaluations) and gradient norm against step, saved as a PNG at
     ``path`` (written to a temporary file first, then moved). Returns (path, None), or (None, note)
@@ -154,10 +169,7 @@ def plot(records, path, title="", clip_norm=None):
     ax2.set_ylabel("‖g‖")
     ax2.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
     return path, None
 
 

@@ -125,6 +125,8 @@ def _resumed(args):
     from .tasks import task_from_config
     from .training import build_model
 
+    if not args.resume:
+        raise UsageError("--resume: expected the run directory to continue, got ''")
     _, meta = ckpt.load(args.resume)
     if args.out is not None and os.path.abspath(args.out) != os.path.abspath(args.resume):
         raise UsageError(f"--out: a resumed run writes to its own directory {args.resume}, got --out {args.out}")
@@ -169,7 +171,7 @@ def run_train(args):
     from .training import train
 
     try:
-        model, task, out, saved = _resumed(args) if args.resume else _fresh(args)
+        model, task, out, saved = _resumed(args) if args.resume is not None else _fresh(args)
         steps = _value(args, "steps", saved.get("steps"))
         optimizer = _value(args, "optimizer", saved.get("optimizer"))
         momentum = _value(args, "momentum", saved.get("momentum"))
@@ -189,7 +191,7 @@ def run_train(args):
             clip_norm=_clip(args, "clip_norm", saved), clip_value=_clip(args, "clip_value", saved),
             clip_step=_clip(args, "clip_step", saved),
             tbptt=tuple(tbptt) if tbptt else None, seed=_value(args, "seed", saved.get("seed")), out=out,
-            resume=bool(args.resume), checkpoint_every=_value(args, "checkpoint_every"), eval_every=eval_every,
+            resume=args.resume is not None, checkpoint_every=_value(args, "checkpoint_every"), eval_every=eval_every,
             log_every=_value(args, "log_every"), progress=not args.quiet,
         )
     except (ValueError, TypeError) as e:

@@ -146,12 +146,34 @@ def test_an_output_file_that_cannot_be_written_is_refused_before_the_work(argv, 
     monkeypatch.setattr(gpubptt.diagnostics, "main", must_not_run)
     blocker = tmp_path / "a-file"
     blocker.write_text("keep")
-    for path, fragment in ((tmp_path, "is a directory, expected a file name"),
-                           (blocker / "out.json", "is a file, expected a directory")):
+    (tmp_path / "a-dir.png").mkdir()
+    for path, fragment in ((tmp_path / "a-dir.png", "is a directory, expected a file name"),
+                           (blocker / "out.png", "is a file, expected a directory"),
+                           ("", "expected a file name, got ''")):
+        if argv[0] == "diagnose" and not path:  # argparse's check of the extension comes first
+            with pytest.raises(SystemExit, match="2"):
+                main(argv + [""])
+            assert "argument --out: expected a file name ending in .png" in capsys.readouterr().err
+            continue
         assert main(argv + [str(path)]) == 2
         err = capsys.readouterr().err
         assert f"error: {option}: " in err and fragment in err
     assert blocker.read_text() == "keep"
+
+
+def test_diagnose_writes_the_figure_in_the_format_its_name_gives(capsys, tmp_path):
+    for name, head in (("p.svg", b"<?xml"), ("p.pdf", b"%PDF"), ("p.png", b"\x89PNG")):
+        assert main(["diagnose", "--seq-len", "5", "--out", str(tmp_path / name)]) == 0
+        assert (tmp_path / name).read_bytes().startswith(head)
+    with pytest.raises(SystemExit) as e:
+        main(["diagnose", "--out", str(tmp_path / "p.txt")])
+    assert e.value.code == 2
+    assert "argument --out: expected a file name ending in .png, .pdf, .svg, got" in capsys.readouterr().err
+
+
+def test_sizes_past_the_memory_are_an_error_not_a_traceback(capsys):
+    assert main(["diagnose", "--hidden", "100000000", "--seq-len", "2"]) == 1
+    assert "gpubptt diagnose: error: out of memory: Unable to allocate" in capsys.readouterr().err
 
 
 def test_an_output_file_in_a_new_directory_is_written(capsys, tmp_path):

@@ -155,6 +155,8 @@ def test_a_diverging_run_exits_1_with_the_reason(tmp_path, capsys):
 def test_task_is_required_without_resume(capsys):
     assert main(["train", "--quiet"]) == 2
     assert "--task: required (one of sine, adding, copy, text) unless --resume DIR is given" in capsys.readouterr().err
+    assert main(["train", "--resume", "", "--quiet"]) == 2
+    assert "gpubptt train: error: --resume: expected the run directory to continue, got ''" in capsys.readouterr().err
 
 
 def test_out_that_is_a_file_and_an_occupied_out(tmp_path, capsys):

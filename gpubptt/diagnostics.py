@@ -367,7 +367,8 @@ def _figure_path(text):
 
 def plot_profile(result, path, title=""):
     """‖dE_N/dS_i‖ (and LSTM's ‖dE_N/dc_i‖) against N − i on a log scale, with the fitted rate, saved
-    at ``path`` (PNG, or PDF or SVG by its extension). Returns (path, None), or (None, note) when matplotlib is not installed."""
+    at ``path`` (PNG, or PDF or SVG by its extension). Returns (path, None), or (None, note) when
+    matplotlib is not installed."""
     try:
         import matplotlib
 

@@ -105,12 +105,17 @@ def _whose_weight(G):
     return f": [{gate_rows(G)},H] is the weight of cell={' or '.join(map(repr, cells))}"
 
 
+def _has_bias(keys):
+    """Whether any key is a recurrent bias (bx, bs under any suffix)."""
+    return any(isinstance(k, str) and k[:2] in ("bx", "bs") for k in keys)
+
+
 def _structure_hint(keys):
     """'; these keys are those of num_layers=L, bidirectional=...' when the keys' suffixes say so."""
     layers = [int(m.group(1)) for k in keys if isinstance(k, str) for m in [re.search(r"_l(\d+)(_reverse)?$", k)] if m]
     num_layers = max(layers) + 1 if layers else 1
     bidirectional = any(isinstance(k, str) and k.endswith("_reverse") for k in keys)
-    has_bias = any(isinstance(k, str) and k[:2] in ("bx", "bs") for k in keys)
+    has_bias = _has_bias(keys)
     if set(param_shapes(1, 1, 1, "tanh", num_layers, bidirectional, has_bias)) != keys:
         return ""
     return f"; these keys are those of num_layers={num_layers}, bidirectional={bidirectional}"
@@ -123,7 +128,7 @@ def check_params(params, cell="tanh", num_layers=1, bidirectional=False, checks=
         raise TypeError(f"params: expected a dict of arrays, got {type(params).__name__}")
     keys = set(params)
     first = key_suffix(0, 0, num_layers, bidirectional)
-    has_bias = any(isinstance(k, str) and k[:2] in ("bx", "bs") for k in keys)  # any suffix
+    has_bias = _has_bias(keys)
     expected = list(param_shapes(1, 1, 1, cell, num_layers, bidirectional, has_bias))
     missing = [k for k in expected if k not in keys]
     unknown = sorted(keys - set(expected), key=repr)  # keys may not all be str

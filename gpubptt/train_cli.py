@@ -45,10 +45,11 @@ def add_train_arguments(p):
     p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default {DEFAULTS['optimizer']}")
     p.add_argument("--momentum", type=float, help="SGD momentum (default 0)")
     p.add_argument("--nesterov", action="store_true", default=None, help="SGD with Nesterov momentum")
-    p.add_argument("--clip-norm", type=_clip_arg, metavar="C", help="global-norm gradient clipping threshold "
-                   "('off': none, e.g. on --resume; so for the other clips)")
-    p.add_argument("--clip-value", type=_clip_arg, metavar="C", help="element-wise gradient clipping to [-C, C]")
-    p.add_argument("--clip-step", type=_clip_arg, metavar="C", help="per-time-step clipping inside BPTT")
+    p.add_argument("--clip-norm", type=_clip_arg, metavar="C",
+                   help="global-norm gradient clipping threshold, or off (to drop a checkpoint's on --resume)")
+    p.add_argument("--clip-value", type=_clip_arg, metavar="C",
+                   help="element-wise gradient clipping to [-C, C], or off")
+    p.add_argument("--clip-step", type=_clip_arg, metavar="C", help="per-time-step clipping inside BPTT, or off")
     p.add_argument("--tbptt", type=int, nargs=2, metavar=("K1", "K2"),
                    help="truncated BPTT: update every K1 steps, backpropagating K2 >= K1 steps (default: full BPTT)")
     p.add_argument("--backend", choices=BACKENDS, help="default auto")
@@ -84,7 +85,7 @@ def add_sample_arguments(p):
     p.add_argument("--length", type=int, default=200, help="characters to generate (default 200)")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default 1.0)")
     p.add_argument("--prime", help="text to start from (default: one character drawn from the training text's "
-                                    "frequencies, which needs the training text; with a prime the checkpoint is enough)")
+                                    "frequencies, which reads that file; with a prime the checkpoint is enough)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
     p.add_argument("--backend", choices=BACKENDS, default="auto")
 
@@ -191,8 +192,8 @@ def run_train(args):
             clip_norm=_clip(args, "clip_norm", saved), clip_value=_clip(args, "clip_value", saved),
             clip_step=_clip(args, "clip_step", saved),
             tbptt=tuple(tbptt) if tbptt else None, seed=_value(args, "seed", saved.get("seed")), out=out,
-            resume=args.resume is not None, checkpoint_every=_value(args, "checkpoint_every"), eval_every=eval_every,
-            log_every=_value(args, "log_every"), progress=not args.quiet,
+            resume=args.resume is not None, checkpoint_every=_value(args, "checkpoint_every"),
+            eval_every=eval_every, log_every=_value(args, "log_every"), progress=not args.quiet,
         )
     except (ValueError, TypeError) as e:
         print(f"gpubptt train: error: {e}", file=sys.stderr)

@@ -51,9 +51,10 @@ PLOT_FILE = "training.png"
 class TrainResult:
     """What ``train`` did. ``steps``: optimizer steps done in all (a resumed run counts the earlier
     ones); ``resumed_from``: the step a resumed run started at (0 otherwise; a run resumed at its
-    total trains nothing, and logs and saves nothing); ``loss``/``grad_norm``: of the last step; ``skipped``: steps skipped for non-finite
-    gradients; ``test``/``baseline``: the last test metrics and the task's baseline (None without a
-    task); ``checkpoint``/``plot``: paths written (None if none); ``note``: why a plot is missing."""
+    total trains nothing, and logs and saves nothing); ``loss``/``grad_norm``: of the last step;
+    ``skipped``: steps skipped for non-finite gradients; ``test``/``baseline``: the last test metrics
+    and the task's baseline (None without a task); ``checkpoint``/``plot``: paths written (None if
+    none); ``note``: why a plot is missing."""
 
     steps: int
     resumed_from: int = 0
@@ -589,8 +590,9 @@ class Trainer:
         steps_records = [r for r in self.records if "loss" in r]
         last = steps_records[-1] if steps_records else {}
         return TrainResult(
-            steps=self.step, resumed_from=self.first_step, loss=last.get("loss"), grad_norm=last.get("grad_norm"), skipped=self.skipped,
-            interrupted=interrupted, test=self.last_test, baseline=self.task.baseline if self.task else None,
+            steps=self.step, resumed_from=self.first_step, loss=last.get("loss"), grad_norm=last.get("grad_norm"),
+            skipped=self.skipped, interrupted=interrupted, test=self.last_test,
+            baseline=self.task.baseline if self.task else None,
             out=self.out, checkpoint=path, plot=plot_path, note=note, seconds=self.clock.elapsed(),
             history=self.records,
         )

@@ -122,12 +122,13 @@ def test_flops_and_memory_bound_on_a_hand_computed_case():
     assert bench.memory_lower_bound(2, 3, 4, 5, 1, "lstm", 4) == 4 * (180 + 6 + 80 + 100 + 40 + 5 + 1 + 24 + 20)
 
 
-def test_a_wrong_gradient_fails_the_check_and_the_command(monkeypatch, capsys, tmp_path):
+@pytest.mark.parametrize("key,factor", [("Ws", 1.01), ("Wy", np.nan)])  # NaN in a gradient after the first too
+def test_a_wrong_gradient_fails_the_check_and_the_command(monkeypatch, capsys, tmp_path, key, factor):
     real_backward = engine.backward
 
     def broken_backward(*args, **kwargs):
         grads, ds0 = real_backward(*args, **kwargs)
-        grads["Ws"] = grads["Ws"] * np.float32(1.01)
+        grads[key] = grads[key] * np.float32(factor)
         return grads, ds0
 
     monkeypatch.setattr(engine, "backward", broken_backward)
@@ -137,7 +138,7 @@ def test_a_wrong_gradient_fails_the_check_and_the_command(monkeypatch, capsys, t
     result = json.loads((tmp_path / "b.json").read_text())
     bad = bench.failed_checks(result)
     assert {r["peer"] for r in bad} == {"cpu"}
-    assert all(r["check"]["worst_grad"] == "Ws" for r in bad)
+    assert all(r["check"]["worst_grad"] == key for r in bad)
     assert "FAIL: cpu fwd+bptt" in capsys.readouterr().err
 
 
@@ -151,6 +152,11 @@ def test_a_skipped_reference_is_marked_and_the_oracle_falls_back_to_float64():
         assert "float64" in r["check"]["oracle"] and r["check"]["ok"] is True
     md = bench.to_markdown(result)
     assert "skipped" in md and "budget" in md
+    # in float64 that oracle is the cpu peer's own computation: no check is claimed
+    result = bench.run(quick=True, dtype="float64", backend="reference,cpu", mode="bptt", repeat=1,
+                       reference_budget_s=1e-9)
+    for r in (r for r in result["results"] if r["peer"] == "cpu"):
+        assert r["check"]["ok"] is None and "is this very run" in r["check"]["reason"]
 
 
 def test_the_reference_gets_fewer_repeats_when_its_budget_is_short(monkeypatch):

@@ -1,4 +1,5 @@
 """The ``gpubptt`` command line: ``info`` and ``check``."""
+import math
 import subprocess
 import sys
 
@@ -7,6 +8,7 @@ import pytest
 
 import gpubptt
 from gpubptt.cli import main
+from gpubptt.selfcheck import CPU_SHAPES, SHAPES
 
 
 def test_info_names_versions_backend_and_gpu(capsys):
@@ -35,6 +37,45 @@ def test_info_reports_an_override_that_cannot_be_used(capsys, monkeypatch, value
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert says in out and "GPU: none found" in out
+
+
+def test_check_on_cpu_reaches_its_fast_paths(monkeypatch):
+    """The register-blocked products and the units variant are what the cpu backend runs at most real
+    shapes on an AVX-512 host: the check's CPU_SHAPES must take them, or a bug there would pass."""
+    import numba
+
+    from gpubptt.kernels import cpu_variants
+    from gpubptt.selfcheck import run_check
+
+    if not cpu_variants.register_enabled() or numba.get_num_threads() < 2:
+        pytest.skip("the fast paths need AVX-512 and two threads; this host has not both")
+    taken = {"register": 0, "units": 0}
+    uses_register, units_plan = cpu_variants.uses_register, cpu_variants.units_plan
+
+    def counting_register(Ws):
+        taken["register"] += bool(uses_register(Ws))
+        return uses_register(Ws)
+
+    def counting_units(batch, Ws):
+        plan = units_plan(batch, Ws)
+        taken["units"] += plan is not None
+        return plan
+
+    monkeypatch.setattr(cpu_variants, "uses_register", counting_register)
+    monkeypatch.setattr(cpu_variants, "units_plan", counting_units)
+    assert run_check(backend="cpu", cells=("tanh", "lstm", "gru"), write=lambda line: None)
+    assert taken["register"] > 0 and taken["units"] > 0, taken
+
+
+def test_relative_error_fails_nan_and_mismatched_shapes():
+    """What check and bench compare with: NaN anywhere, a shape or an array count that differs, never pass."""
+    from gpubptt.selfcheck import relative_error
+
+    ones = np.ones(3)
+    assert relative_error(2 * ones, ones) == 1.0
+    assert math.isinf(relative_error(ones, np.ones((4, 3))))  # would broadcast
+    assert math.isinf(relative_error((ones,), (ones, ones)))  # LSTM's dc0 missing
+    assert math.isnan(relative_error((ones, np.array([np.nan, 1, 1])), (ones, ones)))  # NaN in the second of a pair
 
 
 def test_check_cpu_passes_and_prints_errors_per_gradient(capsys):
@@ -95,7 +136,7 @@ def test_check_cpu_lstm_two_layers_bidirectional(capsys):
         assert name in header, header
     assert not any("_l" in column for column in header), header
     rows = [line for line in out.splitlines() if line.startswith("lstm ")]
-    assert len(rows) == 4 and all(line.endswith("  OK") for line in rows), out
+    assert len(rows) == 2 * len(SHAPES + CPU_SHAPES) and all(line.endswith("  OK") for line in rows), out
     assert out.rstrip().endswith("OK: every output and gradient matches the reference")
 
 
@@ -105,7 +146,7 @@ def test_check_cpu_gru(capsys, argv):
     assert main(["check", "--backend", "cpu", *argv]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("gru ")]
-    assert len(rows) == 4 and all(line.endswith("  OK") for line in rows), out
+    assert len(rows) == 2 * len(SHAPES + CPU_SHAPES) and all(line.endswith("  OK") for line in rows), out
     header = _header(out)
     for name in (("Wx*", "Ws*") if "--layers" in argv else ("Wx", "Ws")):
         assert name in header, header

@@ -224,14 +224,22 @@ def check_shapes(shapes):
             raise ValueError(f"shapes: expected (B, T, D, H) with four positive integers, got {s!r}")
     if not out:
         raise ValueError("shapes: expected at least one (B, T, D, H), got none")
-    return [tuple(int(v) for v in s) for s in out]
+    out = [tuple(int(v) for v in s) for s in out]
+    twice = sorted({s for s in out if out.count(s) > 1})
+    if twice:  # the results and their ratios are keyed by the shape
+        raise ValueError(f"shapes: each (B, T, D, H) once, got {', '.join(map(str, twice))} more than once")
+    return out
 
 
 def check_peers(backend):
     """'all', or a comma-separated list (or list) of peers; 'torch' means torch-cpu and torch-cuda."""
+    if not isinstance(backend, (str, list, tuple)):
+        raise TypeError(f"backend: expected a string or a list of peer names, got {type(backend).__name__}")
     names = backend.split(",") if isinstance(backend, str) else list(backend)
+    if not names:
+        raise ValueError("backend: expected at least one peer, got none")
     peers = []
-    for n in (n.strip() for n in names):
+    for n in (n.strip() if isinstance(n, str) else n for n in names):
         if n not in BACKEND_CHOICES:
             raise ValueError(f"backend: expected 'all' or a comma-separated list of "
                              f"{', '.join(map(repr, PEERS + ('torch',)))}, got {n!r}")
@@ -748,7 +756,8 @@ def run(cell="tanh", shapes=None, dtype="float32", threads=None, repeat=None, ba
               reported unavailable with the reason)
     shapes    [(B, T, D, H), ...] or '64x100x64x256,...'; default DEFAULT_SHAPES (QUICK_SHAPES if quick)
     dtype     'float32' or 'float64'
-    threads   CPU threads for Numba, BLAS and PyTorch (None: as they are)
+    threads   CPU threads for Numba and PyTorch (None: as they are); the BLAS libraries' counts are
+              recorded, not set (module docstring)
     repeat    timed runs per entry (default 7, or 2 if quick); the reference may get fewer
     backend   'all' or a comma-separated list of peers: reference, cpu, cuda, torch-cpu, torch-cuda, torch
     mode      'both', 'bptt' (forward + BPTT) or 'fwd' (forward alone)
@@ -757,13 +766,22 @@ def run(cell="tanh", shapes=None, dtype="float32", threads=None, repeat=None, ba
     clock     'wall' (time.perf_counter) or 'cpu' (time.process_time: this process's CPU time, every
               thread; with threads=1 it measures the work and not the waiting, for a busy shared
               machine; GPU peers keep CUDA events)
+    output_size  O, the output layer's width (default 1)
+    warmup    untimed runs before each peer's timed ones (default 1)
+    reference_budget_s  seconds the reference may take per entry: fewer repeats, or skipped (and the
+              check falls back to the cpu backend on float64 copies) when one run would take longer
+    seed      the problem's random weights and data
     log       a function taking one line of progress (None: silent)
     """
     if not isinstance(cell, str) or cell not in KNOWN_CELLS:
         raise ValueError(f"cell: expected one of {', '.join(map(repr, KNOWN_CELLS))}, got {cell!r}")
+    try:
+        dtype = np.dtype(dtype).name  # 'float32', np.float32 and np.dtype('float32') alike
+    except TypeError:
+        pass
     if dtype not in DTYPES:
         raise ValueError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
-    if mode not in MODE_CHOICES:
+    if not isinstance(mode, str) or mode not in MODE_CHOICES:
         raise ValueError(f"mode: expected one of {', '.join(map(repr, MODE_CHOICES))}, got {mode!r}")
     shapes = check_shapes(shapes if shapes is not None else QUICK_SHAPES if quick else DEFAULT_SHAPES)
     repeat = check_int("repeat", repeat if repeat is not None else QUICK_REPEAT if quick else DEFAULT_REPEAT)
@@ -776,7 +794,7 @@ def run(cell="tanh", shapes=None, dtype="float32", threads=None, repeat=None, ba
             or not reference_budget_s > 0:
         raise ValueError(f"reference_budget_s: expected a positive number of seconds, got {reference_budget_s!r}")
     requested = check_peers(backend)
-    if clock not in CLOCKS:
+    if not isinstance(clock, str) or clock not in CLOCKS:
         raise ValueError(f"clock: expected 'wall' or 'cpu', got {clock!r}")
     if clock == "cpu" and threads != 1:
         raise ValueError(f"clock: 'cpu' sums the CPU time of every thread, spinning included: it needs threads=1, "
@@ -787,6 +805,11 @@ def run(cell="tanh", shapes=None, dtype="float32", threads=None, repeat=None, ba
     retries = (0 if quick else DEFAULT_RETRIES) if retries is None else retries
     if isinstance(retries, bool) or not isinstance(retries, (int, np.integer)) or retries < 0:
         raise ValueError(f"retries: expected a non-negative integer, got {retries!r}")
+    seed = check_int("seed", seed, low=0)
+    if log is not None and not callable(log):
+        raise TypeError(f"log: expected a function taking one line, or None, got {type(log).__name__}")
+    if not isinstance(quick, (bool, np.bool_)):
+        raise TypeError(f"quick: expected True or False, got {quick!r}")
     log = log or (lambda line: None)
     modes = MODE_CHOICES[mode]
     tol = TOLERANCE[dtype]
@@ -1322,7 +1345,7 @@ def add_arguments(p):
                    "grid; --quick: tiny shapes)")
     p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--threads", type=positive_int_arg, default=None,
-                   help="CPU threads for Numba, BLAS and PyTorch (default: as they are)")
+                   help="CPU threads for Numba and PyTorch (default: as they are; BLAS's are recorded)")
     p.add_argument("--repeat", type=positive_int_arg, default=None,
                    help=f"timed runs per entry, median reported (default {DEFAULT_REPEAT}; --quick {QUICK_REPEAT})")
     p.add_argument("--backend", type=_backend_arg, default="all", metavar="PEERS",
@@ -1349,8 +1372,8 @@ def add_arguments(p):
 
 
 def main(args):
-    """Run ``gpubptt bench`` from parsed arguments; 0 if every peer ran and every checked one agrees
-    with the oracle, 1 if not, 2 for options that do not go together."""
+    """Run ``gpubptt bench`` from parsed arguments; 0 if something ran and every peer that could run
+    did and agrees with the oracle where checked, 1 if not, 2 for options that do not go together."""
     try:
         result = run(cell=args.cell, shapes=args.shapes, dtype=args.dtype, threads=args.threads, repeat=args.repeat,
                      backend=args.backend, quick=args.quick, output_size=args.output_size, mode=args.mode,
@@ -1378,4 +1401,8 @@ def main(args):
     for r in errors:
         print(f"ERROR: {r['peer']} {r['mode']} at B={r['B']} T={r['T']} D={r['D']} H={r['H']} did not run: "
               f"{r['reason']}", file=sys.stderr)
-    return 1 if bad or errors else 0
+    ran = any(r.get("status") == "ok" for r in result["results"])
+    if not ran:
+        print("ERROR: nothing ran: " + "; ".join(f"{p}: {info['reason']}" for p, info in result["peers"].items()
+                                                 if not info["available"]), file=sys.stderr)
+    return 1 if bad or errors or not ran else 0

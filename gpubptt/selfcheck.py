@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from .arrays import to_host
+from .arrays import check_choice, to_host
 from .backend import resolve
 from .model import bptt, forward
 from .params import CELLS, init_params
@@ -42,9 +42,19 @@ def relative_error(a, ref):
 
 
 def run_check(backend="auto", dtype="float32", cells=CELLS, num_layers=1, bidirectional=False, seed=0, write=print):
-    """Compare ``backend`` with the reference; write one table row per problem; True if all pass."""
-    dtype = np.dtype(dtype)
-    tol = TOLERANCE[dtype.name]
+    """Compare ``backend`` with the reference; write one table row per problem; True if all pass.
+    ``cells``: a cell name or a sequence of them."""
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in TOLERANCE:
+        raise ValueError(f"dtype: expected float32 or float64, got {dtype!r}")
+    dtype = np.dtype(name)
+    tol = TOLERANCE[name]
+    cells = (cells,) if isinstance(cells, str) else tuple(cells)
+    for cell in cells:
+        check_choice("cells", cell, CELLS)
     rng = np.random.default_rng(seed)
     structure = dict(num_layers=num_layers, bidirectional=bidirectional)
     n_states = num_layers * (2 if bidirectional else 1)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from gpubptt import bench, engine
+from gpubptt.backend import cuda_status
 from gpubptt.cli import main
 
 try:
@@ -227,10 +228,35 @@ def test_shapes_parse():
     (dict(clock="cpu", threads=2), "clock"),
     (dict(clock="cpu"), "clock"),
     (dict(warmup=-1), "warmup"),
+    (dict(shapes=[(1, 2, 2, 2), (3, 2, 2, 2), (1, 2, 2, 2)]), r"shapes: each .* once, got \(1, 2, 2, 2\)"),
+    (dict(backend=[]), "backend"),
+    (dict(mode=["fwd"]), "mode"),
+    (dict(clock=["wall"]), "clock"),
+    (dict(seed=-1), "seed"),
 ])
 def test_bad_arguments_raise_naming_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
         bench.run(quick=True, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs,name", [(dict(backend=None), "backend"), (dict(log=5), "log"),
+                                         (dict(quick="no"), "quick")])
+def test_arguments_of_the_wrong_type_raise_type_error_naming_them(kwargs, name):
+    with pytest.raises(TypeError, match=name):
+        bench.run(**{"quick": True, **kwargs})
+
+
+def test_dtype_as_a_numpy_dtype_is_taken():
+    result = bench.run(dtype=np.dtype("float64"), shapes=[(1, 2, 2, 2)], backend="cpu", mode="fwd", repeat=1,
+                       settle_s=0, retries=0)
+    assert result["meta"]["dtype"] == "float64" and result["results"][0]["status"] == "ok"
+
+
+@pytest.mark.skipif(cuda_status()[0] is not None, reason="cuda can run here (a GPU or the simulator)")
+def test_a_run_where_nothing_could_run_exits_1(capsys):
+    """--backend cuda on a machine without a GPU: an empty table is not a success."""
+    assert main(["bench", "--quick", "--backend", "cuda", "--shapes", "1x2x2x2"]) == 1
+    assert "ERROR: nothing ran: cuda: " in capsys.readouterr().err
 
 
 def test_shapes_of_the_wrong_type_raise_type_error():

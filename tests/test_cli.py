@@ -67,6 +67,16 @@ def test_check_on_cpu_reaches_its_fast_paths(monkeypatch):
     assert taken["register"] > 0 and taken["units"] > 0, taken
 
 
+@pytest.mark.parametrize("kwargs,match", [(dict(dtype="float16"), "dtype: expected float32 or float64, got 'float16'"),
+                                          (dict(cells="tanhh"), "cells: expected one of .* got 'tanhh'"),
+                                          (dict(cells=("tanh", "elman")), "cells: expected one of .* got 'elman'")])
+def test_run_check_bad_arguments(kwargs, match):
+    from gpubptt.selfcheck import run_check
+
+    with pytest.raises(ValueError, match=match):
+        run_check(backend="cpu", write=lambda line: None, **kwargs)
+
+
 def test_relative_error_fails_nan_and_mismatched_shapes():
     """What check and bench compare with: NaN anywhere, a shape or an array count that differs, never pass."""
     from gpubptt.selfcheck import relative_error

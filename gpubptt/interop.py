@@ -5,6 +5,10 @@ A PyTorch model here is ``torch.nn.RNN/LSTM/GRU(..., num_layers, bidirectional)`
 ``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0`` (+ ``_reverse``, other layers) and
 ``out.weight``, ``out.bias``. They map one to one onto ``Wx``, ``Ws``, ``bx``, ``bs`` (with the suffixes
 of ``gpubptt.params.key_suffix``) and ``Wy``, ``by``; gates are stacked in the same order on both sides.
+What the state_dict does not hold is the caller's to match: the Elman cell (``nonlinearity='relu'``
+is ``cell='relu'``), and the layout of x (``batch_first=True`` modules take x [B,T,D]; gpubptt's x
+is [T,B,D], ``x.transpose(1, 0, 2)``). ``to_torch`` gives NumPy arrays: ``load_state_dict`` wants
+tensors, ``{k: torch.from_numpy(v) for k, v in ...items()}``.
 """
 from collections.abc import Mapping
 
@@ -34,8 +38,10 @@ def _as_numpy(value, name):
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch.Tensor
         try:
             return value.detach().cpu().numpy().copy()
-        except (TypeError, RuntimeError) as e:  # a dtype NumPy lacks (bfloat16, ...)
+        except TypeError as e:  # a dtype NumPy lacks (bfloat16, ...)
             raise TypeError(f"{name}: expected dtype float32 or float64, got {value.dtype} ({e})") from None
+        except RuntimeError as e:  # a tensor without data here: the 'meta' device, ...
+            raise ValueError(f"{name}: cannot read the tensor's values (device {value.device}): {e}") from None
     if not (isinstance(value, np.ndarray) or is_device_array(value)):
         raise TypeError(f"{name}: expected a NumPy or CuPy array or a torch tensor, got {type(value).__name__}")
     return np.array(to_host(value), copy=True)
@@ -98,7 +104,10 @@ def to_torch(params_or_grads, cell="tanh", num_layers=1, bidirectional=False):
     if not isinstance(params_or_grads, Mapping):
         raise TypeError(f"params_or_grads: expected a dict of arrays, got {type(params_or_grads).__name__}")
     values = {k: v for k, v in params_or_grads.items() if k not in ("x", "s0")}
-    check_params(values, cell, num_layers, bidirectional)
+    try:
+        check_params(values, cell, num_layers, bidirectional)
+    except (ValueError, TypeError) as e:  # name the argument as it is called here
+        raise type(e)(f"params_or_grads{str(e).removeprefix('params')}") from None
     has_bias = any(k.startswith("bx") for k in values)
     return {theirs: _as_numpy(values[ours], f"params_or_grads[{ours!r}]")
             for ours, theirs in key_map(num_layers, bidirectional, has_bias).items()}

@@ -339,6 +339,15 @@ def test_bad_tensor_dtype(dtype, name):
     raises(sd, TypeError, "state_dict['weight_hh_l1']: expected dtype float32 or float64, got " + name, **LSTM2)
 
 
+@needs_torch
+def test_a_tensor_without_values_is_named():
+    sd = lstm2_sd(True)
+    sd["weight_hh_l1"] = sd["weight_hh_l1"].to("meta")
+    with pytest.raises(ValueError, match=r"state_dict\['weight_hh_l1'\]: cannot read the tensor's values "
+                                         r"\(device meta\)"):
+        interop.from_torch(sd, **LSTM2)
+
+
 def test_bad_structure_arguments():
     sd = numpy_state_dict("lstm", 1, False, True)
     raises(sd, ValueError, "cell: expected one of", "got 'LSTM'", cell="LSTM")
@@ -351,9 +360,9 @@ def test_to_torch_bad_input():
     with pytest.raises(TypeError, match=r"params_or_grads: expected a dict of arrays, got list"):
         interop.to_torch(list(params.values()), cell="lstm", num_layers=2)
     missing = {k: v for k, v in params.items() if k != "Ws_l1"}
-    with pytest.raises(ValueError, match=r"missing key\(s\) 'Ws_l1'"):
+    with pytest.raises(ValueError, match=r"^params_or_grads: missing key\(s\) 'Ws_l1'"):
         interop.to_torch(missing, cell="lstm", num_layers=2)
-    with pytest.raises(ValueError, match=r"unknown key\(s\) 'Wx_l2'"):
+    with pytest.raises(ValueError, match=r"^params_or_grads: unknown key\(s\) 'Wx_l2'"):
         interop.to_torch({**params, "Wx_l2": params["Wx_l1"]}, cell="lstm", num_layers=2)
-    with pytest.raises(ValueError, match=r"params\['Ws_l0'\]: expected shape \[3H,H\] = \(12, 4\)"):
+    with pytest.raises(ValueError, match=r"^params_or_grads\['Ws_l0'\]: expected shape \[3H,H\] = \(12, 4\)"):
         interop.to_torch(params, cell="gru", num_layers=2)

@@ -38,7 +38,10 @@ class MetricsLog:
     def keep_until(self, step):
         if not os.path.exists(self.path):
             return
-        kept = [line for line in self.read() if line.get("step", 0) <= step]
+        records = self.read()
+        kept = [line for line in records if line.get("step", 0) <= step]
+        if len(kept) == len(records):  # nothing to drop: the file stays as it is
+            return
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in kept)

@@ -51,9 +51,9 @@ PLOT_FILE = "training.png"
 class TrainResult:
     """What ``train`` did. ``steps``: optimizer steps done in all (a resumed run counts the earlier
     ones); ``resumed_from``: the step a resumed run started at (0 otherwise; a run resumed at its
-    total trains nothing, and logs and saves nothing); ``loss``/``grad_norm``: of the last step;
+    total trains nothing and writes nothing); ``loss``/``grad_norm``: of the last step;
     ``skipped``: steps skipped for non-finite gradients; ``test``/``baseline``: the last test metrics
-    and the task's baseline (None without a task); ``checkpoint``/``plot``: paths written (None if
+    and the task's baseline (None without a task); ``checkpoint``/``plot``: the run's files (None if
     none); ``note``: why a plot is missing."""
 
     steps: int
@@ -578,7 +578,10 @@ class Trainer:
             self.progress.message(f"interrupted at step {self.step}" +
                                   (f"; checkpoint saved to {path}" if path else ""))
         plot_path, note = None, None
-        if self.out is not None:
+        if self.out is not None and not trained:  # nothing new to draw
+            existing = os.path.join(self.out, PLOT_FILE)
+            plot_path = existing if os.path.exists(existing) else None
+        elif self.out is not None:
             records = self.log.read()
             m, h = self.model, self.optimizer.hyper
             title = (f"{self.task.name if self.task else 'batches'}: {m.cell} RNN, H={m.hidden_size}, "

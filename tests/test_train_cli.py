@@ -58,9 +58,12 @@ def test_tbptt_and_resume_from_the_command_line(tmp_path, capsys):
     metrics = open(os.path.join(out, "metrics.jsonl")).read()
     records = [json.loads(line) for line in metrics.splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5]
+    files = [ckpt.path_in(out), os.path.join(out, "metrics.jsonl"), os.path.join(out, "training.png")]
     saved = open(ckpt.path_in(out), "rb").read()
+    stamps = [os.stat(f).st_mtime_ns for f in files]
     # resumed at its total: nothing trained, nothing appended or rewritten, and it says so
     assert main(["train", "--resume", out, "--quiet"]) == 0
+    assert [os.stat(f).st_mtime_ns for f in files] == stamps
     printed = capsys.readouterr().out
     assert "nothing to train: the checkpoint is at step 5 already (raise --steps to go on)" in printed
     assert "; test mse " in printed and f"checkpoint: {ckpt.path_in(out)}" in printed

@@ -28,13 +28,13 @@ import os
 import signal
 import threading
 from collections import namedtuple
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import checkpoint as ckpt
-from .arrays import check_choice, check_int, check_type, to_device, to_host, xp_of
+from .arrays import check_choice, check_int, check_type, is_device_array, to_device, to_host, xp_of
 from .backend import resolve
 from .clipping import check_threshold
 from .losses import LOSSES
@@ -52,9 +52,10 @@ class TrainResult:
     """What ``train`` did. ``steps``: optimizer steps done in all (a resumed run counts the earlier
     ones); ``resumed_from``: the step a resumed run started at (0 otherwise; a run resumed at its
     total trains nothing and writes nothing); ``loss``/``grad_norm``: of the last step;
-    ``skipped``: steps skipped for non-finite gradients; ``test``/``baseline``: the last test metrics
-    and the task's baseline (None without a task); ``checkpoint``/``plot``: the run's files (None if
-    none); ``note``: why a plot is missing."""
+    ``skipped``: steps skipped for non-finite gradients; ``ran_out``: where one-shot batches (a
+    generator) ended before ``steps``, the run ending there (None if they did not);
+    ``test``/``baseline``: the last test metrics and the task's baseline (None without a task);
+    ``checkpoint``/``plot``: the run's files (None if none); ``note``: why a plot is missing."""
 
     steps: int
     resumed_from: int = 0
@@ -62,6 +63,7 @@ class TrainResult:
     grad_norm: float = None
     skipped: int = 0
     interrupted: bool = False
+    ran_out: str = None
     test: dict = None
     baseline: dict = None
     out: str = None
@@ -177,9 +179,13 @@ class _TaskData:
 
 
 class _ListData:
+    """A list of batches, used in turn."""
+
     def __init__(self, batches):
-        self.batches = batches
+        self.batches = [_check_batch(b, f"task_or_batches[{i}]") for i, b in enumerate(batches)]
+        xp_of({f"task_or_batches[{i}][{j}]": a for i, b in enumerate(self.batches) for j, a in enumerate(b[:2])})
         self.index = 0
+        self.first = self.batches[0]
 
     def get_state(self):
         return {"index": self.index}
@@ -192,24 +198,84 @@ class _ListData:
         self.index += 1
         return b
 
+    def name(self):
+        """The last batch drawn, as error messages call it."""
+        return f"task_or_batches[{(self.index - 1) % len(self.batches)}]"
 
-def _check_batches(batches):
-    """The batches as a list of (x, d, lengths or None), lengths as a NumPy array (bptt reads them on
-    the host: the loss's mean sequence length for the log comes from them with no device transfer)."""
-    if isinstance(batches, (str, bytes)) or not isinstance(batches, Sequence) or not batches:
+
+class BatchesRanOut(Exception):
+    """A one-shot iterator of batches ended before the run's last step."""
+
+
+class _StreamData:
+    """Batches from an iterable that is not a list, read as they come: one whose ``iter()`` starts
+    afresh (a DataLoader, a tuple-producing class) is read again when it ends, pass after pass; a
+    one-shot iterator (a generator) that ends raises BatchesRanOut. ``index`` counts the batches
+    drawn; a resumed run reads the iterable from its start and skips that many."""
+
+    def __init__(self, source):
+        self.source = source
+        self.iterator = iter(source)
+        self.one_shot = self.iterator is source
+        self.index = 0
+        raw = self._read()
+        if raw is None:
+            raise ValueError("task_or_batches: the iterable holds no batch")
+        self.first = _check_batch(raw, self._name(0))  # drawn ahead: the loss's default reads its d
+
+    def _read(self):
+        """The next raw batch, starting the iterable again at its end (None: there is none)."""
+        try:
+            return next(self.iterator)
+        except StopIteration:
+            if self.one_shot:
+                return None
+        self.iterator = iter(self.source)
+        return next(self.iterator, None)
+
+    def get_state(self):
+        return {"index": self.index}
+
+    def set_state(self, state):
+        """Skip to batch ``state['index']`` (called once, before any batch is drawn)."""
+        for _ in range(int(state["index"])):
+            self.next(check=False)
+
+    def next(self, check=True):
+        raw = self.first if self.index == 0 and self.first is not None else self._read()
+        if raw is None:
+            raise BatchesRanOut(f"task_or_batches ran out after {self.index} batches")
+        self.index += 1
+        return _check_batch(raw, self.name()) if check else raw
+
+    def name(self):
+        return self._name(self.index - 1)
+
+    @staticmethod
+    def _name(i):
+        return f"task_or_batches' batch {i}"
+
+
+def _batch_data(batches):
+    """The data source for ``train``'s batches: a list (or tuple) used in turn, or another iterable."""
+    if isinstance(batches, (str, bytes, Mapping, np.ndarray)) or is_device_array(batches) \
+            or not isinstance(batches, Iterable) or isinstance(batches, Sequence) and not batches:
         raise TypeError(f"task_or_batches: expected a task name ({', '.join(TASKS)}), a Task, or a non-empty "
-                        f"list of (x, d) or (x, d, lengths) batches, got {type(batches).__name__}")
-    out = []
-    for i, b in enumerate(batches):
-        if not isinstance(b, (tuple, list)) or len(b) not in (2, 3):
-            got = f"a {type(b).__name__} of {len(b)}" if isinstance(b, (tuple, list)) else type(b).__name__
-            raise TypeError(f"task_or_batches[{i}]: expected a pair (x, d) or a triple (x, d, lengths), got {got}")
-        for j, name in enumerate(("x", "d")):  # the rest is bptt's to check, at the batch's step
-            check_type(f"task_or_batches[{i}][{j}] ({name})", b[j])
-        lengths = b[2] if len(b) == 3 else None
-        out.append((b[0], b[1], None if lengths is None else np.asarray(to_host(lengths))))
-    xp_of({f"task_or_batches[{i}][{j}]": a for i, b in enumerate(out) for j, a in enumerate(b[:2])})
-    return out
+                        f"list (or other iterable) of (x, d) or (x, d, lengths) batches, got {type(batches).__name__}")
+    return _ListData(batches) if isinstance(batches, Sequence) else _StreamData(batches)
+
+
+def _check_batch(b, name):
+    """One batch as (x, d, lengths or None), lengths as a NumPy array (bptt reads them on the host: the
+    loss's mean sequence length for the log comes from them with no device transfer). The rest is
+    bptt's to check, at the batch's step."""
+    if not isinstance(b, (tuple, list)) or len(b) not in (2, 3):
+        got = f"a {type(b).__name__} of {len(b)}" if isinstance(b, (tuple, list)) else type(b).__name__
+        raise TypeError(f"{name}: expected a pair (x, d) or a triple (x, d, lengths), got {got}")
+    for j, what in enumerate(("x", "d")):
+        check_type(f"{name}: {what}", b[j])
+    lengths = b[2] if len(b) == 3 else None
+    return b[0], b[1], None if lengths is None else np.asarray(to_host(lengths))
 
 
 def _carry_to_arrays(state):
@@ -273,15 +339,14 @@ class Trainer:
             self.data = _TaskData(self.task, self.batch_size, self.seed)
         else:
             self.task = None
-            batches = _check_batches(task_or_batches)
+            self.data = _batch_data(task_or_batches)
             if loss is None:
-                loss = "cross_entropy" if batches[0][1].dtype.kind in "iu" else "squared"
+                loss = "cross_entropy" if self.data.first[1].dtype.kind in "iu" else "squared"
             self.loss = check_choice("loss", loss, LOSSES)
             self.loss_steps = "all"
-            if self.tbptt and any(b[2] is not None for b in batches):
-                raise ValueError(f"tbptt: batches with lengths train by full BPTT (a window past a sequence's end "
-                                 f"would hold none of it), got tbptt={self.tbptt}")
-            self.data = _ListData(batches)
+            if isinstance(self.data, _ListData):  # a stream's batches are checked as they come
+                for i, b in enumerate(self.data.batches):
+                    self._check_lengths_fit(b, f"task_or_batches[{i}]")
 
         # the backend, the model's and the data's device, the optimizer
         named = {f"model.params[{k!r}]": v for k, v in model.params.items()}
@@ -331,6 +396,11 @@ class Trainer:
             self.log = None
 
     # -- setup ---------------------------------------------------------------------------------
+
+    def _check_lengths_fit(self, batch, name):
+        if self.tbptt and batch[2] is not None:
+            raise ValueError(f"tbptt: batches with lengths train by full BPTT (a window past a sequence's end "
+                             f"would hold none of it), got tbptt={self.tbptt} and lengths in {name}")
 
     def _check_task_fits(self):
         t, m = self.task, self.model
@@ -406,6 +476,8 @@ class Trainer:
     def _draw_batch(self):
         self.batch_state = self.data.get_state()
         x, d, lengths = self.data.next()
+        if isinstance(self.data, _StreamData):
+            self._check_lengths_fit((x, d, lengths), self.data.name())
         self.batch = (self.xp.asarray(x), self.xp.asarray(d), lengths) if self.xp is not np else (x, d, lengths)
         self.plan = tbptt_windows(x.shape[0], self.tbptt, self.loss_steps)
         self.window = 0
@@ -428,10 +500,9 @@ class Trainer:
                                                           state_step, lengths)
             except (ValueError, TypeError) as e:  # bptt's checks, before any kernel: nothing has changed
                 self._raise_if_model_error(e)
-                if not isinstance(self.data, _ListData):
+                if isinstance(self.data, _TaskData):
                     raise
-                i = (self.data.index - 1) % len(self.data.batches)
-                raise type(e)(f"task_or_batches[{i}] (at step {self.step + 1}): {e}") from None
+                raise type(e)(f"{self.data.name()} (at step {self.step + 1}): {e}") from None
             info = self.optimizer.step(grads, clip_norm=self.clip_norm, clip_value=self.clip_value)
             self.step += 1
             per = loss_k if lengths is None else float(lengths.mean())  # the log's loss: per step in the loss
@@ -544,11 +615,16 @@ class Trainer:
         handler_installed = threading.current_thread() is threading.main_thread()
         if handler_installed:
             previous = signal.signal(signal.SIGINT, self._on_sigint)
-        interrupted = False
+        interrupted, ran_out = False, None
         path = None
         try:
             while self.step < self.total:
-                self._one_step()
+                try:
+                    self._one_step()
+                except BatchesRanOut as e:  # nothing of the step was done: end the run here
+                    ran_out = f"{e}, at step {self.step} of {self.total}"
+                    self.batch, self.plan, self.carry = None, None, None
+                    break
                 at = self.step
                 last = at >= self.total
                 evaluate = bool(self.eval_every) and at % self.eval_every == 0 and not last
@@ -577,6 +653,8 @@ class Trainer:
         if interrupted:
             self.progress.message(f"interrupted at step {self.step}" +
                                   (f"; checkpoint saved to {path}" if path else ""))
+        if ran_out:
+            self.progress.message(ran_out)
         plot_path, note = None, None
         if self.out is not None and not trained:  # nothing new to draw
             existing = os.path.join(self.out, PLOT_FILE)
@@ -594,7 +672,7 @@ class Trainer:
         last = steps_records[-1] if steps_records else {}
         return TrainResult(
             steps=self.step, resumed_from=self.first_step, loss=last.get("loss"), grad_norm=last.get("grad_norm"),
-            skipped=self.skipped, interrupted=interrupted, test=self.last_test,
+            skipped=self.skipped, interrupted=interrupted, ran_out=ran_out, test=self.last_test,
             baseline=self.task.baseline if self.task else None,
             out=self.out, checkpoint=path, plot=plot_path, note=note, seconds=self.clock.elapsed(),
             history=self.records,
@@ -609,7 +687,10 @@ def train(model, task_or_batches, steps, *, batch_size=32, optimizer="adam", lr=
     task_or_batches  a task name ('sine', 'adding', 'copy', 'text' needs a Task made with its file),
                      a ``gpubptt.tasks.Task``, or a list of (x [T,B,D], d) batches used in turn,
                      each also as (x, d, lengths [B]) for sequences of their own lengths (as in
-                     ``bptt``; full BPTT only, so not with tbptt)
+                     ``bptt``; full BPTT only, so not with tbptt); or any other iterable of such
+                     batches, read one per step as it comes (a DataLoader-like object is read
+                     again when it ends; a generator that ends ends the run: ``ran_out``); a
+                     resumed run reads it from the start and skips the batches already used
     batch_size       sequences per batch (tasks only)
     optimizer        'sgd', 'adam', 'adagrad' or an ``Optimizer`` made for ``model.params``;
                      lr None takes the optimizer's default; optimizer_options e.g. {'momentum': 0.9}

@@ -349,14 +349,69 @@ def test_training_on_a_list_of_batches():
         train(m, [batches[0], batches[1] + (None, None)], 4, progress=False)
     with pytest.raises(TypeError, match=r"task_or_batches: expected a task name .* got dict"):
         train(m, {"x": 1}, 4, progress=False)
-    with pytest.raises(TypeError, match=r"task_or_batches\[1\]\[0\] \(x\): expected a NumPy or CuPy array, got list"):
+    with pytest.raises(TypeError, match=r"task_or_batches\[1\]: x: expected a NumPy or CuPy array, got list"):
         train(m, [batches[0], (batches[1][0].tolist(), batches[1][1])], 4, progress=False)
-    with pytest.raises(TypeError, match=r"task_or_batches\[0\]\[1\] \(d\): expected a NumPy or CuPy array, got list"):
+    with pytest.raises(TypeError, match=r"task_or_batches\[0\]: d: expected a NumPy or CuPy array, got list"):
         train(m, [(batches[0][0], batches[0][1].tolist())], 4, progress=False)
     # a batch that bptt refuses is named, with the step it was drawn for
     wide = (rng.standard_normal((5, 2, 2)), batches[1][1])
     with pytest.raises(ValueError, match=r"^task_or_batches\[1\] \(at step 2\): x: expected shape \[T,B,D\]"):
         train(m, [batches[0], wide], 4, progress=False)
+
+
+def test_batches_from_an_iterable_train_as_the_same_list():
+    """An iterable that starts afresh at each iter() (a DataLoader-like object) is read pass after pass
+    and trains bit for bit as the list; so does an iterator long enough for the run."""
+    rng = np.random.default_rng(2)
+    batches = [(rng.standard_normal((5, 2, 1)), rng.standard_normal((5, 2, 1))) for _ in range(3)]
+
+    class Loader:
+        def __iter__(self):
+            return iter(batches)
+
+    listed = small_model()
+    train(listed, batches, 7, progress=False)
+    for source in (Loader(), iter(batches * 3)):
+        m = small_model()
+        r = train(m, source, 7, progress=False)
+        assert r.steps == 7 and r.ran_out is None and params_equal(m.params, listed.params)
+
+
+def test_a_generator_that_ends_ends_the_run_and_a_resume_skips_what_it_used(tmp_path):
+    rng = np.random.default_rng(3)
+    batches = [(rng.standard_normal((5, 2, 1)), rng.standard_normal((5, 2, 1))) for _ in range(5)]
+    straight = small_model()
+    train(straight, batches, 5, progress=False)
+    m = small_model()
+    first = train(m, (b for b in batches[:3]), 5, out=tmp_path, progress=False)
+    assert first.steps == 3 and first.ran_out == "task_or_batches ran out after 3 batches, at step 3 of 5"
+    assert ckpt.load(tmp_path)[1]["step"] == 3
+    resumed = small_model(seed=9)
+    second = train(resumed, (b for b in batches), 5, out=tmp_path, resume=True, progress=False)  # from the start
+    assert second.steps == 5 and second.ran_out is None and params_equal(resumed.params, straight.params)
+
+
+@pytest.mark.parametrize("source,error,match", [
+    (iter([]), ValueError, r"^task_or_batches: the iterable holds no batch$"),
+    (np.zeros((5, 2, 1)), TypeError, r"^task_or_batches: expected a task name .* got ndarray$"),
+    (7, TypeError, r"^task_or_batches: expected a task name .* got int$"),
+])
+def test_iterables_that_are_not_batches(source, error, match):
+    with pytest.raises(error, match=match):
+        train(small_model(), source, 3, progress=False)
+
+
+def test_a_bad_batch_from_an_iterable_is_named_by_its_place():
+    rng = np.random.default_rng(4)
+    good = (rng.standard_normal((5, 2, 1)), rng.standard_normal((5, 2, 1)))
+    with pytest.raises(TypeError, match=r"^task_or_batches' batch 1: x: expected a NumPy or CuPy array, got list$"):
+        train(small_model(), iter([good, (good[0].tolist(), good[1])]), 3, progress=False)
+    wide = (rng.standard_normal((5, 2, 2)), good[1])
+    with pytest.raises(ValueError, match=r"^task_or_batches' batch 2 \(at step 3\): x: expected shape"):
+        train(small_model(), iter([good, good, wide]), 3, progress=False)
+    with pytest.raises(ValueError, match=r"tbptt: batches with lengths train by full BPTT .* lengths in "
+                                         r"task_or_batches' batch 1"):
+        train(small_model(), iter([good, (*good, np.array([5, 3]))]), 4, tbptt=(2, 2), progress=False)  # 3 windows a batch
 
 
 def test_batches_with_lengths_train_as_bptt_with_those_lengths():

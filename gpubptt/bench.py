@@ -776,7 +776,7 @@ def run(cell="tanh", shapes=None, dtype="float32", threads=None, repeat=None, ba
     if not isinstance(cell, str) or cell not in KNOWN_CELLS:
         raise ValueError(f"cell: expected one of {', '.join(map(repr, KNOWN_CELLS))}, got {cell!r}")
     try:
-        dtype = np.dtype(dtype).name  # 'float32', np.float32 and np.dtype('float32') alike
+        dtype = np.dtype(dtype).name if dtype is not None else None  # 'float32', np.float32, np.dtype alike
     except TypeError:
         pass
     if dtype not in DTYPES:
@@ -1403,6 +1403,7 @@ def main(args):
               f"{r['reason']}", file=sys.stderr)
     ran = any(r.get("status") == "ok" for r in result["results"])
     if not ran:
-        print("ERROR: nothing ran: " + "; ".join(f"{p}: {info['reason']}" for p, info in result["peers"].items()
-                                                 if not info["available"]), file=sys.stderr)
+        why = [f"{p}: {info['reason']}" for p, info in result["peers"].items() if not info["available"]]
+        print("ERROR: nothing ran: " + ("; ".join(why) or "every entry was skipped or failed (see the table)"),
+              file=sys.stderr)
     return 1 if bad or errors or not ran else 0

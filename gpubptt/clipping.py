@@ -25,6 +25,7 @@ clipping functions then leave it as it is and return that norm, and the optimize
 """
 from collections.abc import Mapping
 import math
+import numbers
 
 import numpy as np
 
@@ -45,11 +46,15 @@ def check_threshold(name, value, allow_none=True):
     """A clipping threshold: a positive finite number (None, when allowed, means off). Returns float."""
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a positive number{' or None' if allow_none else ''}, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
+    try:
+        as_float = float(value)
+    except OverflowError:  # an int past float's range
+        as_float = math.inf
+    if not (math.isfinite(as_float) and as_float > 0):
         raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
-    return float(value)
+    return as_float
 
 
 def check_arrays(name, arrays, dtype=None, contiguous=False):

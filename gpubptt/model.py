@@ -3,7 +3,6 @@
 Each call validates everything first (arrays.py, params.py), then asks backend.py for the backend,
 then runs ``reference`` or ``engine`` (which calls the kernels). Inputs are never modified.
 """
-import math
 import numbers
 
 import numpy as np
@@ -12,6 +11,7 @@ from . import engine, reference
 from .arrays import (ValueChecks, check_choice, check_float_array, check_int, check_int_array, check_type, to_device,
                      to_host, xp_of)
 from .backend import BACKENDS, resolve
+from .clipping import check_threshold
 from .losses import LOSS_STEPS, LOSSES, OUTPUT_ACTIVATIONS, loss_and_output_grad, loss_mask
 from .params import check_params, check_structure, init_params
 
@@ -125,11 +125,7 @@ class _Call:
                     f"loss='cross_entropy' needs output_activation='softmax', got output_activation={output_activation!r}"
                 )
             truncate = check_int("truncate", truncate, allow_none=True)
-            if clip_step is not None:
-                if isinstance(clip_step, bool) or not isinstance(clip_step, numbers.Real) \
-                        or not (math.isfinite(float(clip_step)) and clip_step > 0):
-                    raise ValueError(f"clip_step: expected a positive finite number or None, got {clip_step!r}")
-                clip_step = float(clip_step)
+            clip_step = check_threshold("clip_step", clip_step)
         if not isinstance(return_state, (bool, np.bool_)):
             raise TypeError(f"return_state: expected True or False, got {return_state!r}")
         state_step = check_int("state_step", state_step, allow_none=True)
@@ -197,7 +193,7 @@ class _Call:
         there (-100, NaN) is accepted; they are replaced by 0 in a copy, the caller's d unchanged."""
         keep = None
         if loss_at is not None:  # (loss_at > T keeps nothing: the caller reports that step)
-            keep = loss_mask(T, xp.full(B, loss_at, np.int32), "last", bool, xp)
+            keep = loss_mask(T, xp.full(B, min(loss_at, T + 1), np.int32), "last", bool, xp)
         elif self.lengths_host is not None or loss_steps != "all":
             lengths = xp.full(B, T, np.int32) if self.lengths_host is None else xp.asarray(self.lengths_host)
             keep = loss_mask(T, lengths, loss_steps, bool, xp)

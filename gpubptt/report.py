@@ -40,8 +40,10 @@ class MetricsLog:
             return
         records = self.read()
         kept = [line for line in records if line.get("step", 0) <= step]
-        if len(kept) == len(records):  # nothing to drop: the file stays as it is
-            return
+        with open(self.path) as f:
+            text = f.read()
+        if len(kept) == len(records) == text.count("\n") and text.endswith("\n") or not text:
+            return  # every line whole and kept: the file stays as it is
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in kept)

@@ -450,7 +450,17 @@ class Trainer:
         if self.total < int(meta["step"]):
             raise ValueError(f"steps: the checkpoint {where} is at step {meta['step']}; a resumed run goes on to "
                              f"steps (--steps) in all, so it takes {meta['step']} or more, got {self.total}")
-        # everything fits: load (nothing above wrote anything)
+        # the data where the checkpoint left it (an iterable that holds fewer batches is refused here,
+        # before anything is loaded)
+        pos = meta["position"]
+        try:
+            self.data.set_state(pos["data"])
+            if pos["in_batch"]:
+                self._draw_batch()
+        except BatchesRanOut as e:
+            raise ValueError(f"{e} while skipping the batches the checkpoint {where} has used (a resumed run reads "
+                             "it from its start)") from None
+        # everything fits: load (nothing above wrote anything but this trainer's own state)
         state = dict(meta["optimizer"])
         state["optimizer"] = state.pop("name")
         state["buffers"] = {}
@@ -463,10 +473,7 @@ class Trainer:
         for k, p in self.model.params.items():
             p[...] = xp.asarray(arrays[f"param/{k}"])
         self.step = int(meta["step"])
-        pos = meta["position"]
-        self.data.set_state(pos["data"])
         if pos["in_batch"]:
-            self._draw_batch()
             self.window = int(pos["window"])
             carried = [arrays[f"carry/{i}"] for i in range(pos["carry_len"])]
             self.carry = _carry_from_arrays(carried, pos["carry"], xp)
@@ -490,15 +497,15 @@ class Trainer:
                 self._draw_batch()
             start, end, loss_k, next_start = self.plan[self.window]
             x, d, lengths = self.batch
-            if loss_k == 0:
-                self.carry = self.window_runner.advance(x[start:next_start], self.carry)
-                self._next_window(next_start)
-                continue
             state_step = None if next_start is None else next_start - start
             try:
+                if loss_k == 0:
+                    self.carry = self.window_runner.advance(x[start:next_start], self.carry)
+                    self._next_window(next_start)
+                    continue
                 L, grads, state = self.window_runner.bptt(x[start:end], d[start:end], self.carry, loss_k,
                                                           state_step, lengths)
-            except (ValueError, TypeError) as e:  # bptt's checks, before any kernel: nothing has changed
+            except (ValueError, TypeError) as e:  # the checks, before any kernel: nothing has changed
                 self._raise_if_model_error(e)
                 if isinstance(self.data, _TaskData):
                     raise
@@ -549,15 +556,26 @@ class Trainer:
         return self.task.metrics(Y, self.test[1])
 
     def _raise_if_model_error(self, e):
-        """A check's error about the parameters is the model's, not the data's: finite when the run
-        started (its first step checked them), they became non-finite in an update that overflowed."""
-        if not str(e).startswith("params["):
+        """A check's error about the parameters is the model's, not the data's; non-finite ones after
+        an update of this run (its first step checked them) mean an update overflowed."""
+        message = str(e)
+        if not message.startswith("params["):
             return
-        if self.step > self.first_step:
-            raise FloatingPointError(
-                f"the run diverged: after the update of step {self.step}, model.{e} (the update overflowed); "
-                "lower lr, or bound the updates with clip_norm or clip_value") from None
-        raise type(e)(f"model.{e}") from None
+        if "NaN or Inf" in message and self.step > self.first_step:
+            raise self._diverged(f"model.{message}") from None
+        raise type(e)(f"model.{message}") from None
+
+    def _diverged(self, what):
+        return FloatingPointError(f"the run diverged: after the update of step {self.step}, {what} (the update "
+                                  "overflowed); lower lr, or bound the updates with clip_norm or clip_value")
+
+    def _check_params_finite(self):
+        """At the end of a run: parameters its last update made non-finite raise (one transfer)."""
+        xp = self.xp
+        finite = to_host(xp.stack([xp.isfinite(p).all() for p in self.model.params.values()]))
+        bad = [k for k, ok in zip(self.model.params, finite) if not ok]
+        if bad:
+            raise self._diverged(f"model.params[{bad[0]!r}]: contains NaN or Inf")
 
     def _evaluate_and_log(self):
         try:
@@ -642,6 +660,8 @@ class Trainer:
                     break
             self._flush()
             trained = self.step > self.first_step
+            if trained:
+                self._check_params_finite()
             if not trained:  # a finished run resumed: nothing new to log or save
                 self.last_test = self.evaluate()
             elif not interrupted:
@@ -708,7 +728,8 @@ def train(model, task_or_batches, steps, *, batch_size=32, optimizer="adam", lr=
     progress         show the progress bar on stderr
     callback         called as callback(step, trainer) after every step
     Returns a ``TrainResult``. Steps whose gradients are not finite are skipped (counted in ``skipped``);
-    an update that makes the parameters non-finite raises FloatingPointError at the next step.
+    an update that makes the parameters non-finite raises FloatingPointError at the next step (or at
+    the end, its checkpoint not written).
     """
     trainer = Trainer(model, task_or_batches, steps, batch_size=batch_size, optimizer=optimizer, lr=lr,
                       optimizer_options=optimizer_options, clip_norm=clip_norm, clip_value=clip_value,

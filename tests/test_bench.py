@@ -233,6 +233,7 @@ def test_shapes_parse():
     (dict(mode=["fwd"]), "mode"),
     (dict(clock=["wall"]), "clock"),
     (dict(seed=-1), "seed"),
+    (dict(dtype=None), "dtype"),
 ])
 def test_bad_arguments_raise_naming_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
@@ -257,6 +258,11 @@ def test_a_run_where_nothing_could_run_exits_1(capsys):
     """--backend cuda on a machine without a GPU: an empty table is not a success."""
     assert main(["bench", "--quick", "--backend", "cuda", "--shapes", "1x2x2x2"]) == 1
     assert "ERROR: nothing ran: cuda: " in capsys.readouterr().err
+
+
+def test_a_run_whose_every_entry_was_skipped_exits_1_saying_so(capsys):
+    assert main(["bench", "--quick", "--backend", "reference", "--reference-budget", "1e-9", "--mode", "bptt"]) == 1
+    assert "ERROR: nothing ran: every entry was skipped or failed (see the table)" in capsys.readouterr().err
 
 
 def test_shapes_of_the_wrong_type_raise_type_error():

@@ -190,6 +190,7 @@ def test_step_defaults_to_t_and_step_1_has_one_summand():
 @pytest.mark.parametrize("kwargs,error,match", [
     (dict(step=0), ValueError, r"step: expected a positive integer or None, got 0"),
     (dict(step=6), ValueError, r"step: expected 1\.\.T = 1\.\.5, got 6"),
+    (dict(step=2 ** 31), ValueError, r"step: expected 1\.\.T = 1\.\.5, got 2147483648"),
     (dict(step=2.0), ValueError, r"step: expected a positive integer or None, got 2\.0"),
     (dict(step=True), ValueError, r"step: expected a positive integer or None, got True"),
     (dict(step="3"), ValueError, r"step: expected a positive integer or None, got '3'"),

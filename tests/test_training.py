@@ -333,6 +333,49 @@ def test_an_update_that_overflows_the_parameters_is_a_divergence_not_a_bad_batch
         train(m, batches, 3, progress=False)
 
 
+def _poison_at(step):
+    def callback(at, trainer):  # as if the update of that step had overflowed Ws
+        if at == step:
+            trainer.model.params["Ws"][0, 0] = np.inf
+    return callback
+
+
+@pytest.mark.parametrize("where", ["last step", "forward-only window"])
+def test_a_divergence_is_caught_wherever_the_parameters_are_next_read(tmp_path, where):
+    """At the end of a run (no later step reads them; nothing is checkpointed), and in TBPTT's windows
+    that only run forward (the adding task's before its last)."""
+    if where == "last step":
+        rng = np.random.default_rng(5)
+        batches = [(rng.standard_normal((5, 2, 1)), rng.standard_normal((5, 2, 1)))]
+        run = dict(task_or_batches=batches, steps=2, callback=_poison_at(2), out=tmp_path / "r")
+    else:
+        run = dict(task_or_batches="adding", steps=3, tbptt=(10, 20), batch_size=2, callback=_poison_at(1))
+    model = small_model(D=1 if where == "last step" else 2)
+    with pytest.raises(FloatingPointError, match=r"^the run diverged: after the update of step \d, "
+                                                 r"model\.params\['Ws'\]: contains NaN or Inf"):
+        train(model, progress=False, **run)
+    if where == "last step":
+        assert not ckpt.exists(tmp_path / "r")
+
+
+def test_a_resumed_log_keeps_whole_records_up_to_the_checkpoint(tmp_path):
+    """Records past the checkpoint's step go, and so does a torn last line (a run killed while
+    writing), so that the next record starts on a line of its own; a log with neither is left as it is."""
+    from gpubptt.report import MetricsLog, read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    for text, step, expected in (('{"step": 1}\n{"step": 2}\n{"step": 3, "lo', 3, [1, 2]),
+                                 ('{"step": 1}\n{"step": 2}\n{"step": 3}\n', 2, [1, 2])):
+        path.write_text(text)
+        log = MetricsLog(str(path), fresh=False)
+        log.keep_until(step)
+        log.write([{"step": 9}])
+        assert [r["step"] for r in read_metrics(path)] == expected + [9]
+    whole = path.stat().st_mtime_ns
+    MetricsLog(str(path), fresh=False).keep_until(9)
+    assert path.stat().st_mtime_ns == whole
+
+
 # -- other data, tasks and sampling ------------------------------------------------------------------
 
 
@@ -387,6 +430,11 @@ def test_a_generator_that_ends_ends_the_run_and_a_resume_skips_what_it_used(tmp_
     assert first.steps == 3 and first.ran_out == "task_or_batches ran out after 3 batches, at step 3 of 5"
     assert ckpt.load(tmp_path)[1]["step"] == 3
     resumed = small_model(seed=9)
+    untouched = {k: v.copy() for k, v in resumed.params.items()}
+    with pytest.raises(ValueError, match=r"^task_or_batches ran out after 2 batches while skipping the batches the "
+                                         r"checkpoint .* has used \(a resumed run reads it from its start\)$"):
+        train(resumed, (b for b in batches[:2]), 5, out=tmp_path, resume=True, progress=False)
+    assert params_equal(resumed.params, untouched)  # refused before the checkpoint was loaded
     second = train(resumed, (b for b in batches), 5, out=tmp_path, resume=True, progress=False)  # from the start
     assert second.steps == 5 and second.ran_out is None and params_equal(resumed.params, straight.params)
 

@@ -1067,10 +1067,17 @@ def test_bad_truncate(value):
                  truncate=value)
 
 
-@pytest.mark.parametrize("value", [0, 0.0, -1, -0.5, np.nan, np.inf, -np.inf, "1", True, [1.0]], ids=repr)
+@pytest.mark.parametrize("value", [0, 0.0, -1, -0.5, np.nan, np.inf, -np.inf, 10 ** 400], ids=repr)
 def test_bad_clip_step(value):
     params, x, d, s0 = make()
     expect_error(ValueError, ["clip_step:", "positive finite number", f"got {value!r}"], run, "bptt", params, x, d, s0,
+                 clip_step=value)
+
+
+@pytest.mark.parametrize("value", ["1", True, [1.0]], ids=repr)
+def test_clip_step_of_the_wrong_type(value):
+    params, x, d, s0 = make()
+    expect_error(TypeError, ["clip_step:", "positive number or None", f"got {value!r}"], run, "bptt", params, x, d, s0,
                  clip_step=value)
 
 

@@ -15,6 +15,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -32,8 +33,9 @@ def path_in(directory):
     return os.path.join(os.fspath(directory), FILENAME)
 
 
-def check_directory(name, directory, create=False):
-    """An existing (or, with ``create``, a new) directory; ValueError if the path is a file."""
+def check_directory(name, directory, create=False, writable=False):
+    """An existing (or, with ``create``, a new) directory; ValueError if the path is a file, or, with
+    ``writable``, if it exists and cannot be written in."""
     if not isinstance(directory, (str, os.PathLike)):
         raise TypeError(f"{name}: expected a directory path, got {type(directory).__name__}")
     directory = os.fspath(directory)
@@ -44,6 +46,8 @@ def check_directory(name, directory, create=False):
             os.makedirs(directory, exist_ok=True)
         except OSError as e:
             raise ValueError(f"{name}: cannot create the directory {directory}: {e.strerror or e}") from None
+    if writable and os.path.isdir(directory) and not os.access(directory, os.W_OK):
+        raise ValueError(f"{name}: cannot write in {directory} (permission denied, or a read-only file system)")
     return directory
 
 
@@ -79,7 +83,7 @@ def save(directory, arrays, meta):
             pass
         raise
     _fsync_directory(directory)
-    for stale in glob.glob(os.path.join(directory, _TMP_PREFIX + "*.tmp")):  # left by a killed save
+    for stale in glob.glob(os.path.join(glob.escape(directory), _TMP_PREFIX + "*.tmp")):  # left by a killed save
         try:
             os.unlink(stale)
         except OSError:
@@ -116,7 +120,8 @@ def load(directory, name="resume"):
             data = f.read()
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, NotImplementedError, zlib.error) as e:
+        # (a damaged zip directory can name a compression method or version zipfile does not implement)
         raise CheckpointError(f"checkpoint {path} is corrupted or not a checkpoint: {type(e).__name__}: {e}") from None
     if "meta" not in arrays or "digest" not in arrays:
         raise CheckpointError(f"checkpoint {path} is not a gpubptt checkpoint (no meta/digest entries)")

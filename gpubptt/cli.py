@@ -28,11 +28,9 @@ def _prepare_output_file(option, path):
         return f"{option}: {path} is a directory, expected a file name"
     parent = os.path.dirname(os.path.abspath(path))
     try:
-        check_directory(option, parent, create=True)
+        check_directory(option, parent, create=True, writable=True)
     except ValueError as e:
         return str(e)
-    if not os.access(parent, os.W_OK):
-        return f"{option}: cannot write in {parent} (permission denied)"
     return None
 
 

@@ -43,7 +43,7 @@ class MetricsLog:
         with open(self.path) as f:
             text = f.read()
         if len(kept) == len(records) == text.count("\n") and text.endswith("\n") or not text:
-            return  # every line whole and kept: the file stays as it is
+            return  # every line a record, and kept: the file stays as it is
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in kept)
@@ -58,14 +58,18 @@ class MetricsLog:
 
 
 def read_metrics(path):
-    """The records of a metrics.jsonl (a torn last line, from a killed run, is skipped)."""
+    """The records of a metrics.jsonl: JSON objects with an integer step. Other lines (a torn last
+    line from a killed run, or an edit) are skipped."""
     records = []
     with open(path) as f:
         for line in f:
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except ValueError:
                 continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) \
+                    and not isinstance(record["step"], bool):
+                records.append(record)
     return records
 
 

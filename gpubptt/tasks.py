@@ -32,7 +32,7 @@ import os
 
 import numpy as np
 
-from .arrays import FLOAT_DTYPES, check_choice, check_int, to_host
+from .arrays import FLOAT_DTYPES, check_choice, check_int, check_int_array, to_host
 
 TASKS = ("sine", "adding", "copy", "text")
 TEST_SEED = 1234
@@ -87,8 +87,14 @@ class Task:
         """{metric: float} of outputs Y [T,B,O] (NumPy or CuPy) against targets d of ``batch`` or
         ``test_set`` ([T,B,O], or classes [T,B] for a cross-entropy task)."""
         Y, d = np.asarray(to_host(Y), np.float64), np.asarray(to_host(d))
+        O = self.output_size
+        if self.loss == "cross_entropy":
+            check_int_array("d", d, ("T", "B"), (None, None), 0, O)  # classes
+        elif d.ndim != 3 or d.shape[2] != O or d.dtype.kind != "f":
+            raise ValueError(f"d: expected the targets [T,B,O] (O = {O}) of float dtype, got shape {d.shape} "
+                             f"of {d.dtype}")
         T, B = d.shape[:2]
-        if Y.shape != (T, B, self.output_size):
+        if Y.shape != (T, B, O):
             raise ValueError(f"Y: expected the model's outputs [T,B,O] = ({T}, {B}, {self.output_size}) for targets "
                              f"d of shape {d.shape}, got {Y.shape}")
         return self._metrics(Y, d)
@@ -267,7 +273,7 @@ class Text(Task):
         counts = np.bincount(self.train_codes, minlength=self.output_size) + 1.0
         freq = counts / counts.sum()
         _, d = self.test_set()
-        return {"bits_per_char": float(-np.mean(np.log2(freq[d])))}
+        return {"bits_per_char": float(-np.mean(np.log2(freq[d]))) + 0.0}  # + 0.0: one character gives 0, not -0
 
 
 def read_text(path):
@@ -286,7 +292,7 @@ def read_text(path):
     if b"\x00" in data:
         raise ValueError(f"text: {path} is not text (it holds NUL bytes); expected a UTF-8 text file")
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a byte-order mark is not part of the text
     except UnicodeDecodeError as e:
         raise ValueError(f"text: {path} is not UTF-8 text (invalid byte at offset {e.start})") from None
     return path, text, hashlib.sha256(data).hexdigest()

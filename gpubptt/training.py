@@ -319,7 +319,7 @@ class Trainer:
         self.eval_every = check_int("eval_every", eval_every, allow_none=True)
         self.log_every = check_int("log_every", log_every)
         self.callback = callback
-        self.out = None if out is None else ckpt.check_directory("out", out)
+        self.out = None if out is None else ckpt.check_directory("out", out, writable=True)
         if resume and out is None:
             raise ValueError("resume: needs out, the directory that holds the checkpoint")
         if self.out is not None and not resume and ckpt.exists(self.out):

@@ -66,6 +66,9 @@ def test_text_task(tmp_path):
     entropy = -(2 * 0.4 * math.log2(0.4) + 0.2 * math.log2(0.2))  # a, b, c at 0.4, 0.4, 0.2
     assert tx.shape[1] >= 1 and t.baseline["bits_per_char"] == pytest.approx(entropy, abs=0.05)
     assert t.config()["sha256"] and t.config()["vocab"] == "abc"
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes(b"\xef\xbb\xbf" + ("abcab" * 40).encode())  # a byte-order mark is no character of the text
+    assert tasks.make_task("text", seq_len=8, text=bom).vocab == "abc"
 
 
 def test_batches_are_determined_by_the_generator_and_the_test_set_is_fixed():
@@ -92,6 +95,25 @@ def test_metrics_check_the_outputs_shape(name):
         with pytest.raises(ValueError, match=r"Y: expected the model's outputs \[T,B,O\] = "
                                              rf"\({x.shape[0]}, 3, {t.output_size}\).* got \("):
             t.metrics(bad, d)
+
+
+@pytest.mark.parametrize("name", ["sine", "adding", "copy"])
+def test_metrics_check_the_targets(name):
+    """Targets of another shape would broadcast (T = B) or index (negative classes) into a wrong figure."""
+    t = tasks.make_task(name, seq_len=3) if name != "copy" else tasks.make_task(name, delay=1)
+    x, d = t.batch(0, 3)
+    Y = np.full(x.shape[:2] + (t.output_size,), 1.0 / t.output_size)
+    if t.loss == "cross_entropy":
+        bad = d.copy()
+        bad[0, 0] = -1
+        cases = [(bad, ValueError, r"d: values must lie in \[0, \d+\], got values in \[-1, "),
+                 (d.astype(np.float64), TypeError, r"d: expected an integer dtype, got float64")]
+    else:
+        cases = [(d[..., 0], ValueError, r"d: expected the targets \[T,B,O\] \(O = 1\) of float dtype, got shape "
+                                         r"\(3, 3\)")]
+    for targets, error, match in cases:
+        with pytest.raises(error, match=match):
+            t.metrics(Y, targets)
 
 
 @pytest.mark.parametrize("kwargs,error,match", [

@@ -226,6 +226,36 @@ def test_a_corrupted_checkpoint_is_refused(tmp_path):
     path.write_bytes(b"not a zip at all")
     with pytest.raises(ckpt.CheckpointError, match=r"is corrupted or not a checkpoint"):
         ckpt.load(tmp_path)
+    # a damaged zip directory: the compression method of the first entry set to one zipfile lacks
+    central = data.find(b"PK\x01\x02") + 10
+    path.write_bytes(bytes(data[:central]) + bytes([data[central] ^ 0xFF]) + bytes(data[central + 1:]))
+    with pytest.raises(ckpt.CheckpointError, match=r"is corrupted or not a checkpoint: NotImplementedError"):
+        ckpt.load(tmp_path)
+
+
+def test_a_run_directory_that_cannot_be_written_is_refused_before_anything(tmp_path, monkeypatch):
+    """Before the steps (their checkpoint could not be saved) and before a resume loads the checkpoint."""
+    task = gpubptt.tasks.make_task("sine", seq_len=6, dtype=np.float64)
+    train(small_model(), task, 2, batch_size=2, out=tmp_path, progress=False)
+    real_access = os.access
+    monkeypatch.setattr(ckpt.os, "access", lambda p, mode: False if os.fspath(p) == os.fspath(tmp_path)
+                        else real_access(p, mode))  # as a read-only file system answers (root ignores modes)
+    m = small_model(seed=4)
+    before = {k: v.copy() for k, v in m.params.items()}
+    with pytest.raises(ValueError, match=r"^out: cannot write in .*read-only file system\)$"):
+        train(m, task, 4, batch_size=2, out=tmp_path, resume=True, progress=False)
+    assert params_equal(m.params, before)
+
+
+def test_stale_temporary_files_are_cleared_in_the_run_directory_only(tmp_path):
+    """A directory name with glob characters names itself, not others that match it as a pattern."""
+    run, other = tmp_path / "g[1]", tmp_path / "g1"
+    run.mkdir()
+    other.mkdir()
+    for d in (run, other):
+        (d / ".checkpoint-stale.tmp").write_bytes(b"left by a killed save")
+    ckpt.save(run, {"w": np.zeros(2)}, {"step": 1})
+    assert not (run / ".checkpoint-stale.tmp").exists() and (other / ".checkpoint-stale.tmp").exists()
 
 
 def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
@@ -365,7 +395,8 @@ def test_a_resumed_log_keeps_whole_records_up_to_the_checkpoint(tmp_path):
 
     path = tmp_path / "metrics.jsonl"
     for text, step, expected in (('{"step": 1}\n{"step": 2}\n{"step": 3, "lo', 3, [1, 2]),
-                                 ('{"step": 1}\n{"step": 2}\n{"step": 3}\n', 2, [1, 2])):
+                                 ('{"step": 1}\n{"step": 2}\n{"step": 3}\n', 2, [1, 2]),
+                                 ('{"step": 1}\nnull\n{"step": "x"}\n[2]\n{"step": 2}\n', 5, [1, 2])):  # edited
         path.write_text(text)
         log = MetricsLog(str(path), fresh=False)
         log.keep_until(step)

@@ -38,7 +38,7 @@ from . import engine, reference
 from .arrays import check_int, to_host
 from .losses import loss_and_output_grad, loss_mask
 from .model import _Call
-from .params import gates, layer_suffixes
+from .params import check_recurrent_weight, gates, layer_suffixes
 from .report import FIGURE_FORMATS, save_figure
 
 WEIGHTS = ("Wx", "Ws", "bx", "bs")
@@ -164,9 +164,10 @@ def _loggable(norms):
 
 
 def spectral_radius(Ws, cell="tanh"):
-    """max |eigenvalue| of the recurrent weights Ws [G·H, H]: a float for the Elman cells,
-    {gate: float} for each H×H gate block of LSTM and GRU (read to the host)."""
-    Ws = np.asarray(to_host(Ws), np.float64)
+    """max |eigenvalue| of the recurrent weights Ws [G·H, H] of ``cell``: a float for the Elman cells,
+    {gate: float} for each H×H gate block of LSTM and GRU (read to the host). A Ws of another cell's
+    shape is refused (an LSTM's [4H,H] with the default cell='tanh' says to pass cell='lstm')."""
+    Ws = np.asarray(to_host(check_recurrent_weight("Ws", Ws, cell)), np.float64)
     H = Ws.shape[1]
     radii = {name: float(np.abs(np.linalg.eigvals(Ws[k * H:(k + 1) * H])).max())
              for k, name in enumerate(GATE_NAMES.get(cell, (cell,)))}
@@ -182,7 +183,7 @@ def with_spectral_radius(params, radius, cell="tanh"):
     for key in params:
         if key.split("_")[0] != "Ws":
             continue
-        Ws = params[key].copy()
+        Ws = check_recurrent_weight(f"params[{key!r}]", params[key], cell).copy()
         H = Ws.shape[1]
         for k in range(gates(cell)):
             block = Ws[k * H:(k + 1) * H]

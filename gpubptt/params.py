@@ -97,6 +97,19 @@ def init_params(input_size, hidden_size, output_size, bias=True, dtype=np.float3
     return params
 
 
+def check_recurrent_weight(name, Ws, cell):
+    """A recurrent weight [G·H, H] of ``cell`` (a NumPy or CuPy array), its shape named in the error
+    with the cell whose weight it would be."""
+    check_choice("cell", cell, CELLS)
+    check_type(name, Ws)
+    G = gates(cell)
+    if Ws.ndim != 2 or Ws.shape[0] != G * Ws.shape[1]:
+        whose = _whose_weight(Ws.shape[0] // Ws.shape[1]) if Ws.ndim == 2 and Ws.shape[1] and \
+            Ws.shape[0] % Ws.shape[1] == 0 else ""
+        raise ValueError(f"{name}: expected shape [{gate_rows(G)},H] for cell={cell!r}, got {tuple(Ws.shape)}{whose}")
+    return Ws
+
+
 def _whose_weight(G):
     """': [GH,H] is the weight of cell=...' for the error of a recurrent weight given with another cell."""
     cells = [c for c in CELLS if gates(c) == G]

@@ -155,6 +155,14 @@ def test_spectral_radius_per_gate_block_and_rescaling():
     assert scaled["Wx_l0"] is params["Wx_l0"]
     with pytest.raises(ValueError, match=r"radius: expected a positive number, got -1"):
         with_spectral_radius(params, -1, "lstm")
+    # a gated Ws taken for an Elman one (the default cell) would be read as its first gate block alone
+    with pytest.raises(ValueError, match=r"^Ws: expected shape \[H,H\] for cell='tanh', got \(12, 3\): \[4H,H\] is "
+                                         r"the weight of cell='lstm'$"):
+        spectral_radius(params["Ws_l0"])
+    with pytest.raises(ValueError, match=r"^params\['Ws_l0'\]: expected shape \[3H,H\] for cell='gru'"):
+        with_spectral_radius(params, 1.5, "gru")
+    with pytest.raises(ValueError, match=r"^cell: expected one of .* got 'LSTM'$"):
+        spectral_radius(params["Ws_l0"], "LSTM")
 
 
 def test_gate_blocks_of_the_summands():

@@ -58,6 +58,7 @@ def _number(name, value, low=0.0, low_open=False, high=None, high_open=True):
 
 class Optimizer:
     """Base class: holds the parameters (updated in place), the state buffers and the step counters.
+    ``hyper``: the hyperparameters as given (``lr`` through the ``lr`` property, checked).
 
     Subclasses define ``name``, ``buffers`` (names of per-parameter state arrays), ``_kernel_update``
     (the fused kernel call) and ``_reference_update`` (the NumPy formula).
@@ -81,11 +82,23 @@ class Optimizer:
         self._dummy = sx.zeros(1, dtype)  # stands in for a buffer the rule does not use
 
     def active_buffers(self):
+        """The state buffers this optimizer keeps (SGD without momentum keeps none)."""
         return self.buffers
 
     @property
     def backend(self):
+        """The backend the updates run on: 'reference', 'cpu' or 'cuda'."""
         return self.be.name
+
+    @property
+    def lr(self):
+        """The learning rate, read at every step: set it between steps for a schedule
+        (``opt.lr = 0.5 * opt.lr``); the other hyperparameters are in ``hyper``."""
+        return self.hyper["lr"]
+
+    @lr.setter
+    def lr(self, value):
+        self.hyper["lr"] = _number("lr", value, low_open=True)
 
     @property
     def steps(self):

@@ -131,6 +131,28 @@ def test_clipping_fused_into_the_step(backend, clip):
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("name", optim.OPTIMIZERS)
+def test_lr_set_between_steps_is_the_next_steps(backend, name):
+    """A schedule: opt.lr = ... between steps scales the next update (each rule's step is proportional
+    to lr at default options), the state kept."""
+    params, grads = problem(np.float64, steps=2)
+    runs = []
+    for lr in (0.1, 0.02):
+        p = {k: v.copy() for k, v in params.items()}
+        opt = optim.make_optimizer(name, p, 0.1, backend=backend)
+        opt.step(grads[0])
+        after_first = {k: v.copy() for k, v in p.items()}
+        opt.lr = lr
+        opt.step(grads[1])
+        runs.append({k: p[k] - after_first[k] for k in p})
+        assert opt.lr == lr and opt.state_dict()["hyper"]["lr"] == lr
+    for k in params:
+        np.testing.assert_allclose(runs[1][k], 0.2 * runs[0][k], rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match=r"lr: expected a finite number > 0, got 0.0"):
+        opt.lr = 0
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_step_reports_the_norm_and_leaves_grads_alone(backend):
     params, grads = problem(np.float32, steps=1)
     before = {k: v.copy() for k, v in grads[0].items()}

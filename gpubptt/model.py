@@ -72,7 +72,8 @@ def bptt(params, x, d, s0=None, cell="tanh", output_activation="identity", loss=
     truncate    k: gradient does not flow back across the start of each chunk of k steps (the state
                 does flow forward); None: full BPTT
     clip_step   c: the article's clipping, at every step the gradient reaching the state (per
-                sequence; for LSTM dL/dh and dL/dc together) is rescaled to norm c when longer
+                sequence; for LSTM dL/dh and dL/dc together) is rescaled to norm c when longer;
+                L being the batch mean, a sequence's own gradient is bounded by B·c
     Other arguments as ``forward``. Returns (L, grads): L a 0-d value of x's dtype; grads[k] = dL/dk
     for every parameter key k, plus grads["x"] = dL/dx [T,B,D] and grads["s0"] = dL/ds0 structured
     like s0. With return_state=True the state after ``state_step`` comes third, as in ``forward``.

@@ -299,7 +299,7 @@ class Trainer:
 
     def __init__(self, model, task_or_batches, steps, batch_size=32, optimizer="adam", lr=None,
                  optimizer_options=None, clip_norm=None, clip_value=None, clip_step=None, tbptt=None, loss=None,
-                 seed=0, out=None, resume=False, checkpoint_every=None, eval_every=None, log_every=10,
+                 loss_steps=None, seed=0, out=None, resume=False, checkpoint_every=None, eval_every=None, log_every=10,
                  progress=True, callback=None):
         if not isinstance(model, RNN):
             raise TypeError(f"model: expected a gpubptt.RNN, got {type(model).__name__}")
@@ -336,6 +336,9 @@ class Trainer:
             self.loss, self.loss_steps = self.task.loss, self.task.loss_steps
             if loss is not None and loss != self.loss:
                 raise ValueError(f"loss: the {self.task.name} task trains with {self.loss!r}, got loss={loss!r}")
+            if loss_steps is not None and loss_steps != self.loss_steps:
+                raise ValueError(f"loss_steps: the {self.task.name} task puts its loss on {self.loss_steps!r} steps, "
+                                 f"got loss_steps={loss_steps!r}")
             self.data = _TaskData(self.task, self.batch_size, self.seed)
         else:
             self.task = None
@@ -343,7 +346,7 @@ class Trainer:
             if loss is None:
                 loss = "cross_entropy" if self.data.first[1].dtype.kind in "iu" else "squared"
             self.loss = check_choice("loss", loss, LOSSES)
-            self.loss_steps = "all"
+            self.loss_steps = "all" if loss_steps is None else check_choice("loss_steps", loss_steps, ("all", "last"))
             if isinstance(self.data, _ListData):  # a stream's batches are checked as they come
                 for i, b in enumerate(self.data.batches):
                     self._check_lengths_fit(b, f"task_or_batches[{i}]")
@@ -444,7 +447,7 @@ class Trainer:
             mismatch("task", meta["task"], task_config)
         if meta["optimizer"]["name"] != self.optimizer.name:
             mismatch("optimizer", meta["optimizer"]["name"], self.optimizer.name)
-        for key in ("batch_size", "tbptt", "seed", "loss"):
+        for key in ("batch_size", "tbptt", "seed", "loss", "loss_steps"):
             if meta["train"][key] != self.config()[key]:
                 mismatch(key, meta["train"][key], self.config()[key])
         if self.total < int(meta["step"]):
@@ -512,7 +515,8 @@ class Trainer:
                 raise type(e)(f"{self.data.name()} (at step {self.step + 1}): {e}") from None
             info = self.optimizer.step(grads, clip_norm=self.clip_norm, clip_value=self.clip_value)
             self.step += 1
-            per = loss_k if lengths is None else float(lengths.mean())  # the log's loss: per step in the loss
+            # the log's loss: per step in the loss (with lengths, of the mean length; 'last': one a sequence)
+            per = loss_k if lengths is None or self.loss_steps == "last" else float(lengths.mean())
             self.pending.append((self.step, L, per, info, self.clock.elapsed()))
             self.carry = state
             self._next_window(next_start)
@@ -700,7 +704,7 @@ class Trainer:
 
 
 def train(model, task_or_batches, steps, *, batch_size=32, optimizer="adam", lr=None, optimizer_options=None,
-          clip_norm=None, clip_value=None, clip_step=None, tbptt=None, loss=None, seed=0, out=None, resume=False,
+          clip_norm=None, clip_value=None, clip_step=None, tbptt=None, loss=None, loss_steps=None, seed=0, out=None, resume=False,
           checkpoint_every=None, eval_every=None, log_every=10, progress=True, callback=None):
     """Train ``model`` (a ``gpubptt.RNN``, its parameters updated in place) for ``steps`` optimizer steps.
 
@@ -719,6 +723,8 @@ def train(model, task_or_batches, steps, *, batch_size=32, optimizer="adam", lr=
                      clip_step: per-time-step clipping inside BPTT (the seed article's)
     tbptt            (k1, k2): TBPTT(k1, k2) (module docstring); None: full BPTT over each batch
     loss             for a list of batches: 'squared' or 'cross_entropy' (default from d's dtype)
+    loss_steps       for a list of batches: 'all' (default) or 'last', each sequence's last step alone
+                     (many-to-one; d elsewhere is not read, as in ``bptt``); a task brings its own
     seed             the data generator's seed (the model carries its own initialisation)
     out              directory for checkpoint.npz, metrics.jsonl, training.png (None: nothing written)
     resume           continue from the checkpoint in ``out`` (same model shape, task and data settings):
@@ -733,8 +739,8 @@ def train(model, task_or_batches, steps, *, batch_size=32, optimizer="adam", lr=
     """
     trainer = Trainer(model, task_or_batches, steps, batch_size=batch_size, optimizer=optimizer, lr=lr,
                       optimizer_options=optimizer_options, clip_norm=clip_norm, clip_value=clip_value,
-                      clip_step=clip_step, tbptt=tbptt, loss=loss, seed=seed, out=out, resume=resume,
-                      checkpoint_every=checkpoint_every, eval_every=eval_every, log_every=log_every,
+                      clip_step=clip_step, tbptt=tbptt, loss=loss, loss_steps=loss_steps, seed=seed, out=out,
+                      resume=resume, checkpoint_every=checkpoint_every, eval_every=eval_every, log_every=log_every,
                       progress=progress, callback=callback)
     return trainer.run()
 

@@ -433,6 +433,43 @@ def test_training_on_a_list_of_batches():
         train(m, [batches[0], wide], 4, progress=False)
 
 
+def test_many_to_one_batches_train_as_bptt_on_each_sequences_last_step():
+    """loss_steps='last' for one's own batches: each step is bptt(..., loss_steps='last') (with lengths:
+    each sequence's own last step); d elsewhere is not read (NaN there); TBPTT runs the earlier windows
+    forward only, as for the adding task."""
+    rng = np.random.default_rng(6)
+    T, B = 7, 3
+    batches = []
+    for lengths in (None, np.array([7, 4, 2])):
+        x = rng.standard_normal((T, B, 1))
+        d = np.full((T, B, 1), np.nan)
+        last = np.full(B, T) if lengths is None else lengths
+        d[last - 1, np.arange(B)] = rng.standard_normal((B, 1))
+        batches.append((x, d) if lengths is None else (x, d, lengths))
+    m = small_model()
+    r = train(m, batches, 4, loss_steps="last", optimizer="sgd", lr=0.1, progress=False, log_every=1)
+    by_hand = small_model()
+    opt = optim.SGD(by_hand.params, lr=0.1, backend="cpu")
+    for i in range(4):
+        x, d, *lengths = batches[i % 2]
+        L, g = by_hand.bptt(x, d, loss_steps="last", lengths=lengths[0] if lengths else None)
+        opt.step(g)
+        assert r.history[i]["loss"] == pytest.approx(float(L))  # one loss step a sequence
+    assert params_equal(m.params, by_hand.params)
+    windowed = small_model()  # TBPTT(3, 3) over T = 7: forward over [0, 4), then the window [4, 7) is the step
+    train(windowed, batches[:1], 1, loss_steps="last", tbptt=(3, 3), optimizer="sgd", lr=0.1, progress=False)
+    by_hand = small_model()
+    x, d = batches[0]
+    state = by_hand.forward(x[:4], return_state=True)[2]
+    optim.SGD(by_hand.params, lr=0.1, backend="cpu").step(by_hand.bptt(x[4:], d[4:], state, loss_steps="last")[1])
+    assert params_equal(windowed.params, by_hand.params)
+    with pytest.raises(ValueError, match=r"loss_steps: expected one of 'all', 'last', got 2"):
+        train(small_model(), batches, 2, loss_steps=2, progress=False)
+    with pytest.raises(ValueError, match=r"loss_steps: the sine task puts its loss on 'all' steps, got "
+                                         r"loss_steps='last'"):
+        train(small_model(), "sine", 2, loss_steps="last", progress=False)
+
+
 def test_batches_from_an_iterable_train_as_the_same_list():
     """An iterable that starts afresh at each iter() (a DataLoader-like object) is read pass after pass
     and trains bit for bit as the list; so does an iterator long enough for the run."""

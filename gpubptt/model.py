@@ -258,8 +258,17 @@ class RNN:
     """A recurrent network with its parameters: S_t = g1(Wx x_t + bx + Ws S_{t-1} + bs) (or an LSTM or
     GRU cell), stacked ``num_layers`` deep, optionally bidirectional, and Y_t = g2(Wy S_t + by).
 
+    RNN(input_size D, hidden_size H, output_size O, cell='tanh' | 'relu' | 'sigmoid' | 'identity' |
+        'lstm' | 'gru', output_activation='identity' | 'tanh' | 'sigmoid' | 'softmax', bias=True
+        (bx, bs; the output layer always has by), dtype=np.float32 | np.float64, seed=None (an int
+        fixes the weights), backend='auto' | 'reference' | 'cpu' | 'cuda', num_layers=1,
+        bidirectional=False)
+
     ``params`` is a plain dict (see ``gpubptt.forward``), initialised as ``gpubptt.init_params``
-    does: PyTorch's defaults drawn from ``numpy.random.default_rng(seed)``.
+    does: PyTorch's defaults drawn from ``numpy.random.default_rng(seed)``. ``save(directory)`` and
+    ``gpubptt.load_model(directory)`` write and read it back. An ``Optimizer`` updates the arrays of
+    the dict it was made for: after giving the model a new dict (``to_device``, loading weights by
+    assignment), make the optimizer anew.
     """
 
     def __init__(self, input_size, hidden_size, output_size, cell="tanh", output_activation="identity",
@@ -320,6 +329,35 @@ class RNN:
                     self.backend if backend is None else backend, lengths=lengths, **self._structure(),
                     **self._options("bptt", options))
 
+    def config(self):
+        """The structure, as ``RNN(**config)`` rebuilds it (checkpoints store it)."""
+        config = {
+            "input_size": int(self.input_size), "hidden_size": int(self.hidden_size),
+            "output_size": int(self.output_size), "cell": self.cell, "output_activation": self.output_activation,
+            "bias": any(k.startswith("bx") for k in self.params),
+            "dtype": np.dtype(next(iter(self.params.values())).dtype).name,
+        }  # (in this order: the repr's)
+        if self.num_layers != 1 or self.bidirectional:
+            config.update(num_layers=self.num_layers, bidirectional=self.bidirectional)
+        return config
+
+    def save(self, directory, overwrite=False):
+        """Write the model (structure and parameters) to ``directory``/checkpoint.npz, atomically, in
+        the format of ``gpubptt.train``'s checkpoints; ``gpubptt.load_model(directory)`` reads it
+        back. A directory that already holds a checkpoint is refused unless ``overwrite``. Returns
+        the file's path."""
+        from . import checkpoint
+
+        if not isinstance(overwrite, (bool, np.bool_)):
+            raise TypeError(f"overwrite: expected True or False, got {overwrite!r}")
+        directory = checkpoint.check_directory("directory", directory, writable=True)
+        if not overwrite and checkpoint.exists(directory):
+            raise ValueError(f"directory: {directory} already holds a checkpoint; pass overwrite=True to replace it")
+        check_params(self.params, self.cell, self.num_layers, self.bidirectional)
+        arrays = {f"param/{k}": to_host(v) for k, v in self.params.items()}
+        return checkpoint.save(directory, arrays, {"model": self.config(), "task": None, "step": 0,
+                                                   "saved_by": "RNN.save"})
+
     def to_device(self):
         """Move the parameters to the GPU (CuPy arrays); returns self."""
         self.params = to_device(self.params)
@@ -331,10 +369,12 @@ class RNN:
         return self
 
     def __repr__(self):
-        extra = ""
-        if self.num_layers != 1 or self.bidirectional:
-            extra = f", num_layers={self.num_layers}, bidirectional={self.bidirectional}"
-        return (f"RNN(input_size={self.input_size}, hidden_size={self.hidden_size}, output_size={self.output_size}, "
-                f"cell={self.cell!r}, output_activation={self.output_activation!r}, "
-                f"bias={'bx' + self._first in self.params}, dtype={np.dtype(self.params['Wx' + self._first].dtype).name}"
-                f"{extra})")
+        try:
+            config = self.config()
+        except (KeyError, AttributeError, IndexError, StopIteration):  # params of another structure: say so
+            return (f"RNN(cell={self.cell!r}, num_layers={self.num_layers}, bidirectional={self.bidirectional}, "
+                    f"params: {len(self.params)} arrays that do not fit this structure)")
+        parts = [f"{k}={v!r}" if k != "dtype" else f"dtype={v}" for k, v in config.items()]
+        if self.backend != "auto":
+            parts.append(f"backend={self.backend!r}")
+        return f"RNN({', '.join(parts)})"

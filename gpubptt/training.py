@@ -111,23 +111,8 @@ def tbptt_windows(T, tbptt, loss_steps):
     return [w for w in merged if not (w[2] == 0 and w[3] == w[0])]  # forward-only over nothing
 
 
-def model_config(model):
-    """The model's configuration as stored in checkpoints (what rebuilds it with ``RNN(**config)``)."""
-    config = {
-        "input_size": int(model.input_size), "hidden_size": int(model.hidden_size),
-        "output_size": int(model.output_size), "cell": model.cell, "output_activation": model.output_activation,
-        "bias": "bx" in model.params or any(k.startswith("bx") for k in model.params),
-        "dtype": np.dtype(next(iter(model.params.values())).dtype).name,
-    }
-    for name, default in (("num_layers", 1), ("bidirectional", False)):
-        value = getattr(model, name, default)
-        if value != default:
-            config[name] = value
-    return config
-
-
 def build_model(config, seed=None, backend="auto"):
-    """An ``RNN`` from ``model_config`` output."""
+    """An ``RNN`` from ``RNN.config()`` output."""
     return RNN(seed=seed, backend=backend, **config)
 
 
@@ -432,7 +417,7 @@ class Trainer:
             raise ckpt.CheckpointError(f"checkpoint {where} was written for {what}={saved!r}, got {what}={have!r}")
 
         defaults = {"num_layers": 1, "bidirectional": False}
-        have_config = {**defaults, **model_config(self.model)}
+        have_config = {**defaults, **self.model.config()}
         for key, saved in {**defaults, **meta["model"]}.items():
             if have_config.get(key) != saved:
                 mismatch(f"model {key}", saved, have_config.get(key))
@@ -614,7 +599,7 @@ class Trainer:
             arrays[f"carry/{i}"] = a
         meta = {
             "step": self.step,
-            "model": model_config(self.model),
+            "model": self.model.config(),
             "task": self.task.config() if self.task else None,
             "optimizer": {"name": state.pop("optimizer"), **state},
             "train": self.config(),

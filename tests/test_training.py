@@ -214,6 +214,31 @@ def test_load_model_gives_the_trained_model_and_its_task_back(tmp_path):
         gpubptt.load_model(tmp_path / "nothing-here")
 
 
+@pytest.mark.parametrize("structure", [dict(cell="tanh", dtype=np.float64, bias=False),
+                                       dict(cell="lstm", num_layers=2, bidirectional=True, dtype=np.float32)],
+                         ids=["tanh-f64-nobias", "lstm-2-bi-f32"])
+def test_a_model_saved_by_hand_loads_back(tmp_path, structure):
+    """RNN.save for a model trained in one's own loop: load_model gives the same structure and weights."""
+    m = gpubptt.RNN(3, 5, 2, seed=1, backend="cpu", **structure)
+    path = m.save(tmp_path / "m")
+    assert path == str(tmp_path / "m" / ckpt.FILENAME)
+    model, task, meta = gpubptt.load_model(tmp_path / "m", backend="cpu")
+    assert repr(model) == repr(m) and task is None and meta["step"] == 0
+    assert model.params.keys() == m.params.keys() and params_equal(model.params, m.params)
+    assert all(model.params[k].dtype == m.params[k].dtype for k in m.params)
+    with pytest.raises(ValueError, match=r"directory: .* already holds a checkpoint; pass overwrite=True"):
+        m.save(tmp_path / "m")
+    m.params["Wy"][...] = 0
+    m.save(tmp_path / "m", overwrite=True)
+    assert np.all(gpubptt.load_model(tmp_path / "m").model.params["Wy"] == 0)
+
+
+def test_repr_of_a_model_whose_params_do_not_fit_it():
+    m = gpubptt.RNN(4, 6, 2, cell="lstm", num_layers=2)
+    m.params = gpubptt.init_params(4, 6, 2)  # one tanh layer's keys
+    assert repr(m) == "RNN(cell='lstm', num_layers=2, bidirectional=False, params: 6 arrays that do not fit this structure)"
+
+
 def test_a_corrupted_checkpoint_is_refused(tmp_path):
     task = gpubptt.tasks.make_task("sine", seq_len=6, dtype=np.float64)
     train(small_model(), task, 2, batch_size=2, out=tmp_path, progress=False)

@@ -1,6 +1,7 @@
 """gpubptt: recurrent networks trained by backpropagation through time, with Numba kernels on the
 CPU (``@njit``) and on NVIDIA GPUs (``@cuda.jit``), and a plain-NumPy reference that spells out the
-formulas. Notation: DESIGN.md §1 (x [T,B,D], S [T,B,H], Y [T,B,O], Wx, Ws, bx, bs, Wy, by).
+formulas. Notation: x [T,B,D] inputs, S [T,B,H] states, Y [T,B,O] outputs; weights Wx, Ws, bx, bs
+(the recurrence) and Wy, by (the output layer), as in ``gpubptt.params``.
 """
 __version__ = "0.1.0"
 

@@ -82,7 +82,9 @@ def shape_text(names, shape):
 
 def check_type(name, a):
     if not (isinstance(a, np.ndarray) or is_device_array(a)):
-        raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(a).__name__}")
+        hint = (" (a torch tensor: pass t.detach().cpu().numpy(), or cupy.asarray(t) for one on the GPU)"
+                if type(a).__module__.startswith("torch") else "")
+        raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(a).__name__}{hint}")
 
 
 class ValueChecks:

@@ -32,6 +32,8 @@ import numpy as np
 from .arrays import FLOAT_DTYPES, check_type, to_device, to_host, xp_of
 from .backend import resolve
 
+__all__ = ["global_norm", "clip_global_norm", "clip_value"]
+
 NON_PARAMETER_GRADS = ("x", "s0")  # entries of a bptt result that are not parameter gradients
 
 

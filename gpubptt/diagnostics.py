@@ -41,6 +41,9 @@ from .model import _Call
 from .params import check_recurrent_weight, gates, layer_suffixes
 from .report import FIGURE_FORMATS, save_figure
 
+__all__ = ["contributions", "Contributions", "fit_rate", "spectral_radius", "with_spectral_radius",
+           "plot_profile"]
+
 WEIGHTS = ("Wx", "Ws", "bx", "bs")
 GATE_NAMES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
 KEPT_GATES = {"lstm": ("f", "o"), "gru": ("z",)}

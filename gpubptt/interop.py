@@ -17,6 +17,8 @@ import numpy as np
 from .arrays import is_device_array, to_host
 from .params import check_params, check_structure, layer_suffixes
 
+__all__ = ["from_torch", "to_torch", "key_map"]
+
 _NAMES = {"Wx": "weight_ih", "Ws": "weight_hh", "bx": "bias_ih", "bs": "bias_hh"}
 
 

@@ -26,6 +26,11 @@ def forward(params, x, s0=None, cell="tanh", output_activation="identity", backe
     x        [T,B,D] inputs, float32 or float64 (NumPy, or CuPy for the GPU)
     s0       initial state, zeros if None: [B,H] for one layer in one direction, else
              [num_layers·dirs,B,H] (PyTorch's h0 layout); for cell="lstm" a pair (h0, c0)
+    cell     g1: 'tanh', 'relu', 'sigmoid', 'identity' (Elman, G = 1), 'lstm' (G = 4), 'gru' (G = 3)
+    output_activation   g2: 'identity', 'tanh', 'sigmoid' or 'softmax'
+    backend  'auto' (cuda for CuPy inputs or where a GPU is, else cpu), 'reference', 'cpu', 'cuda';
+             the environment variable GPUBPTT_BACKEND takes the place of 'auto' when set
+    num_layers, bidirectional   the stack (the params' keys must be of it)
     lengths  [B] integers in 1..T: sequence b is x[:lengths[b], b]; past its end its state stays put
              (forward direction: its final state; reverse: its initial state) and it has no loss
     Returns (Y [T,B,O], S [T,B,dirs·H]) of x's dtype, on the device x came from: S is the top layer's

@@ -33,6 +33,8 @@ from .arrays import check_choice, check_shape, to_device, to_host, xp_of
 from .backend import resolve
 from .clipping import Reduction, check_arrays, check_threshold, norm_of, parameter_grads, reference_coefficients
 
+__all__ = ["Optimizer", "SGD", "Adam", "Adagrad", "StepInfo", "make_optimizer", "OPTIMIZERS", "DEFAULT_LR"]
+
 OPTIMIZERS = ("sgd", "adam", "adagrad")
 
 StepInfo = namedtuple("StepInfo", "norm applied")

@@ -1,6 +1,6 @@
 """Parameter dictionaries: their keys and shapes, seeded initialisation, validation.
 
-Names and shapes follow DESIGN.md §1 and PyTorch. For one layer in one direction the keys are
+Names and shapes follow the package's notation and PyTorch. For one layer in one direction the keys are
 ``Wx [G·H,D]``, ``Ws [G·H,H]``, ``bx [G·H]``, ``bs [G·H]`` (``torch.nn.RNN/LSTM/GRU``'s
 ``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``) and ``Wy [O,H]``, ``by [O]``
 (``torch.nn.Linear``'s ``weight``, ``bias``); G = 1 (Elman), 4 (LSTM: i, f, g, o), 3 (GRU: r, z, n),

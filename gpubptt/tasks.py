@@ -34,6 +34,8 @@ import numpy as np
 
 from .arrays import FLOAT_DTYPES, check_choice, check_int, check_int_array, to_host
 
+__all__ = ["Task", "Sine", "Adding", "Copy", "Text", "make_task", "TASKS"]
+
 TASKS = ("sine", "adding", "copy", "text")
 TEST_SEED = 1234
 TEST_SEQUENCES = 2048

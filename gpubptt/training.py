@@ -55,7 +55,9 @@ class TrainResult:
     ``skipped``: steps skipped for non-finite gradients; ``ran_out``: where one-shot batches (a
     generator) ended before ``steps``, the run ending there (None if they did not);
     ``test``/``baseline``: the last test metrics and the task's baseline (None without a task);
-    ``checkpoint``/``plot``: the run's files (None if none); ``note``: why a plot is missing."""
+    ``checkpoint``/``plot``: the run's files (None if none); ``note``: why a plot is missing;
+    ``interrupted``: stopped by Ctrl-C; ``out``: the run directory; ``seconds``: this call's time;
+    ``history``: the records logged (per step: loss, grad_norm, applied, elapsed; per evaluation: test)."""
 
     steps: int
     resumed_from: int = 0
@@ -302,6 +304,9 @@ class Trainer:
         self.progress_enabled = bool(progress)
         self.checkpoint_every = check_int("checkpoint_every", checkpoint_every, allow_none=True)
         self.eval_every = check_int("eval_every", eval_every, allow_none=True)
+        if self.eval_every is not None and not isinstance(task_or_batches, (str, Task)):
+            raise ValueError(f"eval_every: evaluates on a task's test set; one's own batches have none (evaluate in a "
+                             f"callback), got eval_every={eval_every!r}")
         self.log_every = check_int("log_every", log_every)
         self.callback = callback
         self.out = None if out is None else ckpt.check_directory("out", out, writable=True)
@@ -717,7 +722,8 @@ def train(model, task_or_batches, steps, *, batch_size=32, optimizer="adam", lr=
                      ``steps`` counts the checkpoint's steps too (fewer than it has done: ValueError)
     checkpoint_every, eval_every, log_every   in steps; checkpoints and a test evaluation also at the end
     progress         show the progress bar on stderr
-    callback         called as callback(step, trainer) after every step
+    callback         called as callback(step, trainer) after every step (trainer: the ``Trainer``, its
+                     ``model``, ``optimizer``, ``records`` of the steps logged so far, ``step``)
     Returns a ``TrainResult``. Steps whose gradients are not finite are skipped (counted in ``skipped``);
     an update that makes the parameters non-finite raises FloatingPointError at the next step (or at
     the end, its checkpoint not written).

@@ -448,6 +448,8 @@ def test_training_on_a_list_of_batches():
         train(m, [batches[0], batches[1] + (None, None)], 4, progress=False)
     with pytest.raises(TypeError, match=r"task_or_batches: expected a task name .* got dict"):
         train(m, {"x": 1}, 4, progress=False)
+    with pytest.raises(ValueError, match=r"eval_every: evaluates on a task's test set; one's own batches have none"):
+        train(m, batches, 4, eval_every=1, progress=False)
     with pytest.raises(TypeError, match=r"task_or_batches\[1\]: x: expected a NumPy or CuPy array, got list"):
         train(m, [batches[0], (batches[1][0].tolist(), batches[1][1])], 4, progress=False)
     with pytest.raises(TypeError, match=r"task_or_batches\[0\]: d: expected a NumPy or CuPy array, got list"):

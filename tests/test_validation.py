@@ -117,6 +117,13 @@ def test_x_wrong_shape(which, bad):
                  run, which, params, xb, d, None)
 
 
+def test_a_torch_tensor_gets_the_conversion_named():
+    torch = pytest.importorskip("torch", reason="torch not installed: the tensor case needs it")
+    params, x, d, s0 = make()
+    expect_error(TypeError, ["x: expected a NumPy or CuPy array, got Tensor (a torch tensor: pass "
+                             "t.detach().cpu().numpy()"], run, "forward", params, torch.from_numpy(x.copy()))
+
+
 @pytest.mark.parametrize("which", ["forward", "bptt"])
 @pytest.mark.parametrize("empty", ["T", "B"])
 def test_x_empty_time_or_batch(which, empty):

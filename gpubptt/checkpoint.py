@@ -60,10 +60,11 @@ def _digest(arrays, meta_text):
     return h.hexdigest()
 
 
-def save(directory, arrays, meta):
+def save(directory, arrays, meta, name="out"):
     """Write ``arrays`` ({name: NumPy array}) and ``meta`` (JSON-able dict) to directory/checkpoint.npz
-    atomically; returns the path. The previous checkpoint stays intact if anything fails."""
-    directory = check_directory("out", directory, create=True)
+    atomically; returns the path. The previous checkpoint stays intact if anything fails. ``name``:
+    the argument that gave the directory, for the error message."""
+    directory = check_directory(name, directory, create=True)
     meta_text = json.dumps({"format": FORMAT, "version": VERSION, **meta}, sort_keys=True)
     payload = {k: np.asarray(v) for k, v in arrays.items()}
     payload["meta"] = np.array(meta_text)
@@ -104,6 +105,17 @@ def _fsync_directory(directory):
         os.close(fd)
 
 
+def load_run(directory, name="resume"):
+    """``load`` for a resume: the checkpoint of a training run (one written by ``RNN.save`` holds a
+    model alone, with no optimizer state or position in the data)."""
+    arrays, meta = load(directory, name)
+    if "train" not in meta:
+        raise CheckpointError(f"{name}: {path_in(directory)} holds a model saved by RNN.save, not a training run: "
+                              "there is nothing to resume; load it with gpubptt.load_model and train it with out= "
+                              "another directory")
+    return arrays, meta
+
+
 def exists(directory):
     return os.path.isfile(path_in(directory))
 
@@ -120,8 +132,10 @@ def load(directory, name="resume"):
             data = f.read()
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, NotImplementedError, zlib.error) as e:
-        # (a damaged zip directory can name a compression method or version zipfile does not implement)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, NotImplementedError, RuntimeError,
+            zlib.error) as e:
+        # (a damaged zip directory can name a compression method or version zipfile does not implement,
+        # or mark an entry encrypted)
         raise CheckpointError(f"checkpoint {path} is corrupted or not a checkpoint: {type(e).__name__}: {e}") from None
     if "meta" not in arrays or "digest" not in arrays:
         raise CheckpointError(f"checkpoint {path} is not a gpubptt checkpoint (no meta/digest entries)")

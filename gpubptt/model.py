@@ -361,7 +361,7 @@ class RNN:
         check_params(self.params, self.cell, self.num_layers, self.bidirectional)
         arrays = {f"param/{k}": to_host(v) for k, v in self.params.items()}
         return checkpoint.save(directory, arrays, {"model": self.config(), "task": None, "step": 0,
-                                                   "saved_by": "RNN.save"})
+                                                   "saved_by": "RNN.save"}, name="directory")
 
     def to_device(self):
         """Move the parameters to the GPU (CuPy arrays); returns self."""
@@ -376,9 +376,10 @@ class RNN:
     def __repr__(self):
         try:
             config = self.config()
-        except (KeyError, AttributeError, IndexError, StopIteration):  # params of another structure: say so
+        except (KeyError, AttributeError, IndexError, StopIteration, TypeError):  # params that do not fit: say so
+            what = f"{len(self.params)} arrays" if isinstance(self.params, dict) else type(self.params).__name__
             return (f"RNN(cell={self.cell!r}, num_layers={self.num_layers}, bidirectional={self.bidirectional}, "
-                    f"params: {len(self.params)} arrays that do not fit this structure)")
+                    f"params: {what} that do not fit this structure)")
         parts = [f"{k}={v!r}" if k != "dtype" else f"dtype={v}" for k, v in config.items()]
         if self.backend != "auto":
             parts.append(f"backend={self.backend!r}")

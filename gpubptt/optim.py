@@ -196,7 +196,9 @@ class Optimizer:
         }
 
     def load_state_dict(self, state):
-        """Restore a ``state_dict()`` (validated against these parameters first; nothing changes on error)."""
+        """Restore a ``state_dict()``: the state buffers, the step counters and ``lr`` (validated against
+        these parameters first; nothing changes on error). The other hyperparameters are this
+        optimizer's own."""
         if not isinstance(state, Mapping):
             raise TypeError(f"state: expected a dict from state_dict(), got {type(state).__name__}")
         if state.get("optimizer") != self.name:
@@ -214,6 +216,8 @@ class Optimizer:
                             self.params[k].shape)
         # every value converted before any is written
         host = {b: {k: np.asarray(v, self.dtype) for k, v in buffers[b].items()} for b in self.active_buffers()}
+        saved_lr = state.get("hyper", {}).get("lr")  # as the learning rate may have been changed (a schedule)
+        lr = self.lr if saved_lr is None else _number("state['hyper']['lr']", saved_lr, low_open=True)
         for name in ("steps", "skipped"):
             v = state.get(name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v <= np.iinfo(np.int64).max:
@@ -223,6 +227,7 @@ class Optimizer:
             for k, v in values.items():
                 self.state[b][k][...] = xp.asarray(v)
         self._counters[...] = xp.asarray(np.array([state["steps"], state["skipped"]], np.int64))
+        self.hyper["lr"] = lr
 
     def __repr__(self):
         hyper = ", ".join(f"{k}={v!r}" for k, v in self.hyper.items())

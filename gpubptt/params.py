@@ -103,10 +103,13 @@ def check_recurrent_weight(name, Ws, cell):
     check_choice("cell", cell, CELLS)
     check_type(name, Ws)
     G = gates(cell)
-    if Ws.ndim != 2 or Ws.shape[0] != G * Ws.shape[1]:
-        whose = _whose_weight(Ws.shape[0] // Ws.shape[1]) if Ws.ndim == 2 and Ws.shape[1] and \
-            Ws.shape[0] % Ws.shape[1] == 0 else ""
-        raise ValueError(f"{name}: expected shape [{gate_rows(G)},H] for cell={cell!r}, got {tuple(Ws.shape)}{whose}")
+    if Ws.ndim != 2:
+        raise ValueError(f"{name}: expected shape [{gate_rows(G)},H] (2 dimensions), got {tuple(Ws.shape)}")
+    rows, H = Ws.shape
+    if rows != G * H:  # H is read from Ws's width: its rows must agree
+        whose = _whose_weight(rows // H) if H and rows % H == 0 else ""  # (rows != G·H: another G)
+        raise ValueError(f"{name}: expected shape [{gate_rows(G)},H] = ({G * H}, {H}) (H = its width) for "
+                         f"cell={cell!r}, got {tuple(Ws.shape)}{whose}")
     return Ws
 
 
@@ -163,12 +166,8 @@ def check_params(params, cell="tanh", num_layers=1, bidirectional=False, checks=
         if params[key].ndim != 2:
             raise ValueError(f"params[{key!r}]: expected shape [{','.join(names)}] (2 dimensions), "
                              f"got {tuple(params[key].shape)}")
+    check_recurrent_weight(f"params['Ws{first}']", params["Ws" + first], cell)
     H, D, O = params["Ws" + first].shape[1], params["Wx" + first].shape[1], params["Wy"].shape[0]
-    if params["Ws" + first].shape[0] != G * H:  # H is read from Ws: its own shape must agree
-        rows = params["Ws" + first].shape[0]
-        hint = _whose_weight(rows // H) if rows % H == 0 else ""  # (rows != G·H: another G)
-        raise ValueError(f"params['Ws{first}']: expected shape [{gh},H] = ({G * H}, {H}) (H = its width) for "
-                         f"cell={cell!r}, got {tuple(params['Ws' + first].shape)}{hint}")
     if min(H, D, O) == 0:
         raise ValueError(
             f"params: expected sizes H, D, O of at least 1, got H={H}, D={D}, O={O} "

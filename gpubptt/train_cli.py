@@ -128,7 +128,7 @@ def _resumed(args):
 
     if not args.resume:
         raise UsageError("--resume: expected the run directory to continue, got ''")
-    _, meta = ckpt.load(args.resume)
+    _, meta = ckpt.load_run(args.resume)
     if args.out is not None and os.path.realpath(args.out) != os.path.realpath(args.resume):
         raise UsageError(f"--out: a resumed run writes to its own directory {args.resume}, got --out {args.out}")
     saved_model, saved_task, saved_train = meta["model"], meta["task"], meta["train"]

@@ -349,6 +349,7 @@ class Trainer:
             if isinstance(self.data, _ListData):
                 self.data.batches = [(to_device(x), to_device(d), lengths) for x, d, lengths in self.data.batches]
         self.xp = self.be.xp
+        self.lr = lr  # None: the optimizer's own (on resume, the checkpoint's)
         if isinstance(optimizer, Optimizer):
             if optimizer.params is not model.params:
                 raise ValueError("optimizer: was made for other parameters than model.params")
@@ -415,7 +416,7 @@ class Trainer:
         }
 
     def _resume(self):
-        arrays, meta = ckpt.load(self.out)
+        arrays, meta = ckpt.load_run(self.out)
         where = ckpt.path_in(self.out)
 
         def mismatch(what, saved, have):
@@ -461,7 +462,9 @@ class Trainer:
             if k.startswith("optim/"):
                 _, b, key = k.split("/", 2)
                 state["buffers"].setdefault(b, {})[key] = v
-        self.optimizer.load_state_dict(state)
+        self.optimizer.load_state_dict(state)  # its lr too: the checkpoint's, unless this call gives one
+        if self.lr is not None:
+            self.optimizer.lr = self.lr
         xp = self.xp
         for k, p in self.model.params.items():
             p[...] = xp.asarray(arrays[f"param/{k}"])
@@ -740,7 +743,8 @@ Loaded = namedtuple("Loaded", "model task meta")
 
 
 def load_model(directory, backend="auto"):
-    """The model a ``train`` run (or ``gpubptt train``) checkpointed in ``directory``, to use from Python.
+    """The model a ``train`` run (or ``gpubptt train``) checkpointed in ``directory``, or ``RNN.save``
+    wrote there, to use from Python.
 
     Returns ``Loaded(model, task, meta)``: an ``RNN`` of the run's structure holding the checkpoint's
     parameters (on ``backend``); the task the run trained on, rebuilt from its configuration (None for
@@ -779,8 +783,9 @@ def sample_text(directory, length=200, temperature=1.0, prime=None, seed=0, back
     seed = check_int("seed", seed, low=0)
     model, meta = _load_trained(directory, backend)
     if meta["task"] is None or meta["task"]["name"] != "text":
-        name = meta["task"]["name"] if meta["task"] else "a list of batches"
-        raise ValueError(f"sample: the checkpoint in {directory} was trained on {name}; sampling needs a text model")
+        what = (f"was trained on {meta['task']['name']}" if meta["task"] else "was trained on a list of batches"
+                if "train" in meta else "holds a model saved by RNN.save, with no text task")
+        raise ValueError(f"sample: the checkpoint in {directory} {what}; sampling needs a text model")
     if model.bidirectional:
         raise ValueError(f"sample: the model in {directory} is bidirectional; generating text needs a model that "
                          "reads left to right only")

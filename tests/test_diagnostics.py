@@ -156,10 +156,10 @@ def test_spectral_radius_per_gate_block_and_rescaling():
     with pytest.raises(ValueError, match=r"radius: expected a positive number, got -1"):
         with_spectral_radius(params, -1, "lstm")
     # a gated Ws taken for an Elman one (the default cell) would be read as its first gate block alone
-    with pytest.raises(ValueError, match=r"^Ws: expected shape \[H,H\] for cell='tanh', got \(12, 3\): \[4H,H\] is "
-                                         r"the weight of cell='lstm'$"):
+    with pytest.raises(ValueError, match=r"^Ws: expected shape \[H,H\] = \(3, 3\) \(H = its width\) for cell='tanh', "
+                                         r"got \(12, 3\): \[4H,H\] is the weight of cell='lstm'$"):
         spectral_radius(params["Ws_l0"])
-    with pytest.raises(ValueError, match=r"^params\['Ws_l0'\]: expected shape \[3H,H\] for cell='gru'"):
+    with pytest.raises(ValueError, match=r"^params\['Ws_l0'\]: expected shape \[3H,H\] = \(9, 3\) .* for cell='gru'"):
         with_spectral_radius(params, 1.5, "gru")
     with pytest.raises(ValueError, match=r"^cell: expected one of .* got 'LSTM'$"):
         spectral_radius(params["Ws_l0"], "LSTM")

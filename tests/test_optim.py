@@ -150,6 +150,9 @@ def test_lr_set_between_steps_is_the_next_steps(backend, name):
         np.testing.assert_allclose(runs[1][k], 0.2 * runs[0][k], rtol=1e-12, atol=1e-15)
     with pytest.raises(ValueError, match=r"lr: expected a finite number > 0, got 0.0"):
         opt.lr = 0
+    again = optim.make_optimizer(name, {k: v.copy() for k, v in params.items()}, 0.5, backend=backend)
+    again.load_state_dict(opt.state_dict())  # the scheduled lr travels with the state, as in torch.optim
+    assert again.lr == 0.02
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])

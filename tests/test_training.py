@@ -228,6 +228,9 @@ def test_a_model_saved_by_hand_loads_back(tmp_path, structure):
     assert all(model.params[k].dtype == m.params[k].dtype for k in m.params)
     with pytest.raises(ValueError, match=r"directory: .* already holds a checkpoint; pass overwrite=True"):
         m.save(tmp_path / "m")
+    with pytest.raises(ckpt.CheckpointError, match=r"holds a model saved by RNN\.save, not a training run: there "
+                                                   r"is nothing to resume; load it with gpubptt\.load_model"):
+        train(model, [(np.zeros((2, 1, 3)), np.zeros((2, 1, 2)))], 2, out=tmp_path / "m", resume=True, progress=False)
     m.params["Wy"][...] = 0
     m.save(tmp_path / "m", overwrite=True)
     assert np.all(gpubptt.load_model(tmp_path / "m").model.params["Wy"] == 0)
@@ -251,11 +254,14 @@ def test_a_corrupted_checkpoint_is_refused(tmp_path):
     path.write_bytes(b"not a zip at all")
     with pytest.raises(ckpt.CheckpointError, match=r"is corrupted or not a checkpoint"):
         ckpt.load(tmp_path)
-    # a damaged zip directory: the compression method of the first entry set to one zipfile lacks
-    central = data.find(b"PK\x01\x02") + 10
-    path.write_bytes(bytes(data[:central]) + bytes([data[central] ^ 0xFF]) + bytes(data[central + 1:]))
-    with pytest.raises(ckpt.CheckpointError, match=r"is corrupted or not a checkpoint: NotImplementedError"):
-        ckpt.load(tmp_path)
+    # a damaged zip directory: the compression method of the first entry set to one zipfile lacks, or
+    # the entry marked encrypted
+    central = data.find(b"PK\x01\x02")
+    for offset, bits, error in ((10, 0xFF, "NotImplementedError"), (8, 0x01, "RuntimeError")):
+        at = central + offset
+        path.write_bytes(bytes(data[:at]) + bytes([data[at] ^ bits]) + bytes(data[at + 1:]))
+        with pytest.raises(ckpt.CheckpointError, match=rf"is corrupted or not a checkpoint: {error}"):
+            ckpt.load(tmp_path)
 
 
 def test_a_run_directory_that_cannot_be_written_is_refused_before_anything(tmp_path, monkeypatch):

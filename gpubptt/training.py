@@ -697,8 +697,8 @@ class Trainer:
 
 
 def train(model, task_or_batches, steps, *, batch_size=32, optimizer="adam", lr=None, optimizer_options=None,
-          clip_norm=None, clip_value=None, clip_step=None, tbptt=None, loss=None, loss_steps=None, seed=0, out=None, resume=False,
-          checkpoint_every=None, eval_every=None, log_every=10, progress=True, callback=None):
+          clip_norm=None, clip_value=None, clip_step=None, tbptt=None, loss=None, loss_steps=None, seed=0, out=None,
+          resume=False, checkpoint_every=None, eval_every=None, log_every=10, progress=True, callback=None):
     """Train ``model`` (a ``gpubptt.RNN``, its parameters updated in place) for ``steps`` optimizer steps.
 
     task_or_batches  a task name ('sine', 'adding', 'copy', 'text' needs a Task made with its file),
@@ -710,7 +710,8 @@ def train(model, task_or_batches, steps, *, batch_size=32, optimizer="adam", lr=
                      resumed run reads it from the start and skips the batches already used
     batch_size       sequences per batch (tasks only)
     optimizer        'sgd', 'adam', 'adagrad' or an ``Optimizer`` made for ``model.params``;
-                     lr None takes the optimizer's default; optimizer_options e.g. {'momentum': 0.9}
+                     lr None takes the optimizer's default (on resume, the checkpoint's lr);
+                     optimizer_options e.g. {'momentum': 0.9}
                      (an Optimizer brings its own: lr or optimizer_options beside it is an error)
     clip_norm        global-norm clipping threshold; clip_value: element-wise [-c, c];
                      clip_step: per-time-step clipping inside BPTT (the seed article's)

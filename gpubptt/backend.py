@@ -29,7 +29,7 @@ def cuda_status():
     except Exception as e:  # pragma: no cover - broken installs
         return None, f"numba.cuda failed to import ({e})"
     if cuda_compat.cuda is None:
-        return None, "numba-cuda is not installed (pip install 'gpubptt[cuda12]' or 'gpubptt[cuda13]')"
+        return None, "numba-cuda is not installed"
     if cuda_compat.simulator_enabled():
         return "simulator", "the CUDA simulator is enabled (NUMBA_ENABLE_CUDASIM=1)"
     if cuda_compat.gpu_available():
@@ -86,9 +86,9 @@ def resolve(backend, on_device):
     if kind is None:
         asked = source if source.startswith(ENV_VAR) else "backend='cuda'"
         raise ValueError(
-            f"{asked} is not available: {detail}. It needs an NVIDIA GPU with its driver and "
-            "pip install 'gpubptt[cuda12]' or 'gpubptt[cuda13]', or Numba's CUDA simulator: set "
-            "NUMBA_ENABLE_CUDASIM=1 in the environment before Python starts"
+            f"{asked} is not available: {detail}. It needs numba-cuda and CuPy (pip install 'gpubptt[cuda12]' "
+            "or 'gpubptt[cuda13]') and an NVIDIA GPU with its driver; or, to run the kernels in Numba's CUDA "
+            "simulator, numba-cuda and NUMBA_ENABLE_CUDASIM=1 set in the environment before Python starts"
         )
     if kind == "simulator":
         return Backend("cuda", np, source)

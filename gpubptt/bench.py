@@ -1102,15 +1102,22 @@ def _cpu_arch():
 
 
 def _git_commit():
+    """The commit of the checkout gpubptt runs from, or why there is none (an installed copy)."""
     here = os.path.dirname(os.path.abspath(__file__))
+    none = "no git checkout (an installed copy)"
     try:
+        top = subprocess.run(["git", "-C", here, "rev-parse", "--show-toplevel"], capture_output=True, text=True,
+                             timeout=10)
+        ours = os.path.realpath(os.path.join(top.stdout.strip(), "gpubptt")) == os.path.realpath(here)
+        if top.returncode != 0 or not ours:  # (a site-packages inside some other repository is not our checkout)
+            return none
         out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
-        return None
+        return none
     if out.returncode != 0:
-        return None
+        return none
     return out.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
 
 

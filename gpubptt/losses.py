@@ -45,18 +45,19 @@ def loss_and_output_grad(Z, Y, d, name, loss, mask, xp):
     L is a 0-d array of Z's dtype (NumPy or CuPy: reading it from the GPU is the caller's choice).
     """
     B = Z.shape[1]
+    n = Z.dtype.type(B)  # B in Z's dtype: a Python int would make NumPy 1.x's float32 scalar a float64
     if loss == "cross_entropy":
         # -log softmax(z)[c] = logsumexp(z) - z[c]; its gradient is (softmax(z) - onehot(c)) / B
         m = Z.max(axis=-1, keepdims=True)
         lse = (m + xp.log(xp.exp(Z - m).sum(axis=-1, keepdims=True)))[..., 0]
         t, b = xp.indices(d.shape)
-        L = ((lse - Z[t, b, d]) * mask).sum() / B
+        L = ((lse - Z[t, b, d]) * mask).sum() / n
         dZ = Y.copy()
         dZ[t, b, d] -= 1
         dZ *= (mask / B)[..., None]
         return L, dZ
     r = Y - d
-    L = (r * r * mask[..., None]).sum() / B
+    L = (r * r * mask[..., None]).sum() / n
     dY = r * ((2 / B) * mask)[..., None]
     return L, _output_grad(dY, Y, name, xp)
 

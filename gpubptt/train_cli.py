@@ -216,7 +216,10 @@ def run_train(args):
     print(summary)
     print(f"checkpoint: {result.checkpoint}")
     print(f"metrics: {os.path.join(result.out, 'metrics.jsonl')}")
-    print(f"plot: {result.plot}" if result.plot else result.note)
+    if result.plot:
+        print(f"plot: {result.plot}")
+    elif args.quiet and result.note:  # (with the progress shown, the trainer has said why already)
+        print(result.note)
     if result.interrupted:
         print(f"interrupted: continue with gpubptt train --resume {result.out}", file=sys.stderr)
         return 130

@@ -87,6 +87,11 @@ def check_type(name, a):
         raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(a).__name__}{hint}")
 
 
+class NonFiniteError(ValueError):
+    """An array that must be finite holds NaN or Inf (a ValueError whose type says so; callers that
+    add context re-raise it as ``type(e)(message)``)."""
+
+
 class ValueChecks:
     """Checks of array values (finite; integers within a range) queued while a call is validated and
     evaluated together by ``run()``: every reduction runs on its array's own device and the results
@@ -154,7 +159,7 @@ class ValueChecks:
                 results[i] = values
         for (name, _, _, where_text, bounds), result in zip(queue, results):
             if bounds is None and not result[0]:
-                raise ValueError(f"{name}: contains NaN or Inf{where_text}")
+                raise NonFiniteError(f"{name}: contains NaN or Inf{where_text}")
             if bounds is not None and (result[0] < bounds[0] or result[1] >= bounds[1]):
                 raise ValueError(f"{name}: values must lie in [{bounds[0]}, {bounds[1] - 1}]{where_text}, "
                                  f"got values in [{int(result[0])}, {int(result[1])}]")

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .arrays import is_device_array, to_host
-from .params import check_params, check_structure, layer_suffixes
+from .params import check_params, check_structure, has_bias, layer_suffixes
 
 __all__ = ["from_torch", "to_torch", "key_map"]
 
@@ -110,6 +110,5 @@ def to_torch(params_or_grads, cell="tanh", num_layers=1, bidirectional=False):
         check_params(values, cell, num_layers, bidirectional)
     except (ValueError, TypeError) as e:  # name the argument as it is called here
         raise type(e)(f"params_or_grads{str(e).removeprefix('params')}") from None
-    has_bias = any(k.startswith("bx") for k in values)
     return {theirs: _as_numpy(values[ours], f"params_or_grads[{ours!r}]")
-            for ours, theirs in key_map(num_layers, bidirectional, has_bias).items()}
+            for ours, theirs in key_map(num_layers, bidirectional, has_bias(values)).items()}

@@ -13,7 +13,7 @@ from .arrays import (ValueChecks, check_choice, check_float_array, check_int, ch
 from .backend import BACKENDS, resolve
 from .clipping import check_threshold
 from .losses import LOSS_STEPS, LOSSES, OUTPUT_ACTIVATIONS, loss_and_output_grad, loss_mask
-from .params import check_params, check_structure, init_params
+from .params import check_params, check_structure, has_bias, init_params
 
 
 def forward(params, x, s0=None, cell="tanh", output_activation="identity", backend="auto", *, num_layers=1,
@@ -339,7 +339,7 @@ class RNN:
         config = {
             "input_size": int(self.input_size), "hidden_size": int(self.hidden_size),
             "output_size": int(self.output_size), "cell": self.cell, "output_activation": self.output_activation,
-            "bias": any(k.startswith("bx") for k in self.params),
+            "bias": has_bias(self.params),
             "dtype": np.dtype(next(iter(self.params.values())).dtype).name,
         }  # (in this order: the repr's)
         if self.num_layers != 1 or self.bidirectional:

@@ -121,7 +121,7 @@ def _whose_weight(G):
     return f": [{gate_rows(G)},H] is the weight of cell={' or '.join(map(repr, cells))}"
 
 
-def _has_bias(keys):
+def has_bias(keys):
     """Whether any key is a recurrent bias (bx, bs under any suffix)."""
     return any(isinstance(k, str) and k[:2] in ("bx", "bs") for k in keys)
 
@@ -131,8 +131,8 @@ def _structure_hint(keys):
     layers = [int(m.group(1)) for k in keys if isinstance(k, str) for m in [re.search(r"_l(\d+)(_reverse)?$", k)] if m]
     num_layers = max(layers) + 1 if layers else 1
     bidirectional = any(isinstance(k, str) and k.endswith("_reverse") for k in keys)
-    has_bias = _has_bias(keys)
-    if set(param_shapes(1, 1, 1, "tanh", num_layers, bidirectional, has_bias)) != keys:
+    bias = has_bias(keys)
+    if set(param_shapes(1, 1, 1, "tanh", num_layers, bidirectional, bias)) != keys:
         return ""
     return f"; these keys are those of num_layers={num_layers}, bidirectional={bidirectional}"
 
@@ -144,8 +144,8 @@ def check_params(params, cell="tanh", num_layers=1, bidirectional=False, checks=
         raise TypeError(f"params: expected a dict of arrays, got {type(params).__name__}")
     keys = set(params)
     first = key_suffix(0, 0, num_layers, bidirectional)
-    has_bias = _has_bias(keys)
-    expected = list(param_shapes(1, 1, 1, cell, num_layers, bidirectional, has_bias))
+    bias = has_bias(keys)
+    expected = list(param_shapes(1, 1, 1, cell, num_layers, bidirectional, bias))
     missing = [k for k in expected if k not in keys]
     unknown = sorted(keys - set(expected), key=repr)  # keys may not all be str
     if missing or unknown:
@@ -176,6 +176,6 @@ def check_params(params, cell="tanh", num_layers=1, bidirectional=False, checks=
             f"params['Wy'] [O,H] = {tuple(params['Wy'].shape)})"
         )
     dtype = params["Wx" + first].dtype
-    for key, (shape, names) in param_shapes(D, H, O, cell, num_layers, bidirectional, has_bias).items():
+    for key, (shape, names) in param_shapes(D, H, O, cell, num_layers, bidirectional, bias).items():
         check_float_array(f"params[{key!r}]", params[key], names, shape, dtype, checks=checks)
-    return D, H, O, has_bias, dtype
+    return D, H, O, bias, dtype

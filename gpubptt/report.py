@@ -38,10 +38,10 @@ class MetricsLog:
     def keep_until(self, step):
         if not os.path.exists(self.path):
             return
-        records = self.read()
-        kept = [line for line in records if line.get("step", 0) <= step]
         with open(self.path) as f:
             text = f.read()
+        records = _records(text.splitlines())
+        kept = [line for line in records if line["step"] <= step]
         if len(kept) == len(records) == text.count("\n") and text.endswith("\n") or not text:
             return  # every line a record, and kept: the file stays as it is
         tmp = self.path + ".tmp"
@@ -60,16 +60,19 @@ class MetricsLog:
 def read_metrics(path):
     """The records of a metrics.jsonl: JSON objects with an integer step. Other lines (a torn last
     line from a killed run, or an edit) are skipped."""
-    records = []
     with open(path) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and isinstance(record.get("step"), int) \
-                    and not isinstance(record["step"], bool):
-                records.append(record)
+        return _records(f)
+
+
+def _records(lines):
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and not isinstance(record["step"], bool):
+            records.append(record)
     return records
 
 

@@ -32,7 +32,7 @@ import os
 
 import numpy as np
 
-from .arrays import FLOAT_DTYPES, check_choice, check_int, check_int_array, to_host
+from .arrays import FLOAT_DTYPES, check_choice, check_float_array, check_int, check_int_array, to_host
 
 __all__ = ["Task", "Sine", "Adding", "Copy", "Text", "make_task", "TASKS"]
 
@@ -92,9 +92,8 @@ class Task:
         O = self.output_size
         if self.loss == "cross_entropy":
             check_int_array("d", d, ("T", "B"), (None, None), 0, O)  # classes
-        elif d.ndim != 3 or d.shape[2] != O or d.dtype.kind != "f":
-            raise ValueError(f"d: expected the targets [T,B,O] (O = {O}) of float dtype, got shape {d.shape} "
-                             f"of {d.dtype}")
+        else:
+            check_float_array("d", d, ("T", "B", "O"), (None, None, O))
         T, B = d.shape[:2]
         if Y.shape != (T, B, O):
             raise ValueError(f"Y: expected the model's outputs [T,B,O] = ({T}, {B}, {self.output_size}) for targets "

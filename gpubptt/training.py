@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import checkpoint as ckpt
-from .arrays import check_choice, check_int, check_type, is_device_array, to_device, to_host, xp_of
+from .arrays import NonFiniteError, check_choice, check_int, check_type, is_device_array, to_device, to_host, xp_of
 from .backend import resolve
 from .clipping import check_threshold
 from .losses import LOSSES
@@ -229,7 +229,10 @@ class _StreamData:
             self.next(check=False)
 
     def next(self, check=True):
-        raw = self.first if self.index == 0 and self.first is not None else self._read()
+        if self.index == 0:  # drawn and checked ahead
+            self.index = 1
+            return self.first
+        raw = self._read()
         if raw is None:
             raise BatchesRanOut(f"task_or_batches ran out after {self.index} batches")
         self.index += 1
@@ -558,7 +561,7 @@ class Trainer:
         message = str(e)
         if not message.startswith("params["):
             return
-        if "NaN or Inf" in message and self.step > self.first_step:
+        if isinstance(e, NonFiniteError) and self.step > self.first_step:
             raise self._diverged(f"model.{message}") from None
         raise type(e)(f"model.{message}") from None
 

@@ -109,8 +109,8 @@ def test_metrics_check_the_targets(name):
         cases = [(bad, ValueError, r"d: values must lie in \[0, \d+\], got values in \[-1, "),
                  (d.astype(np.float64), TypeError, r"d: expected an integer dtype, got float64")]
     else:
-        cases = [(d[..., 0], ValueError, r"d: expected the targets \[T,B,O\] \(O = 1\) of float dtype, got shape "
-                                         r"\(3, 3\)")]
+        cases = [(d[..., 0], ValueError, r"d: expected shape \[T,B,O\] = \(\*, \*, 1\), got \(3, 3\)"),
+                 (d.astype(np.int64), TypeError, r"d: expected dtype float32 or float64, got int64")]
     for targets, error, match in cases:
         with pytest.raises(error, match=match):
             t.metrics(Y, targets)

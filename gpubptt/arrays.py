@@ -18,11 +18,15 @@ def is_device_array(a):
 def _cupy():
     try:
         import cupy
-    except ImportError as e:  # pragma: no cover - depends on the install
-        raise RuntimeError(
-            "CuPy is not installed: install gpubptt with the extra matching your CUDA driver, "
-            "pip install 'gpubptt[cuda12]' or 'gpubptt[cuda13]'"
-        ) from e
+    except ImportError as e:  # depends on the install
+        if isinstance(e, ModuleNotFoundError) and e.name == "cupy":
+            raise RuntimeError("CuPy is not installed: install gpubptt with the extra matching your CUDA driver, "
+                               "pip install 'gpubptt[cuda12]' or 'gpubptt[cuda13]'") from e
+        raise RuntimeError(f"CuPy is installed but cannot be imported ({type(e).__name__}: {e}): its CUDA libraries "
+                           "may not match the driver; pip install 'gpubptt[cuda12]' or 'gpubptt[cuda13]' installs "
+                           "the CuPy for each") from e
+    except OSError as e:  # a shared library it loads at import
+        raise RuntimeError(f"CuPy is installed but cannot be imported ({type(e).__name__}: {e})") from e
     return cupy
 
 
@@ -81,6 +85,11 @@ def shape_text(names, shape):
 
 
 def check_type(name, a):
+    if type(a) is np.ndarray:  # the common case
+        return
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{name}: got a masked array, whose mask would be ignored: pass a.filled(value) (and, for "
+                        "sequences of their own lengths, lengths)")
     if not (isinstance(a, np.ndarray) or is_device_array(a)):
         hint = (" (a torch tensor: pass t.detach().cpu().numpy(), or cupy.asarray(t) for one on the GPU)"
                 if type(a).__module__.startswith("torch") else "")
@@ -174,7 +183,10 @@ def check_float_array(name, a, names, shape, dtype=None, where=None, where_text=
     """
     check_type(name, a)
     if a.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name}: expected dtype float32 or float64, got {a.dtype}")
+        native = a.dtype.newbyteorder("=")
+        hint = (f" (the opposite byte order of this machine's: convert with .astype({native.name!r}))"
+                if a.dtype.kind == "f" and native in FLOAT_DTYPES else "")
+        raise TypeError(f"{name}: expected dtype float32 or float64, got {a.dtype.str if hint else a.dtype}{hint}")
     if dtype is not None and a.dtype != dtype:
         raise TypeError(
             f"{name}: dtype {a.dtype} differs from the other arrays' {np.dtype(dtype)} "
@@ -211,6 +223,25 @@ def check_int(name, value, low=1, allow_none=False):
         kind = "a positive integer" if low == 1 else f"an integer >= {low}"
         raise ValueError(f"{name}: expected {kind}{' or None' if allow_none else ''}, got {value!r}")
     return int(value)
+
+
+def check_dtype(name, dtype):
+    """float32 or float64, as NumPy reads it ('float32', np.float64, a dtype); not None (which NumPy
+    reads as float64). Returns the np.dtype."""
+    try:
+        found = None if dtype is None else np.dtype(dtype)
+    except (TypeError, ValueError):
+        found = None
+    if found is None or found not in FLOAT_DTYPES:  # (np.dtype('float64') == None is True)
+        raise TypeError(f"{name}: expected float32 or float64, got {dtype!r}")
+    return found
+
+
+def check_bool(name, value):
+    """True or False (a Python or NumPy bool; not 0/1, a string or None). Returns bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
 
 
 def check_choice(name, value, choices):

@@ -117,7 +117,7 @@ from importlib import metadata
 import numpy as np
 
 from . import model
-from .arrays import check_int
+from .arrays import check_bool, check_int
 from .params import CELLS, gates
 
 # (B, T, D, H): PyTorch's own RNN benchmark shape, the floor shapes, then haste's T = 50 grid
@@ -808,8 +808,7 @@ def run(cell="tanh", shapes=None, dtype="float32", threads=None, repeat=None, ba
     seed = check_int("seed", seed, low=0)
     if log is not None and not callable(log):
         raise TypeError(f"log: expected a function taking one line, or None, got {type(log).__name__}")
-    if not isinstance(quick, (bool, np.bool_)):
-        raise TypeError(f"quick: expected True or False, got {quick!r}")
+    check_bool("quick", quick)
     log = log or (lambda line: None)
     modes = MODE_CHOICES[mode]
     tol = TOLERANCE[dtype]

@@ -65,8 +65,18 @@ def save(directory, arrays, meta, name="out"):
     atomically; returns the path. The previous checkpoint stays intact if anything fails. ``name``:
     the argument that gave the directory, for the error message."""
     directory = check_directory(name, directory, create=True)
-    meta_text = json.dumps({"format": FORMAT, "version": VERSION, **meta}, sort_keys=True)
+    if os.path.isdir(path_in(directory)):
+        raise ValueError(f"{name}: {path_in(directory)} is a directory, where the checkpoint goes")
     payload = {k: np.asarray(v) for k, v in arrays.items()}
+    for k, v in payload.items():
+        if k in ("meta", "digest"):
+            raise ValueError(f"arrays: {k!r} is the name of the checkpoint's own entry; name the array otherwise")
+        if v.dtype.hasobject:
+            raise TypeError(f"arrays[{k!r}]: expected an array of numbers, got dtype {v.dtype} (a checkpoint holds no "
+                            "Python objects)")
+    if "format" in meta or "version" in meta:
+        raise ValueError("meta: 'format' and 'version' are written by the checkpoint itself; name the entries otherwise")
+    meta_text = json.dumps({"format": FORMAT, "version": VERSION, **meta}, sort_keys=True)
     payload["meta"] = np.array(meta_text)
     payload["digest"] = np.array(_digest({k: v for k, v in payload.items() if k != "meta"}, meta_text))
     fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".tmp", dir=directory)

@@ -5,7 +5,9 @@ normalise it". Three kinds exist in gpubptt:
 
 - per time step, inside the reverse-time recurrence: ``gpubptt.bptt(..., clip_step=c)``;
 - global norm over all parameter gradients, here: g <- c·g/‖g‖ when ‖g‖ > c, where ‖g‖ is the
-  Euclidean norm of every parameter gradient taken together (``clip_global_norm``);
+  Euclidean norm of every parameter gradient taken together (``clip_global_norm``). The clipped
+  norm is c exactly: ``torch.nn.utils.clip_grad_norm_`` scales by c/(‖g‖ + 1e-6), a relative
+  difference of 1e-6/‖g‖;
 - by value, min-char-rnn style: every element limited to [-c, c] (``clip_value``).
 
 The functions below clip in place (the ``grads`` dict ``bptt`` returned is the caller's to change),
@@ -29,7 +31,7 @@ import numbers
 
 import numpy as np
 
-from .arrays import FLOAT_DTYPES, check_type, to_device, to_host, xp_of
+from .arrays import FLOAT_DTYPES, check_type, is_device_array, to_device, to_host, xp_of
 from .backend import resolve
 
 __all__ = ["global_norm", "clip_global_norm", "clip_value"]
@@ -59,11 +61,13 @@ def check_threshold(name, value, allow_none=True):
     return as_float
 
 
-def check_arrays(name, arrays, dtype=None, contiguous=False):
+def check_arrays(name, arrays, dtype=None, in_place=False):
     """Validate a non-empty dict of float arrays of one dtype; return (xp, dtype).
 
-    Values are not read (no finiteness check): checking them would wait for the GPU, and
-    non-finite gradients are the guard's business.
+    ``in_place``: the arrays are to be updated in place, through flat views, so each must be
+    C-contiguous and writable, and no two may share memory (an array under two keys would be
+    updated twice). Values are not read (no finiteness check): checking them would wait for the
+    GPU, and non-finite gradients are the guard's business.
     """
     if not arrays:
         raise ValueError(f"{name}: expected at least one parameter array, got none")
@@ -76,10 +80,26 @@ def check_arrays(name, arrays, dtype=None, contiguous=False):
             dtype = a.dtype
         elif a.dtype != dtype:
             raise TypeError(f"{where}: dtype {a.dtype} differs from the other arrays' {np.dtype(dtype)}")
-        if contiguous and not a.flags.c_contiguous:
+        if in_place and not a.flags.c_contiguous:
             raise ValueError(f"{where}: expected a C-contiguous array (it is updated in place), got strides {a.strides}")
+        if in_place and not is_device_array(a) and not a.flags.writeable:  # CuPy arrays are always writable
+            raise ValueError(f"{where}: expected a writable array (it is updated in place), got a read-only one")
     xp = xp_of({f"{name}[{k!r}]": v for k, v in arrays.items()})
+    if in_place:
+        check_apart(name, arrays, xp)
     return xp, np.dtype(dtype)
+
+
+def check_apart(name, arrays, xp):
+    """Refuse two entries of ``arrays`` (C-contiguous, on ``xp``'s side) whose memory overlaps: updated in
+    place, such an array would be updated once per key. For contiguous arrays the bounds test of
+    ``may_share_memory`` (NumPy's, or CuPy's on data pointers and extents) is exact."""
+    items = list(arrays.items())
+    for i, (key, a) in enumerate(items):
+        for other, b in items[:i]:
+            if xp.may_share_memory(a, b):
+                raise ValueError(f"{name}[{other!r}] and {name}[{key!r}]: expected separate arrays (each is updated "
+                                 "in place), got two that share memory")
 
 
 class Reduction:
@@ -120,11 +140,11 @@ def reference_coefficients(grads, limit=None, max_norm=None):
     return math.sqrt(raw), coef, finite
 
 
-def _prepare(grads, backend):
+def _prepare(grads, backend, in_place=True):
     """Validated parameter gradients, their backend, and the arrays to compute on (moved to the GPU
-    for host_io, to be written back with ``_write_back``)."""
+    for host_io, to be written back with ``_write_back``). ``in_place``: as in ``check_arrays``."""
     pg = parameter_grads(grads)
-    xp, _ = check_arrays("grads", pg, contiguous=True)
+    xp, _ = check_arrays("grads", pg, in_place=in_place)
     be = resolve(backend, on_device=xp is not np)
     work = to_device(pg) if be.host_io else pg
     return pg, be, work
@@ -137,8 +157,9 @@ def _write_back(pg, work, be):
 
 
 def global_norm(grads, backend="auto"):
-    """‖g‖ over every parameter gradient in ``grads``, a 0-d float64 array on the grads' device."""
-    pg, be, work = _prepare(grads, backend)
+    """‖g‖ over every parameter gradient in ``grads``, a 0-d float64 array on the grads' device.
+    ``grads`` is only read: any layout will do (a non-contiguous array is reduced from a contiguous copy)."""
+    pg, be, work = _prepare(grads, backend, in_place=False)
     if be.name == "reference":
         return np.asarray(reference_coefficients(list(pg.values()))[0])
     info = Reduction(be).run([g.reshape(-1) for g in work.values()], 0.0, 0.0, be.xp.zeros(2, np.int64))

@@ -30,16 +30,17 @@ import math
 import numbers
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import engine, reference
-from .arrays import check_int, to_host
+from .arrays import ValueChecks, check_float_array, check_int, to_host, xp_of
 from .losses import loss_and_output_grad, loss_mask
 from .model import _Call
-from .params import check_recurrent_weight, gates, layer_suffixes
-from .report import FIGURE_FORMATS, save_figure
+from .params import check_params, check_recurrent_weight, gate_rows, gates, layer_suffixes
+from .report import FIGURE_FORMATS, check_figure_path, save_figure
 
 __all__ = ["contributions", "Contributions", "fit_rate", "spectral_radius", "with_spectral_radius",
            "plot_profile"]
@@ -149,8 +150,11 @@ def fit_rate(norms):
     A norm of exactly 0 (the gradient vanished entirely, e.g. every ReLU unit off, or underflow) has no
     logarithm, nor has one that overflowed to Inf (an exploding gradient, far back) or is NaN: those
     steps are left out of the fit, so the rate describes the steps that still have a finite gradient;
-    ``used`` < N says so. Fewer than two such norms give rate = scale = NaN.
+    ``used`` < N says so. Fewer than two such norms give rate = scale = NaN. ``norms``: a float32 or
+    float64 NumPy or CuPy array.
     """
+    # NaN and Inf are allowed (left out, above): the finiteness check goes to a ValueChecks never run
+    check_float_array("norms", norms, ("N",), (None,), checks=ValueChecks())
     norms = np.asarray(to_host(norms), np.float64)
     distance = np.arange(len(norms) - 1, -1, -1, dtype=np.float64)
     keep = _loggable(norms)
@@ -169,8 +173,13 @@ def _loggable(norms):
 def spectral_radius(Ws, cell="tanh"):
     """max |eigenvalue| of the recurrent weights Ws [G·H, H] of ``cell``: a float for the Elman cells,
     {gate: float} for each H×H gate block of LSTM and GRU (read to the host). A Ws of another cell's
-    shape is refused (an LSTM's [4H,H] with the default cell='tanh' says to pass cell='lstm')."""
-    Ws = np.asarray(to_host(check_recurrent_weight("Ws", Ws, cell)), np.float64)
+    shape is refused (an LSTM's [4H,H] with the default cell='tanh' says to pass cell='lstm'), and so
+    is one that is not float32 or float64, holds NaN or Inf, or has H = 0."""
+    check_recurrent_weight("Ws", Ws, cell)
+    check_float_array("Ws", Ws, (gate_rows(gates(cell)), "H"), (None, None))
+    if Ws.shape[1] == 0:
+        raise ValueError(f"Ws: expected H of at least 1, got shape {tuple(Ws.shape)}")
+    Ws = np.asarray(to_host(Ws), np.float64)
     H = Ws.shape[1]
     radii = {name: float(np.abs(np.linalg.eigvals(Ws[k * H:(k + 1) * H])).max())
              for k, name in enumerate(GATE_NAMES.get(cell, (cell,)))}
@@ -179,20 +188,34 @@ def spectral_radius(Ws, cell="tanh"):
 
 def with_spectral_radius(params, radius, cell="tanh"):
     """A copy of ``params`` whose every recurrent matrix (each gate block of each layer's Ws) is
-    rescaled to spectral radius ``radius``; the other arrays are shared, not copied."""
-    if isinstance(radius, bool) or not isinstance(radius, numbers.Real) or not radius > 0 or not math.isfinite(radius):
+    rescaled to spectral radius ``radius``; the other arrays are shared, not copied.
+
+    ``params`` is validated as ``bptt`` validates it, for the layers and directions its Ws keys name
+    ('Ws'; 'Ws_l0', 'Ws_l1', ...; with '_reverse' ones: bidirectional). ``radius`` must lie in the
+    range of normal numbers of params' dtype, and the rescaled Ws must stay finite in it."""
+    ws_keys = [k for k in params if isinstance(k, str) and k.startswith("Ws")] if isinstance(params, Mapping) else []
+    bidirectional = any(k.endswith("_reverse") for k in ws_keys)
+    num_layers = max(1, math.ceil(len(ws_keys) / (2 if bidirectional else 1)))  # one missing: said so below
+    dtype = check_params(params, cell, num_layers, bidirectional)[4]
+    if isinstance(radius, bool) or not isinstance(radius, numbers.Real) or not radius > 0:
         raise ValueError(f"radius: expected a positive number, got {radius!r}")
+    low, high = np.finfo(dtype).tiny, np.finfo(dtype).max
+    if not float(low) <= radius <= float(high):  # Python compares a huge int with a float exactly
+        raise ValueError(f"radius: expected a number that {dtype} holds, {low:.4g} to {high:.4g}, got {radius!r}")
     out = dict(params)
-    for key in params:
-        if key.split("_")[0] != "Ws":
-            continue
-        Ws = check_recurrent_weight(f"params[{key!r}]", params[key], cell).copy()
+    for _, _, sfx in layer_suffixes(num_layers, bidirectional):
+        key = "Ws" + sfx
+        Ws = params[key].copy()
         H = Ws.shape[1]
         for k in range(gates(cell)):
             block = Ws[k * H:(k + 1) * H]
             now = spectral_radius(block, "tanh")  # one H×H block
             if now > 0:
-                block *= radius / now
+                with np.errstate(over="ignore", invalid="ignore"):  # refused just below, with the reason
+                    block *= radius / now
+        if not bool(xp_of({key: Ws}).isfinite(Ws).all()):
+            raise ValueError(f"radius: {radius!r} rescales params[{key!r}] past what {dtype} holds "
+                             f"(entries of a gate block far larger than its spectral radius overflow)")
         out[key] = Ws
     return out
 
@@ -372,7 +395,8 @@ def _figure_path(text):
 def plot_profile(result, path, title=""):
     """‖dE_N/dS_i‖ (and LSTM's ‖dE_N/dc_i‖) against N − i on a log scale, with the fitted rate, saved
     at ``path`` (PNG, or PDF or SVG by its extension). Returns (path, None), or (None, note) when
-    matplotlib is not installed."""
+    matplotlib is not installed. ``path`` is checked first (see ``report.check_figure_path``)."""
+    check_figure_path(path)
     try:
         import matplotlib
 
@@ -451,9 +475,10 @@ def main(args):
         params = init_params(args.input_size, args.hidden, args.output_size, dtype=dtype, seed=args.seed,
                              cell=args.cell, num_layers=args.layers)
         if args.spectral_radius is not None:
-            if not (math.isfinite(args.spectral_radius) and args.spectral_radius > 0):
-                raise ValueError(f"--spectral-radius: expected a positive number, got {args.spectral_radius}")
-            params = with_spectral_radius(params, args.spectral_radius, args.cell)
+            try:
+                params = with_spectral_radius(params, args.spectral_radius, args.cell)
+            except ValueError as e:  # params come from init_params: only the radius can be wrong
+                raise ValueError("--spectral-radius: " + str(e).removeprefix("radius: ")) from None
         if args.seq_len < 1 or args.batch < 1:
             raise ValueError(f"--seq-len and --batch: expected positive integers, got {args.seq_len} and {args.batch}")
         rng = np.random.default_rng(args.seed)

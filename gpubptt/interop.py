@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .arrays import is_device_array, to_host
+from .arrays import check_bool, check_int, is_device_array, to_host
 from .params import check_params, check_structure, has_bias, layer_suffixes
 
 __all__ = ["from_torch", "to_torch", "key_map"]
@@ -24,6 +24,9 @@ _NAMES = {"Wx": "weight_ih", "Ws": "weight_hh", "bx": "bias_ih", "bs": "bias_hh"
 
 def key_map(num_layers=1, bidirectional=False, bias=True):
     """{gpubptt key: torch state_dict key} for one structure."""
+    check_int("num_layers", num_layers)
+    check_bool("bidirectional", bidirectional)
+    check_bool("bias", bias)
     keys = {}
     for layer, direction, sfx in layer_suffixes(num_layers, bidirectional):
         torch_sfx = f"_l{layer}" + ("_reverse" if direction else "")

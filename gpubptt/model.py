@@ -8,8 +8,8 @@ import numbers
 import numpy as np
 
 from . import engine, reference
-from .arrays import (ValueChecks, check_choice, check_float_array, check_int, check_int_array, check_type, to_device,
-                     to_host, xp_of)
+from .arrays import (ValueChecks, check_bool, check_choice, check_float_array, check_int, check_int_array, check_type,
+                     to_device, to_host, xp_of)
 from .backend import BACKENDS, resolve
 from .clipping import check_threshold
 from .losses import LOSS_STEPS, LOSSES, OUTPUT_ACTIVATIONS, loss_and_output_grad, loss_mask
@@ -40,8 +40,7 @@ def forward(params, x, s0=None, cell="tanh", output_activation="identity", backe
     """
     call = _Call(params, x, s0, None, cell, output_activation, backend, num_layers, bidirectional, lengths,
                  return_state=return_state, state_step=state_step)
-    if not isinstance(return_cells, (bool, np.bool_)):
-        raise TypeError(f"return_cells: expected True or False, got {return_cells!r}")
+    check_bool("return_cells", return_cells)
     if return_cells and cell != "lstm":
         raise ValueError(f"return_cells: only cell='lstm' has cell states, got cell={cell!r}")
     if call.backend.name == "reference":
@@ -132,8 +131,7 @@ class _Call:
                 )
             truncate = check_int("truncate", truncate, allow_none=True)
             clip_step = check_threshold("clip_step", clip_step)
-        if not isinstance(return_state, (bool, np.bool_)):
-            raise TypeError(f"return_state: expected True or False, got {return_state!r}")
+        check_bool("return_state", return_state)
         state_step = check_int("state_step", state_step, allow_none=True)
         if state_step is not None and bidirectional:
             raise ValueError("state_step: the state after a given step exists for the forward direction only; "
@@ -159,6 +157,8 @@ class _Call:
         if bptt:
             if isinstance(loss_steps, numbers.Integral):
                 loss_steps = min(int(loss_steps), T)  # k >= T: every step
+            if truncate is not None:
+                truncate = min(truncate, T)  # k >= T: no chunk starts inside the sequence (full BPTT)
             d = self._targets(d, loss, loss_steps, loss_at, T, B, O, dtype, xp, checks)
         checks.run()
         self.dtype, self.n_states, self.lstm = dtype, n_states, lstm
@@ -353,8 +353,7 @@ class RNN:
         the file's path."""
         from . import checkpoint
 
-        if not isinstance(overwrite, (bool, np.bool_)):
-            raise TypeError(f"overwrite: expected True or False, got {overwrite!r}")
+        check_bool("overwrite", overwrite)
         directory = checkpoint.check_directory("directory", directory, writable=True)
         if not overwrite and checkpoint.exists(directory):
             raise ValueError(f"directory: {directory} already holds a checkpoint; pass overwrite=True to replace it")

@@ -13,7 +13,8 @@ step whose gradients are not finite changes nothing: it is counted in ``opt.skip
 by the ``applied`` flag it returns. The optimizer's step number ``t`` (Adam's bias corrections,
 Adagrad's decay, SGD's first momentum step) counts applied steps only.
 
-The parameter arrays must be C-contiguous (they are updated in place through flat views); the
+The parameter arrays must be C-contiguous and writable (they are updated in place through flat
+views), and no two may share memory (one array under two keys would be stepped twice); the
 optimizer state lives on the same device. On the ``cuda`` backend with NumPy parameters (a GPU, the
 parameters on the host) each step copies them to the GPU and back: call ``model.to_device()`` first
 to avoid that. ``reference`` runs the same rules as plain NumPy formulas in float64, the spec the
@@ -29,7 +30,7 @@ import math
 
 import numpy as np
 
-from .arrays import check_choice, check_shape, to_device, to_host, xp_of
+from .arrays import ValueChecks, check_bool, check_choice, check_float_array, check_shape, to_device, to_host, xp_of
 from .backend import resolve
 from .clipping import Reduction, check_arrays, check_threshold, norm_of, parameter_grads, reference_coefficients
 
@@ -62,17 +63,19 @@ class Optimizer:
     """Base class: holds the parameters (updated in place), the state buffers and the step counters.
     ``hyper``: the hyperparameters as given (``lr`` through the ``lr`` property, checked).
 
-    Subclasses define ``name``, ``buffers`` (names of per-parameter state arrays), ``_kernel_update``
-    (the fused kernel call) and ``_reference_update`` (the NumPy formula).
+    Subclasses define ``name``, ``buffers`` (names of per-parameter state arrays), ``non_negative``
+    (those of them that can never hold a negative value: sums of squares), ``_kernel_update`` (the fused
+    kernel call) and ``_reference_update`` (the NumPy formula).
     """
 
     name = None
     buffers = ()
+    non_negative = ()
 
     def __init__(self, params, backend="auto", **hyper):
         if not isinstance(params, Mapping):
             raise TypeError(f"params: expected a dict of arrays, got {type(params).__name__}")
-        xp, dtype = check_arrays("params", params, contiguous=True)
+        xp, dtype = check_arrays("params", params, in_place=True)
         self.params = params
         self.hyper = hyper
         self.dtype = dtype
@@ -198,25 +201,16 @@ class Optimizer:
     def load_state_dict(self, state):
         """Restore a ``state_dict()``: the state buffers, the step counters and ``lr`` (validated against
         these parameters first; nothing changes on error). The other hyperparameters are this
-        optimizer's own."""
+        optimizer's own. Buffers of the other float dtype are converted."""
         if not isinstance(state, Mapping):
             raise TypeError(f"state: expected a dict from state_dict(), got {type(state).__name__}")
         if state.get("optimizer") != self.name:
             raise ValueError(f"state: saved by optimizer {state.get('optimizer')!r}, this is {self.name!r}")
-        buffers = state.get("buffers", {})
-        if set(buffers) != set(self.active_buffers()):
-            raise ValueError(f"state['buffers']: expected {sorted(self.active_buffers())}, got {sorted(buffers)}")
-        for b in self.active_buffers():
-            saved = buffers[b]
-            if set(saved) != set(self.params):
-                raise ValueError(f"state['buffers'][{b!r}]: keys {sorted(saved)} differ from the parameters' "
-                                 f"{sorted(self.params)}")
-            for k, v in saved.items():
-                check_shape(f"state['buffers'][{b!r}][{k!r}]", np.asarray(v), ("*",) * self.params[k].ndim,
-                            self.params[k].shape)
-        # every value converted before any is written
-        host = {b: {k: np.asarray(v, self.dtype) for k, v in buffers[b].items()} for b in self.active_buffers()}
-        saved_lr = state.get("hyper", {}).get("lr")  # as the learning rate may have been changed (a schedule)
+        host = self._saved_buffers(state.get("buffers", {}))
+        hyper = state.get("hyper", {})
+        if not isinstance(hyper, Mapping):
+            raise TypeError(f"state['hyper']: expected a dict of hyperparameters, got {type(hyper).__name__}")
+        saved_lr = hyper.get("lr")  # as the learning rate may have been changed (a schedule)
         lr = self.lr if saved_lr is None else _number("state['hyper']['lr']", saved_lr, low_open=True)
         for name in ("steps", "skipped"):
             v = state.get(name)
@@ -228,6 +222,41 @@ class Optimizer:
                 self.state[b][k][...] = xp.asarray(v)
         self._counters[...] = xp.asarray(np.array([state["steps"], state["skipped"]], np.int64))
         self.hyper["lr"] = lr
+
+    def _saved_buffers(self, buffers):
+        """``state['buffers']`` validated (a float array of each parameter's shape per buffer and parameter,
+        finite, non-negative where it must be) and converted to host arrays of this optimizer's dtype."""
+        if not isinstance(buffers, Mapping):
+            raise TypeError(f"state['buffers']: expected a dict {{buffer name: {{parameter name: array}}}}, "
+                            f"got {type(buffers).__name__}")
+        if set(buffers) != set(self.active_buffers()):
+            raise ValueError(f"state['buffers']: expected {sorted(self.active_buffers())}, "
+                             f"got {sorted(buffers, key=repr)}")
+        checks, host = ValueChecks(), {}
+        for b in self.active_buffers():
+            saved = buffers[b]
+            if not isinstance(saved, Mapping):
+                raise TypeError(f"state['buffers'][{b!r}]: expected a dict {{parameter name: array}}, "
+                                f"got {type(saved).__name__}")
+            if set(saved) != set(self.params):
+                raise ValueError(f"state['buffers'][{b!r}]: keys {sorted(saved, key=repr)} differ from the "
+                                 f"parameters' {sorted(self.params, key=repr)}")
+            host[b] = {}
+            for k, p in self.params.items():
+                where = f"state['buffers'][{b!r}][{k!r}]"
+                check_float_array(where, saved[k], ("*",) * p.ndim, p.shape, checks=checks)
+                with np.errstate(over="ignore"):  # a float64 value past float32's range: refused below
+                    host[b][k] = to_host(saved[k]).astype(self.dtype)
+        checks.run()
+        for b, values in host.items():
+            for k, v in values.items():
+                where = f"state['buffers'][{b!r}][{k!r}]"
+                if not np.isfinite(v).all():  # finite before, so a float64 value past float32's range
+                    raise ValueError(f"{where}: holds values beyond the range of {self.dtype}, this optimizer's dtype")
+                if b in self.non_negative and (v < 0).any():
+                    raise ValueError(f"{where}: expected non-negative values (a sum of squares), "
+                                     f"got a minimum of {float(v.min())!r}")
+        return host
 
     def __repr__(self):
         hyper = ", ".join(f"{k}={v!r}" for k, v in self.hyper.items())
@@ -245,8 +274,7 @@ class SGD(Optimizer):
         momentum = _number("momentum", momentum)
         dampening = _number("dampening", dampening, high=1.0, high_open=False)
         weight_decay = _number("weight_decay", weight_decay)
-        if not isinstance(nesterov, (bool, np.bool_)):
-            raise TypeError(f"nesterov: expected True or False, got {nesterov!r}")
+        check_bool("nesterov", nesterov)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError(f"nesterov: needs momentum > 0 and dampening = 0, got momentum={momentum!r}, "
                              f"dampening={dampening!r}")
@@ -278,6 +306,7 @@ class Adam(Optimizer):
 
     name = "adam"
     buffers = ("exp_avg", "exp_avg_sq")
+    non_negative = ("exp_avg_sq",)
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, backend="auto"):
         lr = _number("lr", lr, low_open=True)
@@ -311,6 +340,7 @@ class Adagrad(Optimizer):
 
     name = "adagrad"
     buffers = ("sum",)
+    non_negative = ("sum",)
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10,
                  backend="auto"):

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .arrays import FLOAT_DTYPES, check_choice, check_float_array, check_int, check_type
+from .arrays import check_bool, check_choice, check_dtype, check_float_array, check_int, check_type
 
 CELLS = ("tanh", "relu", "sigmoid", "identity", "lstm", "gru")
 GATES = {"lstm": 4, "gru": 3}
@@ -64,10 +64,8 @@ def param_shapes(input_size, hidden_size, output_size, cell="tanh", num_layers=1
 def check_structure(cell, num_layers, bidirectional):
     """Validate the model-structure arguments shared by every call."""
     check_choice("cell", cell, CELLS)
-    if isinstance(num_layers, bool) or not isinstance(num_layers, (int, np.integer)) or num_layers < 1:
-        raise ValueError(f"num_layers: expected a positive integer, got {num_layers!r}")
-    if not isinstance(bidirectional, (bool, np.bool_)):
-        raise TypeError(f"bidirectional: expected True or False, got {bidirectional!r}")
+    check_int("num_layers", num_layers)
+    check_bool("bidirectional", bidirectional)
 
 
 def init_params(input_size, hidden_size, output_size, bias=True, dtype=np.float32, seed=None, cell="tanh",
@@ -81,12 +79,8 @@ def init_params(input_size, hidden_size, output_size, bias=True, dtype=np.float3
     for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("output_size", output_size)):
         check_int(name, v)
     check_structure(cell, num_layers, bidirectional)
-    try:
-        dtype = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"dtype: expected float32 or float64, got {dtype!r}") from None
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
+    check_bool("bias", bias)
+    dtype = check_dtype("dtype", dtype)
     rng = np.random.default_rng(check_int("seed", seed, low=0, allow_none=True))
     params = {}
     for key, (shape, _) in param_shapes(input_size, hidden_size, output_size, cell, num_layers, bidirectional,

@@ -131,16 +131,40 @@ def _fmt(v):
 FIGURE_FORMATS = (".png", ".pdf", ".svg")
 
 
+def check_figure_path(path):
+    """``path`` as a str: a file name (str or os.PathLike) in a directory that exists, not a directory."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path: expected a file name (str or os.PathLike), got {type(path).__name__}")
+    path = os.fsdecode(path)
+    if not path:
+        raise ValueError(f"path: expected a file name, got {path!r}")
+    if os.path.isdir(path):
+        raise ValueError(f"path: {path} is a directory, expected a file name")
+    parent = os.path.dirname(path) or "."
+    if not os.path.isdir(parent):
+        raise ValueError(f"path: the directory {parent} of {path} does not exist")
+    return path
+
+
 def save_figure(fig, path):
-    """Save a matplotlib figure at ``path`` in the format its extension names (one of FIGURE_FORMATS;
-    PNG otherwise), through a temporary file moved into place, and close it."""
+    """Save a matplotlib figure at ``path`` (see ``check_figure_path``) in the format its extension
+    names (one of FIGURE_FORMATS; PNG otherwise), through a temporary file moved into place, and close
+    it. When anything fails the figure is closed all the same and no temporary file is left."""
     import matplotlib.pyplot as plt
 
-    ext = os.path.splitext(path)[1].lower()
-    tmp = path + ".tmp"
-    fig.savefig(tmp, format=ext[1:] if ext in FIGURE_FORMATS else "png", dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        path = check_figure_path(path)
+        ext = os.path.splitext(path)[1].lower()
+        tmp = path + ".tmp"
+        try:
+            fig.savefig(tmp, format=ext[1:] if ext in FIGURE_FORMATS else "png", dpi=100)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.isfile(tmp):
+                os.remove(tmp)
+            raise
+    finally:
+        plt.close(fig)
 
 
 def plot(records, path, title="", clip_norm=None):

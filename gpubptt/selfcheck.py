@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from .arrays import check_choice, to_host
+from .arrays import check_bool, check_choice, check_dtype, check_int, to_host
 from .backend import resolve
 from .model import bptt, forward
 from .params import CELLS, init_params
@@ -44,19 +44,17 @@ def relative_error(a, ref):
 def run_check(backend="auto", dtype="float32", cells=CELLS, num_layers=1, bidirectional=False, seed=0, write=print):
     """Compare ``backend`` with the reference; write one table row per problem; True if all pass.
     ``cells``: a cell name or a sequence of them."""
-    try:
-        name = np.dtype(dtype).name
-    except TypeError:
-        name = None
-    if name not in TOLERANCE:
-        raise ValueError(f"dtype: expected float32 or float64, got {dtype!r}")
-    dtype = np.dtype(name)
-    tol = TOLERANCE[name]
-    cells = (cells,) if isinstance(cells, str) else tuple(cells)
+    dtype = check_dtype("dtype", dtype)
+    tol = TOLERANCE[dtype.name]
+    cells = (cells,) if isinstance(cells, str) else cells
+    if not isinstance(cells, (tuple, list)) or not cells:
+        raise TypeError(f"cells: expected a cell name or a non-empty list of them, got {cells!r}")
     for cell in cells:
         check_choice("cells", cell, CELLS)
-    rng = np.random.default_rng(seed)
-    structure = dict(num_layers=num_layers, bidirectional=bidirectional)
+    if not callable(write):
+        raise TypeError(f"write: expected a function that takes a line of text (print), got {write!r}")
+    rng = np.random.default_rng(check_int("seed", seed, low=0))
+    structure = dict(num_layers=check_int("num_layers", num_layers), bidirectional=check_bool("bidirectional", bidirectional))
     n_states = num_layers * (2 if bidirectional else 1)
     ok, header = True, None
     shapes = SHAPES + (CPU_SHAPES if resolve(backend, on_device=False).name == "cpu" else ())

@@ -32,7 +32,8 @@ import os
 
 import numpy as np
 
-from .arrays import FLOAT_DTYPES, check_choice, check_float_array, check_int, check_int_array, to_host
+from .arrays import (FLOAT_DTYPES, check_choice, check_dtype, check_float_array, check_int, check_int_array, check_type,
+                     to_host)
 
 __all__ = ["Task", "Sine", "Adding", "Copy", "Text", "make_task", "TASKS"]
 
@@ -62,10 +63,7 @@ class Task:
 
     def __init__(self, seq_len, dtype=np.float32):
         self.seq_len = check_int("seq_len", seq_len)
-        dtype = np.dtype(dtype)
-        if dtype not in FLOAT_DTYPES:
-            raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
-        self.dtype = dtype
+        self.dtype = check_dtype("dtype", dtype)
         self._test = None
 
     def batch(self, rng, batch_size):
@@ -87,18 +85,24 @@ class Task:
 
     def metrics(self, Y, d):
         """{metric: float} of outputs Y [T,B,O] (NumPy or CuPy) against targets d of ``batch`` or
-        ``test_set`` ([T,B,O], or classes [T,B] for a cross-entropy task)."""
-        Y, d = np.asarray(to_host(Y), np.float64), np.asarray(to_host(d))
+        ``test_set`` ([T,B,O], or classes [T,B] for a cross-entropy task); T is the task's seq_len.
+        Outputs that hold NaN or Inf give NaN or Inf metrics (a diverged model), not an error."""
+        Y, d = to_host(Y), np.asarray(to_host(d))
+        check_type("Y", Y)
+        if Y.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"Y: expected dtype float32 or float64, got {Y.dtype}")
         O = self.output_size
         if self.loss == "cross_entropy":
-            check_int_array("d", d, ("T", "B"), (None, None), 0, O)  # classes
+            check_int_array("d", d, ("T", "B"), (self.seq_len, None), 0, O)  # classes
         else:
-            check_float_array("d", d, ("T", "B", "O"), (None, None, O))
+            check_float_array("d", d, ("T", "B", "O"), (self.seq_len, None, O))
         T, B = d.shape[:2]
+        if B == 0:
+            raise ValueError(f"d: expected at least one sequence (B >= 1), got shape {d.shape}")
         if Y.shape != (T, B, O):
             raise ValueError(f"Y: expected the model's outputs [T,B,O] = ({T}, {B}, {self.output_size}) for targets "
                              f"d of shape {d.shape}, got {Y.shape}")
-        return self._metrics(Y, d)
+        return self._metrics(Y.astype(np.float64), d)
 
     def _metrics(self, Y, d):
         steps = slice(-1, None) if self.loss_steps == "last" else slice(None)
@@ -217,6 +221,12 @@ class Text(Task):
 
     def __init__(self, path, seq_len=DEFAULT_SEQ_LEN["text"], dtype=np.float32, vocab=None):
         super().__init__(seq_len, dtype)
+        if vocab is not None:
+            if not isinstance(vocab, str):
+                raise TypeError(f"vocab: expected a string of distinct characters, got {type(vocab).__name__}")
+            repeated = sorted(c for c in set(vocab) if vocab.count(c) > 1)
+            if repeated:
+                raise ValueError(f"vocab: expected distinct characters, got repeats of {''.join(repeated)!r}")
         self.path, self.text, self.sha256 = read_text(path)
         chars = sorted(set(self.text))
         if vocab is not None:  # a checkpoint's alphabet: the file may not bring characters it lacks
@@ -300,12 +310,23 @@ def read_text(path):
 
 
 def encode(s, index):
-    """The codes [len(s)] of the characters of ``s`` ({character: code})."""
+    """The codes [len(s)] of the characters of the string ``s`` ({character: code}); ValueError if
+    some are not in ``index``."""
+    if not isinstance(s, str):
+        raise TypeError(f"s: expected a string, got {type(s).__name__}")
+    unknown = sorted(set(s) - set(index))
+    if unknown:
+        raise ValueError(f"s: characters not in the vocabulary of {len(index)} characters: {''.join(unknown)!r}")
     return np.array([index[c] for c in s], np.int64)
 
 
 def one_hot(codes, size, dtype):
-    """codes [...] -> one-hot vectors [..., size] of ``dtype``."""
+    """codes [...] (integers in [0, size)) -> one-hot vectors [..., size] of ``dtype``."""
+    codes = np.asarray(codes)
+    try:
+        check_int_array("codes", codes, ("...",) * codes.ndim, codes.shape, 0, size)  # any shape
+    except ValueError as e:
+        raise ValueError(f"{e} (the vocabulary has {size} characters)") from None
     return np.eye(size, dtype=dtype)[codes]
 
 
@@ -321,6 +342,7 @@ def make_task(name, seq_len=None, delay=None, text=None, dtype=np.float32, vocab
     if vocab is not None and name != "text":
         raise ValueError(f"vocab: only the text task has a vocabulary, got vocab={vocab!r} for task {name!r}")
     if name == "copy":
+        check_int("seq_len", seq_len, allow_none=True)
         task = Copy(DEFAULT_DELAY if delay is None else delay, dtype)
         if seq_len is not None and seq_len != task.seq_len:
             raise ValueError(f"seq_len: the copy task's length is delay + {2 * COPY_SYMBOLS} = {task.seq_len}, "

@@ -28,7 +28,7 @@ def test_info_reports_the_environment_override(capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("value,says", [
-    ("bogus", "backend: unavailable: GPUBPTT_BACKEND: expected one of 'auto', 'reference', 'cpu', 'cuda', got 'bogus'"),
+    ("bogus", "backend: unavailable: GPUBPTT_BACKEND: expected one of auto, reference, cpu, cuda, got 'bogus'"),
     ("cuda", "backend: unavailable: GPUBPTT_BACKEND=cuda is not available: "),  # no GPU, no simulator here
 ])
 def test_info_reports_an_override_that_cannot_be_used(capsys, monkeypatch, value, says):
@@ -67,14 +67,26 @@ def test_check_on_cpu_reaches_its_fast_paths(monkeypatch):
     assert taken["register"] > 0 and taken["units"] > 0, taken
 
 
-@pytest.mark.parametrize("kwargs,match", [(dict(dtype="float16"), "dtype: expected float32 or float64, got 'float16'"),
-                                          (dict(cells="tanhh"), "cells: expected one of .* got 'tanhh'"),
-                                          (dict(cells=("tanh", "elman")), "cells: expected one of .* got 'elman'")])
-def test_run_check_bad_arguments(kwargs, match):
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(dtype="float16"), TypeError, "dtype: expected float32 or float64, got 'float16'"),
+    (dict(dtype=None), TypeError, "dtype: expected float32 or float64, got None"),
+    (dict(cells="tanhh"), ValueError, "cells: expected one of .* got 'tanhh'"),
+    (dict(cells=("tanh", "elman")), ValueError, "cells: expected one of .* got 'elman'"),
+    (dict(cells=()), TypeError, r"cells: expected a cell name or a non-empty list of them, got \(\)"),
+    (dict(cells=None), TypeError, "cells: expected a cell name or a non-empty list of them, got None"),
+    (dict(seed=-1), ValueError, "seed: expected an integer >= 0, got -1"),
+    (dict(seed=1.5), ValueError, "seed: expected an integer >= 0, got 1.5"),
+    (dict(num_layers=2.0), ValueError, "num_layers: expected a positive integer, got 2.0"),
+    (dict(bidirectional=1), TypeError, "bidirectional: expected True or False, got 1"),
+    (dict(write=5), TypeError, "write: expected a function that takes a line of text"),
+])
+def test_run_check_bad_arguments(kwargs, error, match):
+    """Refused before any work: an empty list of cells would check nothing and report OK."""
     from gpubptt.selfcheck import run_check
 
-    with pytest.raises(ValueError, match=match):
-        run_check(backend="cpu", write=lambda line: None, **kwargs)
+    kwargs = {"write": lambda line: None, **kwargs}
+    with pytest.raises(error, match=match):
+        run_check(backend="cpu", **kwargs)
 
 
 def test_relative_error_fails_nan_and_mismatched_shapes():

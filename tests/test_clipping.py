@@ -129,3 +129,47 @@ def test_bad_gradients():
         clipping.clip_value({"W": np.zeros((3, 4)).T}, 1.0)
     with pytest.raises(ValueError, match="backend: expected one of"):
         clipping.clip_value({"W": np.zeros(3)}, 1.0, backend="gpu")
+
+
+def read_only(a):
+    """A read-only copy of ``a`` (as np.frombuffer over bytes gives)."""
+    return np.frombuffer(a.tobytes(), a.dtype).reshape(a.shape)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fn", [clipping.clip_global_norm, clipping.clip_value])
+def test_read_only_gradients_are_refused_before_a_kernel_sees_them(backend, fn):
+    g = {"Wx": np.full((2, 3), 10.0), "b": read_only(np.full(3, 10.0))}
+    with pytest.raises(ValueError, match=r"grads\['b'\]: expected a writable array \(it is updated in place\), "
+                                         "got a read-only one"):
+        fn(g, 1.0, backend=backend)
+    np.testing.assert_array_equal(g["Wx"], np.full((2, 3), 10.0))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_global_norm_reads_any_layout(backend):
+    """global_norm only reads: Fortran-ordered, strided and read-only gradients are fine, and left as they are."""
+    g = grads_of(np.float64)
+    g["Wx"] = np.asfortranarray(g["Wx"])
+    g["Ws"] = g["Ws"][:, ::2]
+    g["bx"] = read_only(g["bx"])
+    before = {k: v.copy() for k, v in g.items()}
+    assert_close(clipping.global_norm(g, backend=backend), numpy_norm(g), TOL[np.float64], "norm")
+    for k in before:
+        np.testing.assert_array_equal(g[k], before[k], err_msg=k)
+    with pytest.raises(ValueError, match=r"grads\['Wx'\]: expected a C-contiguous array"):  # in place: refused
+        clipping.clip_global_norm(g, 1.0, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fn", [clipping.clip_global_norm, clipping.clip_value])
+def test_an_array_under_two_keys_is_refused(backend, fn):
+    a = np.full(4, 10.0)
+    buf = np.full(6, 10.0)
+    for g, keys in (({"a": a, "b": a}, "'a'.*'b'"), ({"W": a.copy(), "c": buf[:4], "d": buf[3:]}, "'c'.*'d'")):
+        with pytest.raises(ValueError, match=rf"grads\[{keys}\]: expected separate arrays .*share memory"):
+            fn(g, 1.0, backend=backend)
+    np.testing.assert_array_equal(a, np.full(4, 10.0))
+    np.testing.assert_array_equal(buf, np.full(6, 10.0))
+    fn({"c": buf[:3], "d": buf[3:]}, 1.0, backend=backend)  # views of one buffer that do not overlap are fine
+    assert np.abs(buf).max() <= 1.0

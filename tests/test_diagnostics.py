@@ -1,13 +1,15 @@
 """gpubptt.diagnostics: the article's sum for dE_N term by term, its norms, rates and radii, and the
 ``gpubptt diagnose`` command."""
 import math
+import os
+import warnings
 
 import numpy as np
 import pytest
 
 import gpubptt
 from gpubptt.cli import main
-from gpubptt.diagnostics import contributions, fit_rate, spectral_radius, with_spectral_radius
+from gpubptt.diagnostics import contributions, fit_rate, plot_profile, spectral_radius, with_spectral_radius
 from gpubptt.selfcheck import TOLERANCE
 
 from conftest import assert_close, make_problem
@@ -163,6 +165,119 @@ def test_spectral_radius_per_gate_block_and_rescaling():
         with_spectral_radius(params, 1.5, "gru")
     with pytest.raises(ValueError, match=r"^cell: expected one of .* got 'LSTM'$"):
         spectral_radius(params["Ws_l0"], "LSTM")
+
+
+@pytest.mark.parametrize("Ws,error,match", [
+    (np.eye(3) * 1j, TypeError, r"^Ws: expected dtype float32 or float64, got complex128$"),
+    (np.array([["a", "b"], ["c", "d"]]), TypeError, r"^Ws: expected dtype float32 or float64, got <U1$"),
+    (np.full((2, 2), np.nan), ValueError, r"^Ws: contains NaN or Inf$"),
+    (np.array([[np.inf, 0.0], [0.0, 1.0]], np.float32), ValueError, r"^Ws: contains NaN or Inf$"),
+    (np.zeros((0, 0)), ValueError, r"^Ws: expected H of at least 1, got shape \(0, 0\)$"),
+])
+def test_spectral_radius_refuses_what_has_no_eigenvalues(Ws, error, match):
+    with pytest.raises(error, match=match):
+        spectral_radius(Ws)
+
+
+@pytest.mark.parametrize("norms,error,match", [
+    (None, TypeError, r"^norms: expected a NumPy or CuPy array, got NoneType$"),
+    (5.0, TypeError, r"^norms: expected a NumPy or CuPy array, got float$"),
+    ("abc", TypeError, r"^norms: expected a NumPy or CuPy array, got str$"),
+    ([1.0, 0.5], TypeError, r"^norms: expected a NumPy or CuPy array, got list$"),
+    (np.array([1 + 1j, 2.0]), TypeError, r"^norms: expected dtype float32 or float64, got complex128$"),
+    (np.ones((2, 2)), ValueError, r"^norms: expected shape \[N\] = \(\*,\), got \(2, 2\)$"),
+])
+def test_fit_rate_bad_input(norms, error, match):
+    with pytest.raises(error, match=match):
+        fit_rate(norms)
+
+
+def _with(params, **arrays):
+    return {**params, **arrays}
+
+
+@pytest.mark.parametrize("make,error,match", [
+    (lambda p: list(p), TypeError, r"^params: expected a dict of arrays, got list$"),
+    (lambda p: None, TypeError, r"^params: expected a dict of arrays, got NoneType$"),
+    (lambda p: {**p, 1: np.eye(3)}, ValueError, r"^params: unknown key\(s\) 1; for cell='tanh'"),
+    (lambda p: {}, ValueError, r"^params: missing key\(s\) 'Wx', 'Ws', 'Wy', 'by'; "),
+    (lambda p: {**p, "Ws": np.eye(3, dtype=int)}, TypeError,
+     r"^params\['Ws'\]: expected dtype float32 or float64, got int64$"),
+    (lambda p: {**p, "Ws": np.full((3, 3), np.nan)}, ValueError, r"^params\['Ws'\]: contains NaN or Inf$"),
+])
+def test_with_spectral_radius_validates_params(make, error, match):
+    params = make(gpubptt.init_params(2, 3, 1, dtype=np.float64, seed=0))
+    with pytest.raises(error, match=match):
+        with_spectral_radius(params, 2.0)
+
+
+def test_with_spectral_radius_reads_the_layers_and_directions_from_the_keys():
+    params = gpubptt.init_params(2, 3, 1, dtype=np.float64, seed=0, cell="gru", num_layers=2, bidirectional=True)
+    scaled = with_spectral_radius(params, 0.5, "gru")
+    for key in ("Ws_l0", "Ws_l0_reverse", "Ws_l1", "Ws_l1_reverse"):
+        assert spectral_radius(scaled[key], "gru") == pytest.approx(dict.fromkeys("rzn", 0.5))
+    del params["Ws_l1_reverse"]
+    with pytest.raises(ValueError, match=r"^params: missing key\(s\) 'Ws_l1_reverse'; "):
+        with_spectral_radius(params, 0.5, "gru")
+
+
+@pytest.mark.parametrize("radius,dtype", [(1e39, np.float32), (1e-320, np.float32), (1e-39, np.float32),
+                                          (10 ** 400, np.float32), (10 ** 400, np.float64), (math.inf, np.float64)],
+                         ids=["1e39-f32", "1e-320-f32", "1e-39-f32", "10**400-f32", "10**400-f64", "inf-f64"])
+def test_a_radius_the_dtype_cannot_hold_is_refused(radius, dtype):
+    params = gpubptt.init_params(2, 3, 1, dtype=dtype, seed=0)
+    name = np.dtype(dtype).name
+    with pytest.raises(ValueError, match=rf"^radius: expected a number that {name} holds, .* to .*, got "):
+        with_spectral_radius(params, radius)
+
+
+def test_a_radius_that_makes_ws_overflow_is_refused_without_a_warning():
+    """Entries far above the spectral radius (a non-normal Ws) overflow though the radius itself fits."""
+    params = gpubptt.init_params(2, 2, 1, dtype=np.float32, seed=0)
+    params["Ws"] = np.array([[0.1, 10.0], [0.0, 0.1]], np.float32)  # radius 0.1, an entry of 10
+    kept = params["Ws"].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning of the overflow: the error says it
+        with pytest.raises(ValueError, match=r"^radius: 1e\+38 rescales params\['Ws'\] past what float32 holds"):
+            with_spectral_radius(params, 1e38)
+        assert with_spectral_radius(params, 3.0)["Ws"][0, 1] == pytest.approx(300.0)
+    np.testing.assert_array_equal(params["Ws"], kept)
+
+
+@pytest.mark.parametrize("path,error,match", [
+    (5, TypeError, r"^path: expected a file name \(str or os\.PathLike\), got int$"),
+    (None, TypeError, r"^path: expected a file name \(str or os\.PathLike\), got NoneType$"),
+    ("", ValueError, r"^path: expected a file name, got ''$"),
+    ("plots", ValueError, r"^path: plots is a directory, expected a file name$"),
+    (os.path.join("missing", "p.png"), ValueError, r"^path: the directory missing of missing.p\.png does not exist$"),
+])
+def test_plot_profile_checks_the_path_first_and_leaves_nothing_behind(path, error, match, tmp_path, monkeypatch):
+    params, x, s0, d = make_problem(4, 2, 2, 3, 2)
+    r = contributions(params, x, d, s0=s0, backend="cpu")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "plots").mkdir()
+    with pytest.raises(error, match=match):
+        plot_profile(r, path)
+    assert os.listdir(tmp_path) == ["plots"] and os.listdir(tmp_path / "plots") == []
+
+
+def test_a_figure_that_fails_to_save_leaves_no_temporary_file(tmp_path, monkeypatch):
+    matplotlib = pytest.importorskip("matplotlib", reason="the figure needs matplotlib (pip install 'gpubptt[plot]')")
+    import matplotlib.figure
+    import matplotlib.pyplot as plt
+
+    def half_written(fig, name, **kwargs):
+        with open(name, "wb") as f:
+            f.write(b"\x89PNG")
+        raise OSError("No space left on device")
+
+    params, x, s0, d = make_problem(4, 2, 2, 3, 2)
+    r = contributions(params, x, d, s0=s0, backend="cpu")
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", half_written)
+    figures = plt.get_fignums()
+    with pytest.raises(OSError, match="No space left on device"):
+        plot_profile(r, tmp_path / "p.png")
+    assert os.listdir(tmp_path) == [] and plt.get_fignums() == figures  # no p.png.tmp, the figure closed
 
 
 def test_gate_blocks_of_the_summands():
@@ -328,6 +443,8 @@ def test_diagnose_without_matplotlib_prints_the_table_and_says_how(tmp_path, cap
     (["--spectral-radius", "-1"], "--spectral-radius: expected a positive number, got -1.0"),
     (["--hidden", "0"], "hidden_size: expected a positive integer, got 0"),
     (["--seq-len", "0"], "--seq-len and --batch: expected positive integers, got 0 and 4"),
+    (["--dtype", "float32", "--spectral-radius", "1e39"],
+     "--spectral-radius: expected a number that float32 holds, 1.175e-38 to 3.403e+38, got 1e+39"),
 ])
 def test_diagnose_bad_options_exit_2_with_the_reason(argv, message, capsys):
     assert main(["diagnose", "--backend", "cpu"] + argv) == 2

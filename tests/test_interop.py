@@ -353,6 +353,12 @@ def test_bad_structure_arguments():
     raises(sd, ValueError, "cell: expected one of", "got 'LSTM'", cell="LSTM")
     raises(sd, ValueError, "num_layers: expected a positive integer, got 0", cell="lstm", num_layers=0)
     raises(sd, TypeError, "bidirectional: expected True or False, got 'yes'", cell="lstm", bidirectional="yes")
+    for kw, error, match in ((dict(num_layers=0), ValueError, "num_layers: expected a positive integer, got 0"),
+                             (dict(num_layers=2.0), ValueError, "num_layers: expected a positive integer, got 2.0"),
+                             (dict(bidirectional=1), TypeError, "bidirectional: expected True or False, got 1"),
+                             (dict(bias="no"), TypeError, "bias: expected True or False, got 'no'")):
+        with pytest.raises(error, match=match):
+            interop.key_map(**kw)
 
 
 def test_to_torch_bad_input():

@@ -234,6 +234,83 @@ def test_load_state_dict_rejects_a_mismatch_and_changes_nothing():
         np.testing.assert_array_equal(after["buffers"]["exp_avg"][k], good["buffers"]["exp_avg"][k])
 
 
+def adam_state_with(change):
+    """An Adam optimizer after one step, the state it gives with exp_avg['W'] set to 7 (a valid change,
+    which a load that is not atomic would leave behind) and then ``change(state)`` applied."""
+    params, grads = problem(np.float32, steps=1)
+    opt = optim.Adam({k: v.copy() for k, v in params.items()}, backend="cpu")
+    opt.step(grads[0])
+    state = opt.state_dict()
+    state["buffers"]["exp_avg"]["W"][...] = 7.0
+    change(state)
+    return opt, state
+
+
+def set_entry(buffer, key, index, value):
+    def change(state):
+        state["buffers"][buffer][key][index] = value
+    return change
+
+
+def obj_array(state):
+    a = state["buffers"]["exp_avg_sq"]["b"].astype(object)
+    a[0] = "x"
+    state["buffers"]["exp_avg_sq"]["b"] = a
+
+
+@pytest.mark.parametrize("change,error,match", [
+    (set_entry("exp_avg_sq", "W", (0, 0), -1.0), ValueError,
+     r"state\['buffers'\]\['exp_avg_sq'\]\['W'\]: expected non-negative values \(a sum of squares\), got a minimum "
+     r"of -1.0"),
+    (set_entry("exp_avg_sq", "b", 1, np.nan), ValueError, r"state\['buffers'\]\['exp_avg_sq'\]\['b'\]: contains NaN"),
+    (set_entry("exp_avg_sq", "W", (1, 2), np.inf), ValueError,
+     r"state\['buffers'\]\['exp_avg_sq'\]\['W'\]: contains NaN or Inf"),
+    (lambda s: s.update(hyper=None), TypeError, r"state\['hyper'\]: expected a dict of hyperparameters, got NoneType"),
+    (lambda s: s.update(buffers=None), TypeError, r"state\['buffers'\]: expected a dict .*got NoneType"),
+    (lambda s: s.update(buffers=["exp_avg", "exp_avg_sq"]), TypeError, r"state\['buffers'\]: expected a dict .*got list"),
+    (lambda s: s["buffers"].update(exp_avg_sq=None), TypeError,
+     r"state\['buffers'\]\['exp_avg_sq'\]: expected a dict .*got NoneType"),
+    (obj_array, TypeError, r"state\['buffers'\]\['exp_avg_sq'\]\['b'\]: expected dtype float32 or float64, got object"),
+    (lambda s: s["buffers"]["exp_avg_sq"].update(b=[0.0, 0.0, 0.0]), TypeError,
+     r"state\['buffers'\]\['exp_avg_sq'\]\['b'\]: expected a NumPy or CuPy array, got list"),
+    (lambda s: s["buffers"]["exp_avg_sq"].update(b=np.full(3, 1e300)), ValueError,  # finite, but not as float32
+     r"state\['buffers'\]\['exp_avg_sq'\]\['b'\]: holds values beyond the range of float32"),
+], ids=["negative", "nan", "inf", "hyper-None", "buffers-None", "buffers-list", "buffer-None", "object-array",
+        "a-list", "past-float32"])
+def test_load_state_dict_checks_the_values_and_changes_nothing(change, error, match):
+    opt, bad = adam_state_with(change)
+    good = opt.state_dict()
+    with pytest.raises(error, match=match):
+        opt.load_state_dict(bad)
+    after = opt.state_dict()
+    assert (after["steps"], after["skipped"], after["hyper"]) == (good["steps"], good["skipped"], good["hyper"])
+    for b in good["buffers"]:
+        for k in good["buffers"][b]:
+            np.testing.assert_array_equal(after["buffers"][b][k], good["buffers"][b][k], err_msg=f"{b} {k}")
+
+
+def test_load_state_dict_refuses_a_negative_adagrad_sum():
+    params, grads = problem(np.float64, steps=1)
+    opt = optim.Adagrad({k: v.copy() for k, v in params.items()}, backend="cpu")
+    state = opt.state_dict()
+    state["buffers"]["sum"]["b"][2] = -0.5
+    with pytest.raises(ValueError, match=r"state\['buffers'\]\['sum'\]\['b'\]: expected non-negative values"):
+        opt.load_state_dict(state)
+    assert (opt.state_dict()["buffers"]["sum"]["b"] == 0).all()
+
+
+def test_load_state_dict_converts_the_other_float_dtype():
+    params, grads = problem(np.float64, steps=1)
+    wide = optim.Adam({k: v.copy() for k, v in params.items()}, backend="cpu")
+    wide.step(grads[0])
+    narrow = optim.Adam({k: v.astype(np.float32) for k, v in params.items()}, backend="cpu")
+    narrow.load_state_dict(wide.state_dict())
+    for b, values in wide.state_dict()["buffers"].items():
+        for k, v in values.items():
+            assert narrow.state[b][k].dtype == np.float32
+            np.testing.assert_allclose(narrow.state[b][k], v, rtol=1e-7)
+
+
 @pytest.mark.parametrize("make,error,match", [
     (lambda p: optim.SGD(p, lr=0), ValueError, r"lr: expected a finite number > 0, got 0.0"),
     (lambda p: optim.SGD(p, lr=-0.1), ValueError, r"lr: expected a finite number > 0, got -0.1"),
@@ -255,6 +332,12 @@ def test_load_state_dict_rejects_a_mismatch_and_changes_nothing():
     (lambda p: optim.Adam({"W": p["W"], "b": p["b"].astype(np.float64)}), TypeError,
      r"params\['b'\]: dtype float64 differs from the other arrays' float32"),
     (lambda p: optim.Adam(p, backend="gpu"), ValueError, r"backend: expected one of"),
+    (lambda p: optim.Adam({**p, "b": np.frombuffer(p["b"].tobytes(), np.float32)}), ValueError,
+     r"params\['b'\]: expected a writable array \(it is updated in place\), got a read-only one"),
+    (lambda p: optim.SGD({"W": p["W"], "V": p["W"]}, lr=0.1), ValueError,
+     r"params\['W'\] and params\['V'\]: expected separate arrays .*share memory"),
+    (lambda p: optim.Adam({"W": p["W"], "row": p["W"][1]}), ValueError,
+     r"params\['W'\] and params\['row'\]: expected separate arrays .*share memory"),
 ])
 def test_bad_optimizer_arguments(make, error, match):
     params, _ = problem(np.float32)

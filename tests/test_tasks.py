@@ -109,7 +109,7 @@ def test_metrics_check_the_targets(name):
         cases = [(bad, ValueError, r"d: values must lie in \[0, \d+\], got values in \[-1, "),
                  (d.astype(np.float64), TypeError, r"d: expected an integer dtype, got float64")]
     else:
-        cases = [(d[..., 0], ValueError, r"d: expected shape \[T,B,O\] = \(\*, \*, 1\), got \(3, 3\)"),
+        cases = [(d[..., 0], ValueError, r"d: expected shape \[T,B,O\] = \(3, \*, 1\), got \(3, 3\)"),
                  (d.astype(np.int64), TypeError, r"d: expected dtype float32 or float64, got int64")]
     for targets, error, match in cases:
         with pytest.raises(error, match=match):
@@ -126,6 +126,12 @@ def test_metrics_check_the_targets(name):
     (dict(name="adding", vocab="abc"), ValueError, r"vocab: only the text task has a vocabulary, got vocab='abc'"),
     (dict(name="sine", text="x.txt"), ValueError, r"text: only the text task reads a file"),
     (dict(name="text"), ValueError, r"text: the text task needs a text file \(--text FILE\)"),
+    (dict(name="sine", dtype="bogus"), TypeError, r"dtype: expected float32 or float64, got 'bogus'"),
+    (dict(name="sine", dtype=None), TypeError, r"dtype: expected float32 or float64, got None"),
+    (dict(name="adding", dtype="float16"), TypeError, r"dtype: expected float32 or float64, got 'float16'"),
+    (dict(name="copy", dtype=(np.float32, -1)), TypeError, r"dtype: expected float32 or float64, got \("),
+    (dict(name="copy", seq_len=30.0), ValueError, r"seq_len: expected a positive integer or None, got 30.0"),
+    (dict(name="sine", seq_len=2.0), ValueError, r"seq_len: expected a positive integer, got 2.0"),
 ])
 def test_bad_task_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -152,3 +158,66 @@ def test_missing_text_file_and_directory(tmp_path):
         tasks.make_task("text", text=tmp_path)
     with pytest.raises(TypeError, match=r"text: expected the path of a text file, got int"):
         tasks.make_task("text", text=3)
+
+
+@pytest.mark.parametrize("name", ["sine", "adding", "copy"])
+def test_metrics_need_the_tasks_length_and_at_least_one_sequence(name):
+    """Targets of another length gave a wrong figure (copy: accuracy 1.0 on 3 steps); none gave NaN."""
+    t = tasks.make_task(name)
+    T, O = t.seq_len, t.output_size
+    x, d = t.batch(0, 2)
+    Y = np.full((T, 2, O), 0.1)
+    shape = rf"\[T,B\] = \({T}, \*\)" if t.loss == "cross_entropy" else rf"\[T,B,O\] = \({T}, \*, 1\)"
+    for n in (3, 0):
+        with pytest.raises(ValueError, match=rf"d: expected shape {shape}, got \({n}, 2"):
+            t.metrics(Y[:n], d[:n])
+    with pytest.raises(ValueError, match=rf"d: expected at least one sequence \(B >= 1\), got shape \({T}, 0"):
+        t.metrics(Y[:, :0], d[:, :0])
+
+
+def test_metrics_check_the_outputs_type_and_leave_them_alone():
+    t = tasks.make_task("copy")
+    d = np.zeros((30, 2), np.int64)
+    Y = np.full((30, 2, 10), 0.1)
+    for bad, match in [("abc", r"Y: expected a NumPy or CuPy array, got str"),
+                       (Y.tolist(), r"Y: expected a NumPy or CuPy array, got list"),
+                       (Y + 1j, r"Y: expected dtype float32 or float64, got complex128"),
+                       (np.ones((30, 2, 10), np.int64), r"Y: expected dtype float32 or float64, got int64")]:
+        with pytest.raises(TypeError, match=match):
+            t.metrics(bad, d)
+    Y32 = Y.astype(np.float32)
+    before = Y32.copy()
+    assert t.metrics(Y32, d)["accuracy"] == 1.0
+    np.testing.assert_array_equal(Y32, before)
+    Y32[0, 0, 0] = np.nan  # a diverged model's outputs give a NaN figure, which the training log records
+    assert math.isnan(t.metrics(Y32, d)["cross_entropy"])
+
+
+def test_text_vocabulary_is_a_string_of_distinct_characters(tmp_path):
+    f = tmp_path / "t.txt"
+    f.write_text("hello world, this is the text.\n" * 40, encoding="utf-8")
+    assert tasks.make_task("text", text=f, vocab=" ,.dehilmorstwx\n").input_size == 16
+    with pytest.raises(ValueError, match=r"vocab: expected distinct characters, got repeats of 'lx'"):
+        tasks.make_task("text", text=f, vocab=" ,.dehilmorstwxxx\nl")
+    for bad in (123, list(" ,.dehilmorstwx\n")):
+        with pytest.raises(TypeError, match=rf"vocab: expected a string of distinct characters, got "
+                                            rf"{type(bad).__name__}"):
+            tasks.make_task("text", text=f, vocab=bad)
+
+
+def test_text_encode_and_one_hot_refuse_what_is_not_in_the_vocabulary(tmp_path):
+    f = tmp_path / "t.txt"
+    f.write_text("abcab" * 40, encoding="utf-8")
+    t = tasks.make_task("text", seq_len=8, text=f)
+    np.testing.assert_array_equal(t.encode("cab"), [2, 0, 1])
+    assert t.one_hot([[2, 0]]).tolist() == [[[0, 0, 1], [1, 0, 0]]]
+    with pytest.raises(ValueError, match=r"s: characters not in the vocabulary of 3 characters: 'XZ'"):
+        t.encode("aZbX")
+    with pytest.raises(TypeError, match=r"s: expected a string, got int"):
+        t.encode(5)
+    for codes, low, high in (([100], 100, 100), ([0, -1], -1, 0)):
+        with pytest.raises(ValueError, match=rf"codes: values must lie in \[0, 2\], got values in \[{low}, {high}\] "
+                                             r"\(the vocabulary has 3 characters\)"):
+            t.one_hot(codes)
+    with pytest.raises(TypeError, match=r"codes: expected an integer dtype, got float64"):
+        t.one_hot([1.0])

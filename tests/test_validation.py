@@ -145,6 +145,18 @@ def test_x_bad_dtype(which, dtype):
 
 
 @pytest.mark.parametrize("which", ["forward", "bptt"])
+def test_x_of_the_other_byte_order_or_masked(which):
+    """A float64 of the other byte order is named as such (not a bare '>f8' against 'float64'); a
+    masked array is refused: its mask would be ignored."""
+    params, x, d, s0 = make()
+    swapped = x.astype(x.dtype.newbyteorder("S"))
+    expect_error(TypeError, ["x:", "float32 or float64", f"got {swapped.dtype.str}", "opposite byte order",
+                             ".astype('float64')"], run, which, params, swapped, d, s0)
+    expect_error(TypeError, ["x:", "masked array", "mask would be ignored", "a.filled(value)"], run, which, params,
+                 np.ma.masked_array(x, mask=np.zeros(x.shape, bool)), d, s0)
+
+
+@pytest.mark.parametrize("which", ["forward", "bptt"])
 @pytest.mark.parametrize("pdtype,xdtype", [(np.float64, np.float32), (np.float32, np.float64)])
 def test_x_dtype_differs_from_params(which, pdtype, xdtype):
     params, x, d, s0 = make(dtype=pdtype)
@@ -519,11 +531,11 @@ def test_unknown_loss_choice(arg, value, choices):
 
 
 @pytest.mark.parametrize("which", ["forward", "bptt"])
-@pytest.mark.parametrize("value", ["gpu", "CPU", "numpy", " cpu"])
+@pytest.mark.parametrize("value", ["gpu", "numpy", "c pu"])
 def test_unknown_backend_from_environment(monkeypatch, which, value):
     monkeypatch.setenv(ENV_VAR, value)
     params, x, d, s0 = make()
-    expect_error(ValueError, [f"{ENV_VAR}:", "'auto', 'reference', 'cpu', 'cuda'", f"got {value!r}"],
+    expect_error(ValueError, [f"{ENV_VAR}:", "auto, reference, cpu, cuda", f"got {value!r}"],
                  run, which, params, x, d, s0, backend="auto")
 
 
@@ -581,6 +593,17 @@ def test_init_params_seeded():
     assert all(np.array_equal(a[k], b[k]) for k in PARAM_KEYS)
     assert not np.array_equal(a["Ws"], gpubptt.init_params(D, H, O, seed=8)["Ws"])
     assert set(gpubptt.init_params(D, H, O, seed=None)) == set(PARAM_KEYS)  # fresh entropy
+
+
+@pytest.mark.parametrize("make", [gpubptt.init_params, gpubptt.RNN], ids=["init_params", "RNN"])
+def test_init_params_refuses_a_bias_or_dtype_it_would_misread(make):
+    """bias='no' would keep the biases and bias=None drop them; dtype=None would mean float64."""
+    for bias in ("no", None, 0):
+        expect_error(TypeError, ["bias:", "True or False", f"got {bias!r}"], make, D, H, O, bias=bias)
+    for dtype in (None, "bogus", np.float16):
+        expect_error(TypeError, ["dtype:", "float32 or float64", f"got {dtype!r}"], make, D, H, O, dtype=dtype)
+    made = make(D, H, O, bias=np.False_, seed=0)
+    assert not gpubptt.params.has_bias(made if isinstance(made, dict) else made.params)
 
 
 @pytest.mark.parametrize("seed", [-1, 1.5, "0", True])
@@ -1140,8 +1163,8 @@ def test_return_cells_is_true_or_false(value):
 def test_option_boundaries_and_integer_types(backend, structure):
     """Values at the edge of each option's range are accepted and mean what the docstrings say:
     loss_steps=1 is "last", loss_steps=T is "all" (so is any larger k, even past int64), truncate=T
-    and a huge clip_step change nothing; NumPy integers (unsigned too) work wherever a Python int
-    does, and any real number (a Fraction) as clip_step."""
+    (or past int64) and a huge clip_step change nothing; NumPy integers (unsigned too) work wherever a
+    Python int does, and any real number (a Fraction) as clip_step."""
     params, x, d, s0, kw = make_net(*structure)
     kw.update(backend=backend, lengths=np.array([T, 2]))
 
@@ -1158,6 +1181,7 @@ def test_option_boundaries_and_integer_types(backend, structure):
     same(gpubptt.bptt(params, x, d, s0, loss_steps=T, **kw), full, "loss_steps=T")
     same(gpubptt.bptt(params, x, d, s0, loss_steps=np.int64(10 * T), **kw), full, "loss_steps=10T")
     same(gpubptt.bptt(params, x, d, s0, truncate=np.int32(T), **kw), full, "truncate=T")
+    same(gpubptt.bptt(params, x, d, s0, truncate=2 ** 63, **kw), full, "truncate=2**63")
     same(gpubptt.bptt(params, x, d, s0, loss_steps=2 ** 70, **kw), full, "loss_steps=2**70")
     same(gpubptt.bptt(params, x, d, s0, clip_step=1e30, **kw), full, "clip_step=1e30")
     same(gpubptt.bptt(params, x, d, s0, truncate=np.uint64(2), loss_steps=np.uint8(3), **kw),

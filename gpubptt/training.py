@@ -17,16 +17,19 @@ learn from: the state is carried through them by ``forward`` and only the last w
 Everything a run needs to continue goes into the checkpoint (``gpubptt.checkpoint``): parameters,
 optimizer state, the data generator's state at the start of the current batch, the window reached
 and the carried state. ``resume=True`` continues from it, so on the ``cpu`` backend an interrupted
-run, resumed, ends bit-identical to one that was never interrupted. Ctrl-C (SIGINT) stops after the
+run, resumed with as many Numba threads, ends bit-identical to one that was never interrupted (with
+another thread count, equal to rounding: the threads sum their shares of the batch apart). Ctrl-C (SIGINT) stops after the
 current step, saves a checkpoint and returns with ``interrupted=True``; a second Ctrl-C aborts at once.
 
 On the ``cuda`` backend with a GPU the model's parameters are moved to the GPU (``model.to_device()``)
 and each batch is moved there once when it is drawn; the test set once per run. Losses and norms
 stay on the GPU until they are logged (every ``log_every`` steps).
 """
+import json
 import os
 import signal
 import threading
+import warnings
 from collections import namedtuple
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import checkpoint as ckpt
-from .arrays import NonFiniteError, check_choice, check_int, check_type, is_device_array, to_device, to_host, xp_of
+from .arrays import NonFiniteError, check_bool, check_choice, check_int, check_type, is_device_array, to_device, to_host, xp_of
 from .backend import resolve
 from .clipping import check_threshold
 from .losses import LOSSES
@@ -264,8 +267,13 @@ def _check_batch(b, name):
         raise TypeError(f"{name}: expected a pair (x, d) or a triple (x, d, lengths), got {got}")
     for j, what in enumerate(("x", "d")):
         check_type(f"{name}: {what}", b[j])
-    lengths = b[2] if len(b) == 3 else None
-    return b[0], b[1], None if lengths is None else np.asarray(to_host(lengths))
+    if len(b) == 2 or b[2] is None:
+        return b[0], b[1], None
+    try:
+        lengths = np.asarray(to_host(b[2]))
+    except ValueError:  # a ragged list
+        raise ValueError(f"{name}: lengths: expected one integer a sequence [B], got {b[2]!r}") from None
+    return b[0], b[1], lengths
 
 
 def _carry_to_arrays(state):
@@ -304,7 +312,10 @@ class Trainer:
             raise ValueError(f"tbptt: a bidirectional model reads each sequence whole (its reverse direction starts "
                              f"at the end), got tbptt={self.tbptt} for a bidirectional model")
         self.seed = check_int("seed", seed, low=0)
-        self.progress_enabled = bool(progress)
+        self.progress_enabled = check_bool("progress", progress)
+        check_bool("resume", resume)
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback: expected a function of (step, trainer) or None, got {callback!r}")
         self.checkpoint_every = check_int("checkpoint_every", checkpoint_every, allow_none=True)
         self.eval_every = check_int("eval_every", eval_every, allow_none=True)
         if self.eval_every is not None and not isinstance(task_or_batches, (str, Task)):
@@ -315,9 +326,8 @@ class Trainer:
         self.out = None if out is None else ckpt.check_directory("out", out, writable=True)
         if resume and out is None:
             raise ValueError("resume: needs out, the directory that holds the checkpoint")
-        if self.out is not None and not resume and ckpt.exists(self.out):
-            raise ValueError(f"out: {self.out} already holds a checkpoint; pass resume=True (--resume) to continue "
-                             "it, or choose another directory")
+        if self.out is not None:
+            self._check_out(resume)
         dtype = np.dtype(next(iter(model.params.values())).dtype)
 
         # the data: a task (by name or object) or a list of batches
@@ -352,7 +362,8 @@ class Trainer:
             if isinstance(self.data, _ListData):
                 self.data.batches = [(to_device(x), to_device(d), lengths) for x, d, lengths in self.data.batches]
         self.xp = self.be.xp
-        self.lr = lr  # None: the optimizer's own (on resume, the checkpoint's)
+        # None: the optimizer's own (on resume, the checkpoint's); an Optimizer handed in keeps its own
+        self.lr = optimizer.lr if isinstance(optimizer, Optimizer) else lr
         if isinstance(optimizer, Optimizer):
             if optimizer.params is not model.params:
                 raise ValueError("optimizer: was made for other parameters than model.params")
@@ -364,9 +375,12 @@ class Trainer:
             self.optimizer = optimizer
         else:
             check_choice("optimizer", optimizer, OPTIMIZERS)
-            if optimizer_options is not None and not isinstance(optimizer_options, Mapping):
-                raise TypeError(f"optimizer_options: expected a dict of keyword arguments or None, "
-                                f"got {type(optimizer_options).__name__}")
+            if optimizer_options is not None and (not isinstance(optimizer_options, Mapping)
+                                                  or not all(isinstance(k, str) for k in optimizer_options)):
+                got = (type(optimizer_options).__name__ if not isinstance(optimizer_options, Mapping)
+                       else f"the keys {list(optimizer_options)}")
+                raise TypeError(f"optimizer_options: expected a dict of keyword arguments (names as strings) or None, "
+                                f"got {got}")
             self.optimizer = make_optimizer(optimizer, model.params, lr, backend=model.backend,
                                             **(optimizer_options or {}))
         self.window_runner = _Window(model, self.loss, self.clip_step)
@@ -393,6 +407,23 @@ class Trainer:
             self.log = None
 
     # -- setup ---------------------------------------------------------------------------------
+
+    def _check_out(self, resume):
+        """The run's files in ``out`` can be written, and a new run overwrites none of another's."""
+        files = (ckpt.FILENAME, METRICS_FILE, PLOT_FILE)
+        for f in files:
+            if os.path.isdir(os.path.join(self.out, f)):
+                raise ValueError(f"out: {os.path.join(self.out, f)} is a directory, where the run writes its {f}")
+        if resume:
+            return
+        if ckpt.exists(self.out):
+            raise ValueError(f"out: {self.out} already holds a checkpoint; pass resume=True (--resume) to continue "
+                             "it, or choose another directory")
+        held = [f for f in files if os.path.isfile(os.path.join(self.out, f))
+                and not (f == METRICS_FILE and os.path.getsize(os.path.join(self.out, f)) == 0)]
+        if held:
+            raise ValueError(f"out: {self.out} already holds {' and '.join(held)} (with no checkpoint to resume); a "
+                             "new run would overwrite them: choose another directory, or remove them first")
 
     def _check_lengths_fit(self, batch, name):
         if self.tbptt and batch[2] is not None:
@@ -441,6 +472,10 @@ class Trainer:
             mismatch("task", meta["task"], task_config)
         if meta["optimizer"]["name"] != self.optimizer.name:
             mismatch("optimizer", meta["optimizer"]["name"], self.optimizer.name)
+        for key, saved in meta["optimizer"]["hyper"].items():  # the learning rate alone may change
+            have = json.loads(json.dumps(self.optimizer.hyper.get(key)))  # (tuples as the checkpoint's lists)
+            if key != "lr" and have != saved:
+                mismatch(f"optimizer {key}", saved, have)
         for key in ("batch_size", "tbptt", "seed", "loss", "loss_steps"):
             if meta["train"][key] != self.config()[key]:
                 mismatch(key, meta["train"][key], self.config()[key])
@@ -715,7 +750,8 @@ def train(model, task_or_batches, steps, *, batch_size=32, optimizer="adam", lr=
     optimizer        'sgd', 'adam', 'adagrad' or an ``Optimizer`` made for ``model.params``;
                      lr None takes the optimizer's default (on resume, the checkpoint's lr);
                      optimizer_options e.g. {'momentum': 0.9}
-                     (an Optimizer brings its own: lr or optimizer_options beside it is an error)
+                     (an Optimizer brings its own, and keeps its lr on resume: lr or
+                     optimizer_options beside it is an error)
     clip_norm        global-norm clipping threshold; clip_value: element-wise [-c, c];
                      clip_step: per-time-step clipping inside BPTT (the seed article's)
     tbptt            (k1, k2): TBPTT(k1, k2) (module docstring); None: full BPTT over each batch
@@ -724,8 +760,9 @@ def train(model, task_or_batches, steps, *, batch_size=32, optimizer="adam", lr=
                      (many-to-one; d elsewhere is not read, as in ``bptt``); a task brings its own
     seed             the data generator's seed (the model carries its own initialisation)
     out              directory for checkpoint.npz, metrics.jsonl, training.png (None: nothing written)
-    resume           continue from the checkpoint in ``out`` (same model shape, task and data settings):
-                     the checkpoint's parameters and optimizer state are loaded into ``model`` first;
+    resume           continue from the checkpoint in ``out`` (same model shape, task, data and optimizer
+                     settings but the learning rate, which may change): the checkpoint's parameters
+                     and optimizer state are loaded into ``model`` first;
                      ``steps`` counts the checkpoint's steps too (fewer than it has done: ValueError)
     checkpoint_every, eval_every, log_every   in steps; checkpoints and a test evaluation also at the end
     progress         show the progress bar on stderr
@@ -755,10 +792,20 @@ def load_model(directory, backend="auto"):
     a run on a list of batches), whose ``test_set()`` and ``metrics(Y, d)`` give the run's test
     figures again; and the checkpoint's metadata (``step``, the ``model``, ``task``, ``optimizer`` and
     ``train`` settings). The checkpoint is read, never changed; a missing or damaged one raises
-    ``gpubptt.checkpoint.CheckpointError`` (a ValueError) naming the file.
+    ``gpubptt.checkpoint.CheckpointError`` (a ValueError) naming the file. A text run's task needs its
+    training text: where that file is gone or changed, the model still loads, with task None and a
+    warning that says why.
     """
     model, meta = _load_trained(directory, backend)
-    task = task_from_config(meta["task"], dtype=model.params["Wy"].dtype) if meta["task"] else None
+    task = None
+    if meta["task"]:
+        try:
+            task = task_from_config(meta["task"], dtype=model.params["Wy"].dtype)
+        except ValueError as e:
+            if meta["task"].get("name") != "text":
+                raise
+            warnings.warn(f"load_model: the run's text task cannot be rebuilt ({e}); the model is loaded without it "
+                          "(task None)", stacklevel=2)
     return Loaded(model, task, meta)
 
 

@@ -100,9 +100,9 @@ def test_sample_command(tmp_path, capsys, text_file):
     text = capsys.readouterr().out.rstrip("\n")
     assert text.startswith("the ") and len(text) == 24
     assert main(["sample", out, "--seed", "-1"]) == 2
-    assert "gpubptt sample: error: seed: expected an integer >= 0, got -1" in capsys.readouterr().err
+    assert "gpubptt sample: error: --seed: expected an integer >= 0, got -1" in capsys.readouterr().err
     assert main(["sample", out, "--prime", "XYZ"]) == 2
-    assert "gpubptt sample: error: prime: characters not in the model's vocabulary: 'XYZ'" in capsys.readouterr().err
+    assert "gpubptt sample: error: --prime: characters not in the model's vocabulary: 'XYZ'" in capsys.readouterr().err
     assert main(["sample", str(tmp_path / "nothing")]) == 2
     assert f"gpubptt sample: error: directory: {tmp_path / 'nothing'} holds no checkpoint" in capsys.readouterr().err
     # with a prime the checkpoint alone is enough: the same text once the training file is gone
@@ -115,18 +115,18 @@ def test_sample_command(tmp_path, capsys, text_file):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--steps", "0"], "steps: expected a positive integer, got 0"),
-    (["--batch", "-1"], "batch_size: expected a positive integer, got -1"),
-    (["--lr", "0"], "lr: expected a finite number > 0, got 0.0"),
-    (["--lr", "-0.5"], "lr: expected a finite number > 0, got -0.5"),
-    (["--hidden", "0"], "hidden_size: expected a positive integer, got 0"),
-    (["--layers", "0"], "num_layers: expected a positive integer, got 0"),
-    (["--clip-norm", "-1"], "clip_norm: expected a positive finite number, got -1.0"),
-    (["--clip-value", "0"], "clip_value: expected a positive finite number, got 0.0"),
-    (["--clip-step", "-2"], "clip_step: expected a positive finite number, got -2.0"),
-    (["--tbptt", "8", "4"], "tbptt: k2 (steps backpropagated) must be >= k1 (steps between updates), got k1=8, k2=4"),
-    (["--seq-len", "0"], "seq_len: expected a positive integer, got 0"),
-    (["--delay", "4"], "delay: only the copy task takes a delay"),
+    (["--steps", "0"], "--steps: expected a positive integer, got 0"),
+    (["--batch", "-1"], "--batch: expected a positive integer, got -1"),
+    (["--lr", "0"], "--lr: expected a finite number > 0, got 0.0"),
+    (["--lr", "-0.5"], "--lr: expected a finite number > 0, got -0.5"),
+    (["--hidden", "0"], "--hidden: expected a positive integer, got 0"),
+    (["--layers", "0"], "--layers: expected a positive integer, got 0"),
+    (["--clip-norm", "-1"], "--clip-norm: expected a positive finite number, got -1.0"),
+    (["--clip-value", "0"], "--clip-value: expected a positive finite number, got 0.0"),
+    (["--clip-step", "-2"], "--clip-step: expected a positive finite number, got -2.0"),
+    (["--tbptt", "8", "4"], "--tbptt: k2 (steps backpropagated) must be >= k1 (steps between updates), got k1=8, k2=4"),
+    (["--seq-len", "0"], "--seq-len: expected a positive integer, got 0"),
+    (["--delay", "4"], "--delay: only the copy task takes a delay"),
     (["--momentum", "0.9"], "--momentum/--nesterov: apply to --optimizer sgd only, got --optimizer adam"),
 ])
 def test_bad_options_exit_2_with_a_message(tmp_path, capsys, args, message):

@@ -2,6 +2,7 @@
 the exploding-gradient demonstration, checkpoints (atomic, validated), sampling, bad input."""
 import json
 import os
+import re
 import signal
 
 import numpy as np
@@ -174,7 +175,33 @@ def test_resume_refuses_another_model_and_leaves_the_checkpoint_alone(tmp_path):
         train(small_model(), task, 4, batch_size=3, out=tmp_path, resume=True, progress=False)
     with pytest.raises(ckpt.CheckpointError, match=r"written for optimizer='adam', got optimizer='sgd'"):
         train(small_model(), task, 4, batch_size=2, optimizer="sgd", out=tmp_path, resume=True, progress=False)
+    with pytest.raises(ckpt.CheckpointError, match=r"written for optimizer beta1=0\.9, got optimizer beta1=0\.8"):
+        train(small_model(), task, 4, batch_size=2, optimizer_options={"betas": (0.8, 0.999)}, out=tmp_path,
+              resume=True, progress=False)
+    with pytest.raises(ckpt.CheckpointError, match=r"written for optimizer weight_decay=0\.0, got optimizer "
+                                                   r"weight_decay=0\.1"):
+        m = small_model()
+        train(m, task, 4, batch_size=2, optimizer=optim.Adam(m.params, weight_decay=0.1), out=tmp_path, resume=True,
+              progress=False)
     assert (tmp_path / ckpt.FILENAME).read_bytes() == before
+
+
+def test_resume_keeps_the_learning_rate_it_is_given(tmp_path):
+    """lr may change on resume: given (as lr, or as an Optimizer's own) it replaces the checkpoint's;
+    not given, the checkpoint's is taken."""
+    task = gpubptt.tasks.make_task("sine", seq_len=6, dtype=np.float64)
+    train(small_model(), task, 2, batch_size=2, lr=0.01, out=tmp_path / "a", progress=False)
+    for run in ("b", "c"):
+        train(small_model(), task, 2, batch_size=2, lr=0.01, out=tmp_path / run, progress=False)
+    m = small_model()
+    opt = optim.Adam(m.params, lr=0.5)
+    train(m, task, 3, batch_size=2, optimizer=opt, out=tmp_path / "a", resume=True, progress=False)
+    assert opt.lr == 0.5
+    r = train(small_model(), task, 3, batch_size=2, lr=0.2, out=tmp_path / "b", resume=True, progress=False)
+    assert r.steps == 3 and json.loads((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 3
+    assert ckpt.load(tmp_path / "b")[1]["optimizer"]["hyper"]["lr"] == 0.2
+    train(small_model(), task, 3, batch_size=2, out=tmp_path / "c", resume=True, progress=False)
+    assert ckpt.load(tmp_path / "c")[1]["optimizer"]["hyper"]["lr"] == 0.01
 
 
 def test_resume_refuses_fewer_steps_than_the_checkpoint_has_done(tmp_path):
@@ -307,6 +334,22 @@ def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatc
     assert meta["step"] == 1 and np.array_equal(arrays["w"], np.arange(4.0))
 
 
+def test_save_refuses_what_it_could_not_read_back(tmp_path):
+    """checkpoint.save: its own entries' names, object arrays and a directory in the file's place are
+    refused before anything is written."""
+    with pytest.raises(ValueError, match=r"arrays: 'meta' is the name of the checkpoint's own entry"):
+        ckpt.save(tmp_path / "a", {"meta": np.zeros(2)}, {"step": 1})
+    with pytest.raises(ValueError, match=r"meta: 'format' and 'version' are written by the checkpoint itself"):
+        ckpt.save(tmp_path / "a", {"w": np.zeros(2)}, {"version": 99})
+    with pytest.raises(TypeError, match=r"arrays\['w'\]: expected an array of numbers, got dtype object"):
+        ckpt.save(tmp_path / "a", {"w": np.array([None, 1])}, {"step": 1})
+    assert os.listdir(tmp_path / "a") == []
+    (tmp_path / "b" / ckpt.FILENAME).mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"directory: .*checkpoint\.npz is a directory, where the checkpoint goes"):
+        gpubptt.RNN(3, 4, 2).save(tmp_path / "b", overwrite=True)
+    assert os.listdir(tmp_path / "b") == [ckpt.FILENAME]
+
+
 def test_out_directory_rules(tmp_path):
     task = gpubptt.tasks.make_task("sine", seq_len=6, dtype=np.float64)
     f = tmp_path / "file"
@@ -320,6 +363,28 @@ def test_out_directory_rules(tmp_path):
         train(small_model(), task, 2, out=tmp_path / "empty", resume=True, progress=False)
     with pytest.raises(ValueError, match=r"resume: needs out"):
         train(small_model(), task, 2, resume=True, progress=False)
+    # another run's files without a checkpoint are not overwritten; an empty log holds nothing to lose
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "metrics.jsonl").write_text('{"step": 1}\n')
+    (mine / "training.png").write_bytes(b"a figure")
+    with pytest.raises(ValueError, match=r"out: .*mine already holds metrics\.jsonl and training\.png \(with no "
+                                         r"checkpoint to resume\); a new run would overwrite them"):
+        train(small_model(), task, 2, batch_size=2, out=mine, progress=False)
+    assert (mine / "metrics.jsonl").read_text() == '{"step": 1}\n' and (mine / "training.png").read_bytes() == b"a figure"
+    (mine / "training.png").unlink()
+    (mine / "metrics.jsonl").write_text("")
+    assert train(small_model(), task, 2, batch_size=2, out=mine, progress=False).steps == 2
+    # a directory where a run file goes: refused before any work, fresh or resumed
+    for f in ("metrics.jsonl", "training.png", ckpt.FILENAME):
+        odd = tmp_path / f"odd-{f}"
+        (odd / f).mkdir(parents=True)
+        with pytest.raises(ValueError, match=rf"out: .*{re.escape(f)} is a directory, where the run writes its"):
+            train(small_model(), task, 2, out=odd, progress=False)
+    (tmp_path / "run" / "training.png").unlink(missing_ok=True)  # (none without matplotlib)
+    (tmp_path / "run" / "training.png").mkdir()
+    with pytest.raises(ValueError, match=r"out: .*training\.png is a directory"):
+        train(small_model(), task, 4, batch_size=2, out=tmp_path / "run", resume=True, progress=False)
 
 
 # -- the guard and clipping in training -------------------------------------------------------------
@@ -592,6 +657,9 @@ def test_batches_with_lengths_train_as_bptt_with_those_lengths():
         train(small_model(O=O, out="softmax"), batches, 1, tbptt=(3, 3), progress=False)
     with pytest.raises(ValueError, match=r"lengths: expected shape \[B\] = \(3,\), got \(2,\)"):
         train(small_model(O=O, out="softmax"), [(x[0], d[1], [1, 2])], 1, progress=False)
+    with pytest.raises(ValueError, match=r"task_or_batches\[0\]: lengths: expected one integer a sequence \[B\], "
+                                         r"got \[\[4\], \[3, 2\]\]"):
+        train(small_model(O=O, out="softmax"), [(x[0], d[1], [[4], [3, 2]])], 1, progress=False)
 
 
 def test_text_training_and_sampling(tmp_path):
@@ -612,6 +680,13 @@ def test_text_training_and_sampling(tmp_path):
           out=tmp_path / "sine", progress=False)
     with pytest.raises(ValueError, match=r"sample: the checkpoint in .* was trained on sine; sampling needs a text"):
         training.sample_text(tmp_path / "sine")
+    assert gpubptt.load_model(tmp_path / "run").task.sha256 == task.sha256
+    # the training text moved away: the model still loads (and samples from a prime), without its task
+    f.rename(tmp_path / "moved.txt")
+    with pytest.warns(UserWarning, match=r"load_model: the run's text task cannot be rebuilt \(text: cannot read"):
+        loaded = gpubptt.load_model(tmp_path / "run")
+    assert loaded.task is None and params_equal(loaded.model.params, m.params)
+    assert training.sample_text(tmp_path / "run", length=30, prime="hel", seed=1) == text
 
 
 def test_progress_bar_and_plot(tmp_path, capsys):
@@ -708,8 +783,17 @@ def test_optimizer_options_are_named_checked_before_training():
     with pytest.raises(ValueError, match=r"optimizer_options: optimizer='adam' takes betas, eps, weight_decay; "
                                          r"got 'momentum'"):
         train(m, task, 2, batch_size=2, optimizer="adam", optimizer_options={"momentum": 0.9}, progress=False)
-    with pytest.raises(TypeError, match=r"optimizer_options: expected a dict of keyword arguments or None, got list"):
+    with pytest.raises(TypeError, match=r"optimizer_options: expected a dict of keyword arguments \(names as "
+                                        r"strings\) or None, got list"):
         train(m, task, 2, batch_size=2, optimizer="sgd", optimizer_options=[("momentum", 0.9)], progress=False)
+    with pytest.raises(TypeError, match=r"optimizer_options: .* got the keys \[1\]"):
+        train(m, task, 2, batch_size=2, optimizer="sgd", optimizer_options={1: 2}, progress=False)
+    # other arguments checked before any step, not at the first use
+    for kw, error, match in ((dict(callback=5), TypeError, r"callback: expected a function of \(step, trainer\)"),
+                             (dict(progress="no"), TypeError, r"progress: expected True or False, got 'no'"),
+                             (dict(resume=1), TypeError, r"resume: expected True or False, got 1")):
+        with pytest.raises(error, match=match):
+            train(m, task, 2, batch_size=2, **{"progress": False, **kw})
     assert params_equal(m.params, before)
     assert train(m, task, 2, batch_size=2, optimizer="sgd", optimizer_options={"momentum": 0.9, "nesterov": True},
                  progress=False).steps == 2

@@ -33,8 +33,18 @@ def cuda_status():
     if cuda_compat.simulator_enabled():
         return "simulator", "the CUDA simulator is enabled (NUMBA_ENABLE_CUDASIM=1)"
     if cuda_compat.gpu_available():
+        try:
+            _cupy()
+        except RuntimeError as e:  # the GPU backend moves its data with CuPy
+            return None, f"a CUDA GPU is available; {e}"
         return "gpu", "a CUDA GPU is available"
     return None, "no CUDA GPU or driver was found and the simulator is off"
+
+
+def _jit_disabled():
+    import numba
+
+    return bool(numba.config.DISABLE_JIT)
 
 
 @dataclass(frozen=True)
@@ -59,8 +69,12 @@ def _kernel_module(family, target):
 def requested_backend(backend):
     """The backend asked for: the argument, else GPUBPTT_BACKEND, else 'auto'; validated."""
     check_choice("backend", backend, BACKENDS)
-    if backend == "auto" and os.environ.get(ENV_VAR):
-        return check_choice(ENV_VAR, os.environ[ENV_VAR], BACKENDS), f"{ENV_VAR}={os.environ[ENV_VAR]}"
+    if backend == "auto":
+        from .kernels.settings import env_choice  # (here: importing the kernels package imports Numba)
+
+        name = env_choice(ENV_VAR, BACKENDS, "auto")
+        if name != "auto":
+            return name, f"{ENV_VAR}={os.environ[ENV_VAR]}"
     return backend, "backend argument" if backend != "auto" else "auto"
 
 
@@ -73,9 +87,15 @@ def resolve(backend, on_device):
             name, why = "cuda", "the inputs are CuPy arrays"
         elif kind is not None:
             name, why = "cuda", detail
+        elif _jit_disabled():
+            name, why = "reference", f"{detail}, and NUMBA_DISABLE_JIT=1 leaves the cpu backend's kernels uncompiled"
         else:
             name, why = "cpu", detail
         source = f"auto: {why}"
+    if name == "cpu" and _jit_disabled():
+        raise ValueError(f"backend='cpu' ({source}) needs Numba's compiler, which NUMBA_DISABLE_JIT=1 turns off: its "
+                         "kernels call BLAS and a product of their own that only compiled code reaches; use "
+                         "backend='reference' to step through the formulas in Python")
     if name in ("cpu", "reference"):
         if on_device:
             raise ValueError(

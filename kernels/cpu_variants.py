@@ -31,8 +31,9 @@ import numpy as np
 from numba import get_num_threads, njit, types as nb_types
 from numba.extending import overload
 
-from . import activations, register_gemm
+from . import activations, cache, register_gemm  # noqa: F401 (cache: before any function is compiled)
 from .scalar import compile_scalar_functions
+from .settings import env_choice
 
 # Options of every CPU kernel and of the scalar math compiled for them. error_model="numpy": a float
 # division by zero gives inf/nan as in NumPy instead of raising, which is what lets LLVM vectorise
@@ -46,10 +47,7 @@ VARIANTS = ("auto", "loops", "blas", "units")
 
 def variant_forced():
     """GPUBPTT_CPU_VARIANT (default auto), checked."""
-    forced = os.environ.get("GPUBPTT_CPU_VARIANT", "auto")
-    if forced not in VARIANTS:
-        raise ValueError(f"GPUBPTT_CPU_VARIANT: expected one of {', '.join(VARIANTS)}, got {forced!r}")
-    return forced
+    return env_choice("GPUBPTT_CPU_VARIANT", VARIANTS, "auto")
 
 
 # Which variant is faster depends on the BLAS. Most OpenBLAS builds pack the weight for every product,
@@ -158,10 +156,7 @@ REGISTER_SINGLE_MAX_HIDDEN = 64
 def register_enabled():
     """Whether the blas variant may take the register-blocked product: on a host with AVX-512, unless
     GPUBPTT_REGISTER_GEMM=0."""
-    wanted = os.environ.get("GPUBPTT_REGISTER_GEMM", "1")
-    if wanted not in ("0", "1"):
-        raise ValueError(f"GPUBPTT_REGISTER_GEMM: expected 0 or 1, got {wanted!r}")
-    return register_gemm.AVAILABLE and wanted == "1"
+    return register_gemm.AVAILABLE and env_choice("GPUBPTT_REGISTER_GEMM", ("0", "1"), "1") == "1"
 
 
 def uses_register(Ws):
@@ -520,7 +515,7 @@ TRIM_THRESHOLD = 512 << 20
 
 def _keep_freed_memory():
     """Set glibc's M_MMAP_THRESHOLD and M_TRIM_THRESHOLD (mallopt(3)); True when both were set."""
-    if os.environ.get("GPUBPTT_KEEP_FREED_MEMORY", "1") == "0":
+    if env_choice("GPUBPTT_KEEP_FREED_MEMORY", ("0", "1"), "1") == "0":
         return False
     import ctypes
     import ctypes.util

@@ -27,7 +27,6 @@ forced by the variable that cannot run the shape (Ws, or its slice per SM, too l
 so the cooperative variant always runs as a single block there: the simulator cannot synchronise
 more than one (DESIGN.md §5), and ``auto`` never picks it.
 """
-import os
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -42,6 +41,7 @@ from .cuda_compat import (
     simulator_enabled,
     static_shared_memory,
 )
+from .settings import env_choice
 
 MAX_THREADS = 256  # threads per block; a power of two (block_sum halves it)
 
@@ -149,10 +149,7 @@ def current_limits():
 
 def requested_variant():
     """The variant asked for through GPUBPTT_CUDA_VARIANT ('auto' when unset)."""
-    value = os.environ.get(VARIANT_ENV, "").strip().lower() or "auto"
-    if value not in ("auto",) + VARIANTS:
-        raise ValueError(f"{VARIANT_ENV} must be one of auto, {', '.join(VARIANTS)}; got {value!r}")
-    return value
+    return env_choice(VARIANT_ENV, ("auto",) + VARIANTS, "auto")
 
 
 @dataclass(frozen=True)

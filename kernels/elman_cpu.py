@@ -23,7 +23,7 @@ Conventions shared by every cell's kernels:
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from . import activations, cpu_variants, linalg_cpu, register_gemm
+from . import activations, cache, cpu_variants, linalg_cpu, register_gemm  # noqa: F401 (cache: first)
 
 _scalar = cpu_variants.compile_activations()
 activate = _scalar.activate

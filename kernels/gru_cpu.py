@@ -9,7 +9,7 @@ weights (``units``, as in ``lstm_cpu.py``). Twins: ``gru_cuda.py`` (the units va
 import numpy as np
 from numba import njit, prange
 
-from . import cpu_variants
+from . import cache, cpu_variants  # noqa: F401 (cache: before any function is compiled)
 
 _scalar = cpu_variants.compile_activations()
 gru_state = _scalar.gru_state

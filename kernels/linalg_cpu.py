@@ -35,7 +35,7 @@ import numpy as np
 from numba import get_num_threads, njit, prange, types
 from numba.extending import get_cython_function_address
 
-from . import cpu_variants, register_gemm
+from . import cache, cpu_variants, register_gemm  # noqa: F401 (cache: before any function is compiled)
 
 # a thread's share below this (~5-10 µs of BLAS) is not worth a parallel region. Measured on 2 cores
 # of an AVX-512 VM, float32, one call / two shares, µs: [64,333]ᵀ[333,64] 27 / 16, [120,128]·[128,128]

@@ -11,7 +11,7 @@ clipping acts on the whole backpropagated state gradient (dL/dh_t, dL/dc_t). Twi
 import numpy as np
 from numba import njit, prange
 
-from . import cpu_variants
+from . import cache, cpu_variants  # noqa: F401 (cache: before any function is compiled)
 
 _scalar = cpu_variants.compile_activations()
 lstm_state = _scalar.lstm_state

@@ -24,7 +24,7 @@ import math
 import numpy as np
 from numba import njit
 
-from . import optim_math
+from . import cache, optim_math  # noqa: F401 (cache: before any function is compiled)
 from .scalar import compile_scalar_functions
 
 _scalar = compile_scalar_functions(optim_math, njit(cache=True))

@@ -34,6 +34,8 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 
+from . import cache  # noqa: F401 (before any function is compiled)
+
 VECTOR_BYTES = 64  # 512-bit registers
 COLUMNS = 2 * VECTOR_BYTES // 4  # columns of a panel of packed W (float32): N must be a multiple of it
 # A block keeps ROWS rows of out by VECTORS vectors of columns (two panels) in registers: 24 of the 32

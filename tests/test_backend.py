@@ -3,6 +3,8 @@
 First tier: no GPU, simulator off. ``cuda_status()`` is lru_cached, so these tests never try to
 flip it by changing the environment; tests that assume "no CUDA here" skip where there is one.
 """
+import sys
+
 import numpy as np
 import pytest
 from conftest import make_problem
@@ -137,13 +139,39 @@ def test_a_backend_given_to_an_rnn_method_wins_for_that_call(ran):
         rnn.forward(x, backend="gpu")
 
 
-@pytest.mark.parametrize("value", ["bogus", "CPU", "gpu"])
+@pytest.mark.parametrize("value", ["bogus", "gpu", "c pu"])
 def test_environment_value_validated(monkeypatch, value):
     monkeypatch.setenv(ENV_VAR, value)
     with pytest.raises(ValueError) as info:
         resolve("auto", on_device=False)
     msg = str(info.value)
-    assert f"{ENV_VAR}:" in msg and "'auto', 'reference', 'cpu', 'cuda'" in msg and repr(value) in msg, msg
+    assert f"{ENV_VAR}:" in msg and "auto, reference, cpu, cuda" in msg and repr(value) in msg, msg
+
+
+@pytest.mark.parametrize("name,value,read", [
+    (ENV_VAR, " Reference ", "reference"), (ENV_VAR, "", "auto"),
+    ("GPUBPTT_CPU_VARIANT", "Loops", "loops"), ("GPUBPTT_CPU_VARIANT", " ", "auto"),
+    ("GPUBPTT_REGISTER_GEMM", " 0", "0"), ("GPUBPTT_REGISTER_GEMM", "", "1"),
+    ("GPUBPTT_KEEP_FREED_MEMORY", "0 ", "0"), ("GPUBPTT_KEEP_FREED_MEMORY", "", "1"),
+])
+def test_every_environment_variable_is_read_one_way(monkeypatch, name, value, read):
+    """Case and surrounding spaces do not matter and empty means unset, for every variable; a value that
+    is not a choice is refused with the variable's name (GPUBPTT_KEEP_FREED_MEMORY=false once left the
+    setting on in silence)."""
+    import platform
+
+    from gpubptt.kernels import cpu_variants
+
+    readers = {ENV_VAR: lambda: bk.requested_backend("auto")[0], "GPUBPTT_CPU_VARIANT": cpu_variants.variant_forced,
+               "GPUBPTT_REGISTER_GEMM": cpu_variants.register_enabled,
+               "GPUBPTT_KEEP_FREED_MEMORY": cpu_variants._keep_freed_memory}  # (sets what import set already)
+    expected = {"GPUBPTT_REGISTER_GEMM": read == "1" and cpu_variants.register_gemm.AVAILABLE,
+                "GPUBPTT_KEEP_FREED_MEMORY": read == "1" and platform.libc_ver()[0] == "glibc"}.get(name, read)
+    monkeypatch.setenv(name, value)
+    assert readers[name]() == expected
+    monkeypatch.setenv(name, "false")
+    with pytest.raises(ValueError, match=rf"^{name}: expected one of .*, got 'false'$"):
+        readers[name]()
 
 
 @pytest.mark.parametrize("value", ["gpu", None, "", "Auto"])
@@ -175,6 +203,75 @@ def test_auto_picks_cpu_without_cuda(monkeypatch, env):
     # the reason says auto chose, and why: cuda_status's explanation
     assert b.reason == f"auto: {CUDA_DETAIL}"
     assert "simulator is off" in b.reason or "not installed" in b.reason, b.reason
+
+
+@no_cuda_here
+def test_without_numbas_compiler_auto_takes_the_reference(monkeypatch, ran):
+    """NUMBA_DISABLE_JIT=1 (numba.config.DISABLE_JIT) leaves the cpu kernels' BLAS calls unreached: their
+    results would be garbage, so auto runs the reference and backend='cpu' is refused."""
+    import numba
+
+    monkeypatch.setattr(numba.config, "DISABLE_JIT", True)
+    b = resolve("auto", on_device=False)
+    assert b.name == "reference" and "NUMBA_DISABLE_JIT=1" in b.reason
+    call_both()
+    assert set(ran) == {"reference"}
+    with pytest.raises(ValueError, match=r"backend='cpu' \(backend argument\) needs Numba's compiler, which "
+                                         r"NUMBA_DISABLE_JIT=1 turns off.*use backend='reference'"):
+        gpubptt.forward(*make()[:2], backend="cpu")
+
+
+def _cupy_import_fails(monkeypatch, error):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def failing(name, *args, **kwargs):
+        if name == "cupy":
+            raise error
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "cupy", raising=False)
+    monkeypatch.setattr(builtins, "__import__", failing)
+
+
+@pytest.mark.parametrize("error,message", [
+    (ModuleNotFoundError("No module named 'cupy'", name="cupy"), r"^CuPy is not installed: install gpubptt with"),
+    (ImportError("libcudart.so.13: cannot open shared object file"),
+     r"^CuPy is installed but cannot be imported \(ImportError: libcudart\.so\.13: cannot open"),
+    (OSError("libnvrtc.so: cannot open"), r"^CuPy is installed but cannot be imported \(OSError: libnvrtc"),
+], ids=["missing", "broken", "library"])
+def test_a_cupy_that_fails_to_import_is_named_apart_from_a_missing_one(monkeypatch, error, message):
+    _cupy_import_fails(monkeypatch, error)
+    with pytest.raises(RuntimeError, match=message):
+        gpubptt.to_device(np.zeros(2))
+
+
+def test_a_gpu_without_a_working_cupy_is_not_a_cuda_backend(monkeypatch, ran):
+    """numba-cuda finds a GPU but CuPy, which moves the data, fails: auto takes the cpu backend and says
+    why; backend='cuda' is refused with that reason (not a RuntimeError at the first call)."""
+    from gpubptt.kernels import cuda_compat
+
+    if cuda_compat.cuda is None:
+        pytest.skip("numba-cuda is not installed: cuda_status stops before it looks for a GPU")
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setattr(cuda_compat, "simulator_enabled", lambda: False)
+    monkeypatch.setattr(cuda_compat, "gpu_available", lambda: True)
+    _cupy_import_fails(monkeypatch, ModuleNotFoundError("No module named 'cupy'", name="cupy"))
+    bk.cuda_status.cache_clear()
+    try:
+        assert bk.cuda_status() == (None, "a CUDA GPU is available; CuPy is not installed: install gpubptt with the "
+                                          "extra matching your CUDA driver, pip install 'gpubptt[cuda12]' or "
+                                          "'gpubptt[cuda13]'")
+        b = resolve("auto", on_device=False)
+        assert b.name == "cpu" and b.reason.startswith("auto: a CUDA GPU is available; CuPy is not installed")
+        call_both()
+        assert set(ran) == {"cpu"}
+        with pytest.raises(ValueError, match=r"backend='cuda' is not available: a CUDA GPU is available; CuPy is not "
+                                             r"installed"):
+            resolve("cuda", on_device=False)
+    finally:
+        bk.cuda_status.cache_clear()
 
 
 @no_cuda_here

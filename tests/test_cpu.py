@@ -397,7 +397,7 @@ def test_variant_choice_and_override(monkeypatch):
     assert cpu_variants.uses_register(f32) == cpu_variants.register_gemm.AVAILABLE
     assert not cpu_variants.uses_register(f64) and not cpu_variants.uses_register(np.empty((48, 48), np.float32))
     monkeypatch.setenv("GPUBPTT_REGISTER_GEMM", "yes")
-    with pytest.raises(ValueError, match="GPUBPTT_REGISTER_GEMM: expected 0 or 1, got 'yes'"):
+    with pytest.raises(ValueError, match="GPUBPTT_REGISTER_GEMM: expected one of 0, 1, got 'yes'"):
         cpu_variants.plan(64, f32)
     monkeypatch.setenv("GPUBPTT_CPU_VARIANT", "loops")
     assert cpu_variants.choose(1024, 512) == "loops"
@@ -949,3 +949,34 @@ def test_random_combinations_of_every_option_match_the_reference(variant, seed):
         assert set(g) == set(g_ref), what
         for key in g_ref:
             assert_close(g[key], g_ref[key], TOLERANCE["float64"], f"{what}: grads[{key!r}]", atol=1e-12)
+
+
+def test_every_cached_kernel_notices_a_change_in_any_kernel_file(tmp_path):
+    """Numba stamps a cached function with its own file only: a change in a function it calls from
+    another file (an upgrade, an edit) kept the old machine code. Every cached CPU kernel's stamp holds
+    the digest of all the kernel files, which moves with any one of them."""
+    import importlib
+    import shutil
+    import types
+
+    from numba.core.dispatcher import Dispatcher
+
+    from gpubptt.kernels import cache
+
+    assert cache.INSTALLED
+    found = []
+    for name in ("cpu_variants", "linalg_cpu", "register_gemm", "optim_cpu", "elman_cpu", "lstm_cpu", "gru_cpu"):
+        module = importlib.import_module(f"gpubptt.kernels.{name}")
+        for value in vars(module).values():
+            for d in vars(value).values() if isinstance(value, types.SimpleNamespace) else (value,):
+                impl = getattr(getattr(d, "_cache", None), "_impl", None)
+                if isinstance(d, Dispatcher) and impl is not None:
+                    found.append(d)
+                    assert type(impl.locator).__module__ == cache.__name__, (name, d)
+                    assert impl.locator.get_source_stamp()[1] == cache.DIGEST
+    assert len(found) > 50, len(found)
+    copy = tmp_path / "kernels"
+    shutil.copytree(cache.HERE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert cache.sources_digest(copy) == cache.DIGEST
+    (copy / "activations.py").write_text((copy / "activations.py").read_text() + "\n# changed\n")
+    assert cache.sources_digest(copy) != cache.DIGEST

@@ -181,6 +181,14 @@ def check_float_array(name, a, names, shape, dtype=None, where=None, where_text=
     as in ``ValueChecks``. ``checks``: a ``ValueChecks`` that takes the finiteness check, to be run
     with the call's other checks (None: checked here and now). Returns the array.
     """
+    check_float_type(name, a, dtype)
+    check_shape(name, a, names, shape)
+    (ValueChecks(immediate=True) if checks is None else checks).finite(name, a, where, where_text)
+    return a
+
+
+def check_float_type(name, a, dtype=None):
+    """A NumPy or CuPy array of float32 or float64 (of ``dtype`` when given); its values are not read."""
     check_type(name, a)
     if a.dtype not in FLOAT_DTYPES:
         native = a.dtype.newbyteorder("=")
@@ -192,9 +200,6 @@ def check_float_array(name, a, names, shape, dtype=None, where=None, where_text=
             f"{name}: dtype {a.dtype} differs from the other arrays' {np.dtype(dtype)} "
             "(float32 and float64 are not mixed; convert with .astype)"
         )
-    check_shape(name, a, names, shape)
-    (ValueChecks(immediate=True) if checks is None else checks).finite(name, a, where, where_text)
-    return a
 
 
 def check_shape(name, a, names, shape):

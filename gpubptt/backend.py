@@ -6,7 +6,8 @@
 simulator (``NUMBA_ENABLE_CUDASIM=1``).
 
 An explicit ``backend=`` wins; else ``GPUBPTT_BACKEND``; else ``auto``: ``cuda`` when the inputs are
-CuPy arrays or a GPU (or the simulator) is available, ``cpu`` otherwise.
+CuPy arrays or a GPU with a working CuPy (or the simulator) is available, else ``cpu``, or
+``reference`` where NUMBA_DISABLE_JIT=1 leaves the cpu kernels uncompiled.
 """
 import functools
 import importlib
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .arrays import _cupy, check_choice
+from .kernels.settings import env_choice
 
 BACKENDS = ("auto", "reference", "cpu", "cuda")
 ENV_VAR = "GPUBPTT_BACKEND"
@@ -70,8 +72,6 @@ def requested_backend(backend):
     """The backend asked for: the argument, else GPUBPTT_BACKEND, else 'auto'; validated."""
     check_choice("backend", backend, BACKENDS)
     if backend == "auto":
-        from .kernels.settings import env_choice  # (here: importing the kernels package imports Numba)
-
         name = env_choice(ENV_VAR, BACKENDS, "auto")
         if name != "auto":
             return name, f"{ENV_VAR}={os.environ[ENV_VAR]}"

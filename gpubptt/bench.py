@@ -117,7 +117,7 @@ from importlib import metadata
 import numpy as np
 
 from . import model
-from .arrays import check_bool, check_int
+from .arrays import check_bool, check_dtype, check_int
 from .params import CELLS, gates
 
 # (B, T, D, H): PyTorch's own RNN benchmark shape, the issue's floor shapes, then haste's T = 50 grid
@@ -775,12 +775,7 @@ def run(cell="tanh", shapes=None, dtype="float32", threads=None, repeat=None, ba
     """
     if not isinstance(cell, str) or cell not in KNOWN_CELLS:
         raise ValueError(f"cell: expected one of {', '.join(map(repr, KNOWN_CELLS))}, got {cell!r}")
-    try:
-        dtype = np.dtype(dtype).name if dtype is not None else None  # 'float32', np.float32, np.dtype alike
-    except TypeError:
-        pass
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
+    dtype = check_dtype("dtype", dtype).name  # 'float32', np.float32, np.dtype alike
     if not isinstance(mode, str) or mode not in MODE_CHOICES:
         raise ValueError(f"mode: expected one of {', '.join(map(repr, MODE_CHOICES))}, got {mode!r}")
     shapes = check_shapes(shapes if shapes is not None else QUICK_SHAPES if quick else DEFAULT_SHAPES)

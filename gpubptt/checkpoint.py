@@ -51,6 +51,23 @@ def check_directory(name, directory, create=False, writable=False):
     return directory
 
 
+def check_output_file(name, path, create=False):
+    """``path`` (str or os.PathLike) as a str: a file name, not a directory, in a directory that exists
+    (with ``create``: is made) and can be written in; TypeError or ValueError naming ``name`` otherwise."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name}: expected a file name (str or os.PathLike), got {type(path).__name__}")
+    path = os.fsdecode(path)
+    if not path:
+        raise ValueError(f"{name}: expected a file name, got {path!r}")
+    if os.path.isdir(path):
+        raise ValueError(f"{name}: {path} is a directory, expected a file name")
+    parent = os.path.dirname(path) or "."
+    if not create and not os.path.isdir(parent):
+        raise ValueError(f"{name}: the directory {parent} of {path} does not exist")
+    check_directory(name, parent, create=create, writable=True)
+    return path
+
+
 def _digest(arrays, meta_text):
     h = hashlib.sha256(meta_text.encode())
     for key in sorted(arrays):

@@ -1,6 +1,5 @@
 """The ``gpubptt`` command line (also ``python -m gpubptt``)."""
 import argparse
-import os
 import platform
 import sys
 from importlib import metadata
@@ -20,15 +19,10 @@ def _version(*dists):
 def _prepare_output_file(option, path):
     """Make sure ``path`` can be written before a command spends minutes on what goes in it: its
     directory is created when missing; an error message naming ``option``, or None."""
-    from .checkpoint import check_directory
+    from .checkpoint import check_output_file
 
-    if not path:
-        return f"{option}: expected a file name, got {path!r}"
-    if os.path.isdir(path):
-        return f"{option}: {path} is a directory, expected a file name"
-    parent = os.path.dirname(os.path.abspath(path))
     try:
-        check_directory(option, parent, create=True, writable=True)
+        check_output_file(option, path, create=True)
     except ValueError as e:
         return str(e)
     return None

@@ -92,14 +92,19 @@ def check_arrays(name, arrays, dtype=None, in_place=False):
 
 def check_apart(name, arrays, xp):
     """Refuse two entries of ``arrays`` (C-contiguous, on ``xp``'s side) whose memory overlaps: updated in
-    place, such an array would be updated once per key. For contiguous arrays the bounds test of
-    ``may_share_memory`` (NumPy's, or CuPy's on data pointers and extents) is exact."""
-    items = list(arrays.items())
-    for i, (key, a) in enumerate(items):
-        for other, b in items[:i]:
-            if xp.may_share_memory(a, b):
-                raise ValueError(f"{name}[{other!r}] and {name}[{key!r}]: expected separate arrays (each is updated "
-                                 "in place), got two that share memory")
+    place, such an array would be updated once per key. A contiguous array spans [start, start + nbytes):
+    sorted by start, each must begin past the furthest end before it."""
+    order = {key: i for i, key in enumerate(arrays)}
+    starts = {key: a.ctypes.data if xp is np else a.data.ptr for key, a in arrays.items() if a.nbytes}
+    furthest, owner = None, None
+    for key in sorted(starts, key=starts.get):
+        if furthest is not None and starts[key] < furthest:
+            first, second = sorted((owner, key), key=order.get)  # named in the caller's order
+            raise ValueError(f"{name}[{first!r}] and {name}[{second!r}]: expected separate arrays (each is updated "
+                             "in place), got two that share memory")
+        end = starts[key] + arrays[key].nbytes
+        if furthest is None or end > furthest:
+            furthest, owner = end, key
 
 
 class Reduction:

@@ -29,7 +29,6 @@ import argparse
 import math
 import numbers
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -40,7 +39,8 @@ from .arrays import ValueChecks, check_float_array, check_int, to_host, xp_of
 from .losses import loss_and_output_grad, loss_mask
 from .model import _Call
 from .params import check_params, check_recurrent_weight, gate_rows, gates, layer_suffixes
-from .report import FIGURE_FORMATS, check_figure_path, save_figure
+from .checkpoint import check_output_file
+from .report import FIGURE_FORMATS, option_error, save_figure
 
 __all__ = ["contributions", "Contributions", "fit_rate", "spectral_radius", "with_spectral_radius",
            "plot_profile"]
@@ -395,8 +395,8 @@ def _figure_path(text):
 def plot_profile(result, path, title=""):
     """‖dE_N/dS_i‖ (and LSTM's ‖dE_N/dc_i‖) against N − i on a log scale, with the fitted rate, saved
     at ``path`` (PNG, or PDF or SVG by its extension). Returns (path, None), or (None, note) when
-    matplotlib is not installed. ``path`` is checked first (see ``report.check_figure_path``)."""
-    check_figure_path(path)
+    matplotlib is not installed. ``path`` is checked first (``checkpoint.check_output_file``)."""
+    check_output_file("path", path)
     try:
         import matplotlib
 
@@ -486,7 +486,7 @@ def main(args):
         d = rng.standard_normal((args.seq_len, args.batch, args.output_size)).astype(dtype)
         r = contributions(params, x, d, step=args.step, cell=args.cell, backend=args.backend, num_layers=args.layers)
     except (ValueError, TypeError) as e:
-        print(f"gpubptt diagnose: error: {e}", file=sys.stderr)
+        option_error("diagnose", e, args, {"hidden": "hidden_size", "layers": "num_layers"})
         return 2
     N, lstm = r.step, r.cell == "lstm"
     print(f"gpubptt diagnose: cell={r.cell}, T={args.seq_len}, N={N}, B={args.batch}, D={args.input_size}, "

@@ -18,7 +18,23 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
+
+from .checkpoint import check_output_file
+
+
+def option_error(command, error, args, python_names=None):
+    """Print ``error`` as the command's (``gpubptt COMMAND: error: ...``); a message that begins with the
+    Python argument an option became names the option instead (``--batch:`` rather than
+    ``batch_size:``). ``args``: the parsed options; ``python_names``: {option's dest: Python name} where
+    the two differ."""
+    text = str(error)
+    name, colon, rest = text.partition(":")
+    option = {python: option for option, python in (python_names or {}).items()}.get(name, name)
+    if colon and getattr(args, option, None) is not None:
+        text = f"--{option.replace('_', '-')}:{rest}"
+    print(f"gpubptt {command}: error: {text}", file=sys.stderr)
 
 
 def finite_or_none(v):
@@ -131,36 +147,25 @@ def _fmt(v):
 FIGURE_FORMATS = (".png", ".pdf", ".svg")
 
 
-def check_figure_path(path):
-    """``path`` as a str: a file name (str or os.PathLike) in a directory that exists, not a directory."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path: expected a file name (str or os.PathLike), got {type(path).__name__}")
-    path = os.fsdecode(path)
-    if not path:
-        raise ValueError(f"path: expected a file name, got {path!r}")
-    if os.path.isdir(path):
-        raise ValueError(f"path: {path} is a directory, expected a file name")
-    parent = os.path.dirname(path) or "."
-    if not os.path.isdir(parent):
-        raise ValueError(f"path: the directory {parent} of {path} does not exist")
-    return path
-
-
 def save_figure(fig, path):
-    """Save a matplotlib figure at ``path`` (see ``check_figure_path``) in the format its extension
-    names (one of FIGURE_FORMATS; PNG otherwise), through a temporary file moved into place, and close
-    it. When anything fails the figure is closed all the same and no temporary file is left."""
+    """Save a matplotlib figure at ``path`` (checked by ``checkpoint.check_output_file``) in the format
+    its extension names (one of FIGURE_FORMATS; PNG otherwise), through a temporary file of its own
+    moved into place, and close it. When anything fails the figure is closed all the same and the
+    temporary file removed."""
     import matplotlib.pyplot as plt
 
     try:
-        path = check_figure_path(path)
+        path = check_output_file("path", path)
         ext = os.path.splitext(path)[1].lower()
-        tmp = path + ".tmp"
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}-", suffix=".tmp",
+                                   dir=os.path.dirname(os.path.abspath(path)))
+        os.close(fd)
         try:
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; a figure is an ordinary file
             fig.savefig(tmp, format=ext[1:] if ext in FIGURE_FORMATS else "png", dpi=100)
             os.replace(tmp, path)
         except BaseException:
-            if os.path.isfile(tmp):
+            if os.path.exists(tmp):
                 os.remove(tmp)
             raise
     finally:

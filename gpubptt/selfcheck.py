@@ -2,6 +2,7 @@
 output and gradient with the reference (float64 loops). This is how a user verifies an install.
 """
 import math
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -46,14 +47,16 @@ def run_check(backend="auto", dtype="float32", cells=CELLS, num_layers=1, bidire
     ``cells``: a cell name or a sequence of them."""
     dtype = check_dtype("dtype", dtype)
     tol = TOLERANCE[dtype.name]
-    cells = (cells,) if isinstance(cells, str) else cells
-    if not isinstance(cells, (tuple, list)) or not cells:
-        raise TypeError(f"cells: expected a cell name or a non-empty list of them, got {cells!r}")
+    if not isinstance(cells, (str, Iterable)):
+        raise TypeError(f"cells: expected a cell name or a list of them, got {cells!r}")
+    cells = (cells,) if isinstance(cells, str) else tuple(cells)
+    if not cells:
+        raise ValueError("cells: expected at least one cell, got none (there would be nothing to check)")
     for cell in cells:
         check_choice("cells", cell, CELLS)
     if not callable(write):
         raise TypeError(f"write: expected a function that takes a line of text (print), got {write!r}")
-    rng = np.random.default_rng(check_int("seed", seed, low=0))
+    rng = np.random.default_rng(check_int("seed", seed, low=0, allow_none=True))
     structure = dict(num_layers=check_int("num_layers", num_layers), bidirectional=check_bool("bidirectional", bidirectional))
     n_states = num_layers * (2 if bidirectional else 1)
     ok, header = True, None

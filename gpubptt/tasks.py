@@ -32,7 +32,7 @@ import os
 
 import numpy as np
 
-from .arrays import (FLOAT_DTYPES, check_choice, check_dtype, check_float_array, check_int, check_int_array, check_type,
+from .arrays import (check_choice, check_dtype, check_float_array, check_float_type, check_int, check_int_array,
                      to_host)
 
 __all__ = ["Task", "Sine", "Adding", "Copy", "Text", "make_task", "TASKS"]
@@ -61,6 +61,8 @@ class Task:
     loss_steps = "all"
     metric = "mse"
 
+    fixed_length = False  # whether metrics need sequences of seq_len steps (targets at fixed steps)
+
     def __init__(self, seq_len, dtype=np.float32):
         self.seq_len = check_int("seq_len", seq_len)
         self.dtype = check_dtype("dtype", dtype)
@@ -85,20 +87,19 @@ class Task:
 
     def metrics(self, Y, d):
         """{metric: float} of outputs Y [T,B,O] (NumPy or CuPy) against targets d of ``batch`` or
-        ``test_set`` ([T,B,O], or classes [T,B] for a cross-entropy task); T is the task's seq_len.
-        Outputs that hold NaN or Inf give NaN or Inf metrics (a diverged model), not an error."""
+        ``test_set`` ([T,B,O], or classes [T,B] for a cross-entropy task), of any length T but for a
+        task whose targets lie at fixed steps (copy), where T is its seq_len. Outputs that hold NaN or
+        Inf give NaN or Inf metrics (a diverged model), not an error."""
         Y, d = to_host(Y), np.asarray(to_host(d))
-        check_type("Y", Y)
-        if Y.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"Y: expected dtype float32 or float64, got {Y.dtype}")
-        O = self.output_size
+        check_float_type("Y", Y)
+        O, T = self.output_size, self.seq_len if self.fixed_length else None
         if self.loss == "cross_entropy":
-            check_int_array("d", d, ("T", "B"), (self.seq_len, None), 0, O)  # classes
+            check_int_array("d", d, ("T", "B"), (T, None), 0, O)  # classes
         else:
-            check_float_array("d", d, ("T", "B", "O"), (self.seq_len, None, O))
+            check_float_array("d", d, ("T", "B", "O"), (T, None, O))
         T, B = d.shape[:2]
-        if B == 0:
-            raise ValueError(f"d: expected at least one sequence (B >= 1), got shape {d.shape}")
+        if T == 0 or B == 0:
+            raise ValueError(f"d: expected at least one step and one sequence, got shape {d.shape}")
         if Y.shape != (T, B, O):
             raise ValueError(f"Y: expected the model's outputs [T,B,O] = ({T}, {B}, {self.output_size}) for targets "
                              f"d of shape {d.shape}, got {Y.shape}")
@@ -180,6 +181,7 @@ class Copy(Task):
     output_activation = "softmax"
     loss = "cross_entropy"
     metric = "cross_entropy"
+    fixed_length = True  # the recall is scored on the last COPY_SYMBOLS steps, after the "go" marker
 
     def __init__(self, delay=DEFAULT_DELAY, dtype=np.float32):
         self.delay = check_int("delay", delay)

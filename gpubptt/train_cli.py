@@ -18,6 +18,7 @@ import numpy as np
 
 from .backend import BACKENDS
 from .optim import DEFAULT_LR, OPTIMIZERS
+from .report import option_error
 from .tasks import TASKS
 
 DEFAULTS = {
@@ -26,17 +27,6 @@ DEFAULTS = {
 }
 MODEL_OPTIONS = {"cell": "cell", "hidden": "hidden_size", "layers": "num_layers", "dtype": "dtype"}
 PYTHON_NAMES = {**MODEL_OPTIONS, "batch": "batch_size"}  # an option's value under another name in Python
-
-
-def _report(command, error, args):
-    """Print ``error`` as the command's; a message that begins with the Python argument an option became
-    names the option instead (``--batch:`` rather than ``batch_size:``)."""
-    text = str(error)
-    name, colon, rest = text.partition(":")
-    option = {python: option for option, python in PYTHON_NAMES.items()}.get(name, name)
-    if colon and getattr(args, option, None) is not None:
-        text = f"--{option.replace('_', '-')}:{rest}"
-    print(f"gpubptt {command}: error: {text}", file=sys.stderr)
 
 
 def _cells():
@@ -208,7 +198,7 @@ def run_train(args):
             eval_every=eval_every, log_every=_value(args, "log_every"), progress=not args.quiet,
         )
     except (ValueError, TypeError) as e:
-        _report("train", e, args)
+        option_error("train", e, args, PYTHON_NAMES)
         return 2
     except FloatingPointError as e:  # the options were fine; the run diverged
         print(f"gpubptt train: error: {e}", file=sys.stderr)
@@ -245,7 +235,7 @@ def run_sample(args):
         text = sample_text(args.checkpoint, length=args.length, temperature=args.temperature, prime=args.prime,
                            seed=args.seed, backend=args.backend)
     except (ValueError, TypeError) as e:
-        _report("sample", e, args)
+        option_error("sample", e, args, PYTHON_NAMES)
         return 2
     print(text)
     return 0

@@ -272,7 +272,7 @@ def _check_batch(b, name):
     try:
         lengths = np.asarray(to_host(b[2]))
     except ValueError:  # a ragged list
-        raise ValueError(f"{name}: lengths: expected one integer a sequence [B], got {b[2]!r}") from None
+        raise ValueError(f"{name}: lengths: expected one integer per sequence [B], got {b[2]!r}") from None
     return b[0], b[1], lengths
 
 
@@ -759,7 +759,8 @@ def train(model, task_or_batches, steps, *, batch_size=32, optimizer="adam", lr=
     loss_steps       for a list of batches: 'all' (default) or 'last', each sequence's last step alone
                      (many-to-one; d elsewhere is not read, as in ``bptt``); a task brings its own
     seed             the data generator's seed (the model carries its own initialisation)
-    out              directory for checkpoint.npz, metrics.jsonl, training.png (None: nothing written)
+    out              directory for checkpoint.npz, metrics.jsonl, training.png (None: nothing written); a
+                     new run refuses one that holds another run's (resume, or remove them)
     resume           continue from the checkpoint in ``out`` (same model shape, task, data and optimizer
                      settings but the learning rate, which may change): the checkpoint's parameters
                      and optimizer state are loaded into ``model`` first;

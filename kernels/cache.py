@@ -6,27 +6,40 @@ left the old machine code in use, in silence: after an upgrade of gpubptt as aft
 stamp of every function of this package's files is its file's stamp and a digest of all of them
 (``DIGEST``), through locators that take the place of Numba's own for these files only: the same
 cache directories and file names, and Numba's rules for everything else. Where Numba's caching
-module lacks the classes this builds on, its own behaviour stands (``INSTALLED`` is False).
+module lacks the classes this builds on, where the files cannot be read as files (a zip import, a
+frozen application, whose stamp Numba takes from the executable) or where NUMBA_CACHE_LOCATOR_CLASSES
+names the locators, Numba's own behaviour stands (``INSTALLED`` is False).
 """
 import hashlib
 import os
+import sys
 
-from numba.core import caching
+from numba.core import caching, config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def sources_digest(directory=HERE):
-    """SHA-256 of the names and contents of the .py files in ``directory``."""
+    """SHA-256 of the names and contents of the .py files in ``directory`` (OSError if it cannot be read)."""
     h = hashlib.sha256()
     for name in sorted(os.listdir(directory)):
-        if name.endswith(".py"):
-            with open(os.path.join(directory, name), "rb") as f:
+        path = os.path.join(directory, name)
+        if name.endswith(".py") and os.path.isfile(path):  # (not an editor's lock file, a dangling link)
+            with open(path, "rb") as f:
                 h.update(name.encode() + b"\0" + f.read() + b"\0")
     return h.hexdigest()
 
 
-DIGEST = sources_digest()
+def _digest():
+    if getattr(sys, "frozen", False):
+        return None
+    try:
+        return sources_digest()
+    except OSError:
+        return None
+
+
+DIGEST = _digest()
 
 
 def _stamped(base):
@@ -51,6 +64,8 @@ def _install():
     names = ("UserProvidedCacheLocator", "InTreeCacheLocator", "UserWideCacheLocator")
     bases = [getattr(caching, n, None) or getattr(caching, "_" + n, None) for n in names]
     classes = getattr(getattr(caching, "CacheImpl", None), "_locator_classes", None)
+    if DIGEST is None or getattr(config, "CACHE_LOCATOR_CLASSES", None):  # files unread; the user's locators
+        return False
     if None in bases or not isinstance(classes, list):  # pragma: no cover - another Numba
         return False
     if not any(getattr(c, "__module__", None) == __name__ for c in classes):  # (once per process)

@@ -16,5 +16,5 @@ def env_choice(name, choices, default):
     if not value:
         return default
     if value not in choices:
-        raise ValueError(f"{name}: expected one of {', '.join(choices)}, got {raw!r}")
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {raw!r}")
     return value

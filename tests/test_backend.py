@@ -145,7 +145,7 @@ def test_environment_value_validated(monkeypatch, value):
     with pytest.raises(ValueError) as info:
         resolve("auto", on_device=False)
     msg = str(info.value)
-    assert f"{ENV_VAR}:" in msg and "auto, reference, cpu, cuda" in msg and repr(value) in msg, msg
+    assert f"{ENV_VAR}:" in msg and "'auto', 'reference', 'cpu', 'cuda'" in msg and repr(value) in msg, msg
 
 
 @pytest.mark.parametrize("name,value,read", [

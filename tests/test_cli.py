@@ -28,7 +28,7 @@ def test_info_reports_the_environment_override(capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("value,says", [
-    ("bogus", "backend: unavailable: GPUBPTT_BACKEND: expected one of auto, reference, cpu, cuda, got 'bogus'"),
+    ("bogus", "backend: unavailable: GPUBPTT_BACKEND: expected one of 'auto', 'reference', 'cpu', 'cuda', got 'bogus'"),
     ("cuda", "backend: unavailable: GPUBPTT_BACKEND=cuda is not available: "),  # no GPU, no simulator here
 ])
 def test_info_reports_an_override_that_cannot_be_used(capsys, monkeypatch, value, says):
@@ -72,10 +72,11 @@ def test_check_on_cpu_reaches_its_fast_paths(monkeypatch):
     (dict(dtype=None), TypeError, "dtype: expected float32 or float64, got None"),
     (dict(cells="tanhh"), ValueError, "cells: expected one of .* got 'tanhh'"),
     (dict(cells=("tanh", "elman")), ValueError, "cells: expected one of .* got 'elman'"),
-    (dict(cells=()), TypeError, r"cells: expected a cell name or a non-empty list of them, got \(\)"),
-    (dict(cells=None), TypeError, "cells: expected a cell name or a non-empty list of them, got None"),
-    (dict(seed=-1), ValueError, "seed: expected an integer >= 0, got -1"),
-    (dict(seed=1.5), ValueError, "seed: expected an integer >= 0, got 1.5"),
+    (dict(cells=()), ValueError, r"cells: expected at least one cell, got none"),
+    (dict(cells=iter([])), ValueError, r"cells: expected at least one cell, got none"),
+    (dict(cells=None), TypeError, "cells: expected a cell name or a list of them, got None"),
+    (dict(seed=-1), ValueError, "seed: expected an integer >= 0 or None, got -1"),
+    (dict(seed=1.5), ValueError, "seed: expected an integer >= 0 or None, got 1.5"),
     (dict(num_layers=2.0), ValueError, "num_layers: expected a positive integer, got 2.0"),
     (dict(bidirectional=1), TypeError, "bidirectional: expected True or False, got 1"),
     (dict(write=5), TypeError, "write: expected a function that takes a line of text"),

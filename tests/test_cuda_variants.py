@@ -101,8 +101,8 @@ def test_variant_environment_variable(monkeypatch):
         monkeypatch.setenv(cb.VARIANT_ENV, value)
         assert cb.requested_variant() == value.strip().lower()
     monkeypatch.setenv(cb.VARIANT_ENV, "fast")
-    with pytest.raises(ValueError, match="GPUBPTT_CUDA_VARIANT: expected one of auto, simple, tiled, cooperative, "
-                                         "got 'fast'"):
+    with pytest.raises(ValueError, match="GPUBPTT_CUDA_VARIANT: expected one of 'auto', 'simple', 'tiled', "
+                                         "'cooperative', got 'fast'"):
         cb.requested_variant()
 
 

@@ -438,10 +438,11 @@ def test_diagnose_without_matplotlib_prints_the_table_and_says_how(tmp_path, cap
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--step", "0"], "step: expected a positive integer or None, got 0"),
-    (["--seq-len", "5", "--step", "6"], "step: expected 1..T = 1..5, got 6"),
+    (["--step", "0"], "--step: expected a positive integer or None, got 0"),
+    (["--seq-len", "5", "--step", "6"], "--step: expected 1..T = 1..5, got 6"),
     (["--spectral-radius", "-1"], "--spectral-radius: expected a positive number, got -1.0"),
-    (["--hidden", "0"], "hidden_size: expected a positive integer, got 0"),
+    (["--hidden", "0"], "--hidden: expected a positive integer, got 0"),
+    (["--layers", "0"], "--layers: expected a positive integer, got 0"),
     (["--seq-len", "0"], "--seq-len and --batch: expected positive integers, got 0 and 4"),
     (["--dtype", "float32", "--spectral-radius", "1e39"],
      "--spectral-radius: expected a number that float32 holds, 1.175e-38 to 3.403e+38, got 1e+39"),

@@ -657,7 +657,7 @@ def test_batches_with_lengths_train_as_bptt_with_those_lengths():
         train(small_model(O=O, out="softmax"), batches, 1, tbptt=(3, 3), progress=False)
     with pytest.raises(ValueError, match=r"lengths: expected shape \[B\] = \(3,\), got \(2,\)"):
         train(small_model(O=O, out="softmax"), [(x[0], d[1], [1, 2])], 1, progress=False)
-    with pytest.raises(ValueError, match=r"task_or_batches\[0\]: lengths: expected one integer a sequence \[B\], "
+    with pytest.raises(ValueError, match=r"task_or_batches\[0\]: lengths: expected one integer per sequence \[B\], "
                                          r"got \[\[4\], \[3, 2\]\]"):
         train(small_model(O=O, out="softmax"), [(x[0], d[1], [[4], [3, 2]])], 1, progress=False)
 

@@ -535,7 +535,7 @@ def test_unknown_loss_choice(arg, value, choices):
 def test_unknown_backend_from_environment(monkeypatch, which, value):
     monkeypatch.setenv(ENV_VAR, value)
     params, x, d, s0 = make()
-    expect_error(ValueError, [f"{ENV_VAR}:", "auto, reference, cpu, cuda", f"got {value!r}"],
+    expect_error(ValueError, [f"{ENV_VAR}:", "'auto', 'reference', 'cpu', 'cuda'", f"got {value!r}"],
                  run, which, params, x, d, s0, backend="auto")
 
 

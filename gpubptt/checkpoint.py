@@ -92,7 +92,8 @@ def save(directory, arrays, meta, name="out"):
             raise TypeError(f"arrays[{k!r}]: expected an array of numbers, got dtype {v.dtype} (a checkpoint holds no "
                             "Python objects)")
     if "format" in meta or "version" in meta:
-        raise ValueError("meta: 'format' and 'version' are written by the checkpoint itself; name the entries otherwise")
+        raise ValueError("meta: 'format' and 'version' are written by the checkpoint itself; name the entries "
+                         "otherwise")
     meta_text = json.dumps({"format": FORMAT, "version": VERSION, **meta}, sort_keys=True)
     payload["meta"] = np.array(meta_text)
     payload["digest"] = np.array(_digest({k: v for k, v in payload.items() if k != "meta"}, meta_text))

@@ -57,7 +57,8 @@ def run_check(backend="auto", dtype="float32", cells=CELLS, num_layers=1, bidire
     if not callable(write):
         raise TypeError(f"write: expected a function that takes a line of text (print), got {write!r}")
     rng = np.random.default_rng(check_int("seed", seed, low=0, allow_none=True))
-    structure = dict(num_layers=check_int("num_layers", num_layers), bidirectional=check_bool("bidirectional", bidirectional))
+    structure = dict(num_layers=check_int("num_layers", num_layers),
+                     bidirectional=check_bool("bidirectional", bidirectional))
     n_states = num_layers * (2 if bidirectional else 1)
     ok, header = True, None
     shapes = SHAPES + (CPU_SHAPES if resolve(backend, on_device=False).name == "cpu" else ())

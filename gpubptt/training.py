@@ -18,8 +18,9 @@ Everything a run needs to continue goes into the checkpoint (``gpubptt.checkpoin
 optimizer state, the data generator's state at the start of the current batch, the window reached
 and the carried state. ``resume=True`` continues from it, so on the ``cpu`` backend an interrupted
 run, resumed with as many Numba threads, ends bit-identical to one that was never interrupted (with
-another thread count, equal to rounding: the threads sum their shares of the batch apart). Ctrl-C (SIGINT) stops after the
-current step, saves a checkpoint and returns with ``interrupted=True``; a second Ctrl-C aborts at once.
+another thread count, equal to rounding: the threads sum their shares of the batch apart). Ctrl-C
+(SIGINT) stops after the current step, saves a checkpoint and returns with ``interrupted=True``; a
+second Ctrl-C aborts at once.
 
 On the ``cuda`` backend with a GPU the model's parameters are moved to the GPU (``model.to_device()``)
 and each batch is moved there once when it is drawn; the test set once per run. Losses and norms
@@ -37,7 +38,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import checkpoint as ckpt
-from .arrays import NonFiniteError, check_bool, check_choice, check_int, check_type, is_device_array, to_device, to_host, xp_of
+from .arrays import (NonFiniteError, check_bool, check_choice, check_int, check_type, is_device_array, to_device,
+                     to_host, xp_of)
 from .backend import resolve
 from .clipping import check_threshold
 from .losses import LOSSES

@@ -68,6 +68,28 @@ def check_output_file(name, path, create=False):
     return path
 
 
+def write_atomically(path, write, prefix=None):
+    """Write the file ``path`` through ``write(f)`` (f a binary file open for writing) into a temporary
+    file of the same directory, flushed to disk and moved into place: ``path`` is the old file or the
+    whole new one, never a part; when anything fails the temporary file is removed and ``path`` left
+    as it was. ``prefix``: the temporary file's name starts so (default '.NAME-')."""
+    fd, tmp = tempfile.mkstemp(prefix=prefix or f".{os.path.basename(path)}-", suffix=".tmp",
+                               dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; these are ordinary files
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
 def _digest(arrays, meta_text):
     h = hashlib.sha256(meta_text.encode())
     for key in sorted(arrays):
@@ -97,20 +119,7 @@ def save(directory, arrays, meta, name="out"):
     meta_text = json.dumps({"format": FORMAT, "version": VERSION, **meta}, sort_keys=True)
     payload["meta"] = np.array(meta_text)
     payload["digest"] = np.array(_digest({k: v for k, v in payload.items() if k != "meta"}, meta_text))
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".tmp", dir=directory)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is an ordinary file
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path_in(directory))
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomically(path_in(directory), lambda f: np.savez(f, **payload), prefix=_TMP_PREFIX)
     _fsync_directory(directory)
     for stale in glob.glob(os.path.join(glob.escape(directory), _TMP_PREFIX + "*.tmp")):  # left by a killed save
         try:

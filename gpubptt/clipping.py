@@ -31,7 +31,7 @@ import numbers
 
 import numpy as np
 
-from .arrays import FLOAT_DTYPES, check_type, is_device_array, to_device, to_host, xp_of
+from .arrays import check_float_type, is_device_array, to_device, to_host, xp_of
 from .backend import resolve
 
 __all__ = ["global_norm", "clip_global_norm", "clip_value"]
@@ -73,13 +73,8 @@ def check_arrays(name, arrays, dtype=None, in_place=False):
         raise ValueError(f"{name}: expected at least one parameter array, got none")
     for key, a in arrays.items():
         where = f"{name}[{key!r}]"
-        check_type(where, a)
-        if a.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{where}: expected dtype float32 or float64, got {a.dtype}")
-        if dtype is None:
-            dtype = a.dtype
-        elif a.dtype != dtype:
-            raise TypeError(f"{where}: dtype {a.dtype} differs from the other arrays' {np.dtype(dtype)}")
+        check_float_type(where, a, dtype)
+        dtype = a.dtype
         if in_place and not a.flags.c_contiguous:
             raise ValueError(f"{where}: expected a C-contiguous array (it is updated in place), got strides {a.strides}")
         if in_place and not is_device_array(a) and not a.flags.writeable:  # CuPy arrays are always writable

@@ -35,10 +35,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import engine, reference
-from .arrays import ValueChecks, check_float_array, check_int, to_host, xp_of
+from .arrays import check_float_array, check_float_type, check_int, check_shape, to_host, xp_of
 from .losses import loss_and_output_grad, loss_mask
 from .model import _Call
-from .params import check_params, check_recurrent_weight, gate_rows, gates, layer_suffixes
+from .params import check_params, check_recurrent_weight, gate_rows, gates, layer_suffixes, structure_of
 from .checkpoint import check_output_file
 from .report import FIGURE_FORMATS, option_error, save_figure
 
@@ -153,8 +153,8 @@ def fit_rate(norms):
     ``used`` < N says so. Fewer than two such norms give rate = scale = NaN. ``norms``: a float32 or
     float64 NumPy or CuPy array.
     """
-    # NaN and Inf are allowed (left out, above): the finiteness check goes to a ValueChecks never run
-    check_float_array("norms", norms, ("N",), (None,), checks=ValueChecks())
+    check_float_type("norms", norms)  # (NaN and Inf allowed: left out, above)
+    check_shape("norms", norms, ("N",), (None,))
     norms = np.asarray(to_host(norms), np.float64)
     distance = np.arange(len(norms) - 1, -1, -1, dtype=np.float64)
     keep = _loggable(norms)
@@ -190,12 +190,11 @@ def with_spectral_radius(params, radius, cell="tanh"):
     """A copy of ``params`` whose every recurrent matrix (each gate block of each layer's Ws) is
     rescaled to spectral radius ``radius``; the other arrays are shared, not copied.
 
-    ``params`` is validated as ``bptt`` validates it, for the layers and directions its Ws keys name
-    ('Ws'; 'Ws_l0', 'Ws_l1', ...; with '_reverse' ones: bidirectional). ``radius`` must lie in the
-    range of normal numbers of params' dtype, and the rescaled Ws must stay finite in it."""
-    ws_keys = [k for k in params if isinstance(k, str) and k.startswith("Ws")] if isinstance(params, Mapping) else []
-    bidirectional = any(k.endswith("_reverse") for k in ws_keys)
-    num_layers = max(1, math.ceil(len(ws_keys) / (2 if bidirectional else 1)))  # one missing: said so below
+    ``params`` is validated as ``bptt`` validates it, for the layers and directions its keys name
+    ('Ws'; 'Ws_l0', 'Ws_l1', ...; with '_reverse' ones: bidirectional; ``params.structure_of``).
+    ``radius`` must lie in the range of normal numbers of params' dtype, and the rescaled Ws must
+    stay finite in it."""
+    num_layers, bidirectional = structure_of(params) if isinstance(params, Mapping) else (1, False)
     dtype = check_params(params, cell, num_layers, bidirectional)[4]
     if isinstance(radius, bool) or not isinstance(radius, numbers.Real) or not radius > 0:
         raise ValueError(f"radius: expected a positive number, got {radius!r}")

@@ -120,11 +120,15 @@ def has_bias(keys):
     return any(isinstance(k, str) and k[:2] in ("bx", "bs") for k in keys)
 
 
+def structure_of(keys):
+    """(num_layers, bidirectional) that parameter keys' suffixes name (_l1, _l0_reverse, ...; none: (1, False))."""
+    layers = [int(m.group(1)) for k in keys if isinstance(k, str) for m in [re.search(r"_l(\d+)(_reverse)?$", k)] if m]
+    return max(layers) + 1 if layers else 1, any(isinstance(k, str) and k.endswith("_reverse") for k in keys)
+
+
 def _structure_hint(keys):
     """'; these keys are those of num_layers=L, bidirectional=...' when the keys' suffixes say so."""
-    layers = [int(m.group(1)) for k in keys if isinstance(k, str) for m in [re.search(r"_l(\d+)(_reverse)?$", k)] if m]
-    num_layers = max(layers) + 1 if layers else 1
-    bidirectional = any(isinstance(k, str) and k.endswith("_reverse") for k in keys)
+    num_layers, bidirectional = structure_of(keys)
     bias = has_bias(keys)
     if set(param_shapes(1, 1, 1, "tanh", num_layers, bidirectional, bias)) != keys:
         return ""

@@ -18,10 +18,9 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 
-from .checkpoint import check_output_file
+from .checkpoint import check_output_file, write_atomically
 
 
 def option_error(command, error, args, python_names=None):
@@ -60,10 +59,7 @@ class MetricsLog:
         kept = [line for line in records if line["step"] <= step]
         if len(kept) == len(records) == text.count("\n") and text.endswith("\n") or not text:
             return  # every line a record, and kept: the file stays as it is
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-        os.replace(tmp, self.path)
+        write_atomically(self.path, lambda f: f.writelines((json.dumps(r) + "\n").encode() for r in kept))
 
     def write(self, records):
         with open(self.path, "a") as f:
@@ -149,25 +145,14 @@ FIGURE_FORMATS = (".png", ".pdf", ".svg")
 
 def save_figure(fig, path):
     """Save a matplotlib figure at ``path`` (checked by ``checkpoint.check_output_file``) in the format
-    its extension names (one of FIGURE_FORMATS; PNG otherwise), through a temporary file of its own
-    moved into place, and close it. When anything fails the figure is closed all the same and the
-    temporary file removed."""
+    its extension names (one of FIGURE_FORMATS; PNG otherwise), atomically (``checkpoint.write_atomically``),
+    and close it, whatever fails."""
     import matplotlib.pyplot as plt
 
     try:
         path = check_output_file("path", path)
         ext = os.path.splitext(path)[1].lower()
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}-", suffix=".tmp",
-                                   dir=os.path.dirname(os.path.abspath(path)))
-        os.close(fd)
-        try:
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; a figure is an ordinary file
-            fig.savefig(tmp, format=ext[1:] if ext in FIGURE_FORMATS else "png", dpi=100)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        write_atomically(path, lambda f: fig.savefig(f, format=ext[1:] if ext in FIGURE_FORMATS else "png", dpi=100))
     finally:
         plt.close(fig)
 

@@ -377,12 +377,11 @@ class Trainer:
             self.optimizer = optimizer
         else:
             check_choice("optimizer", optimizer, OPTIMIZERS)
-            if optimizer_options is not None and (not isinstance(optimizer_options, Mapping)
-                                                  or not all(isinstance(k, str) for k in optimizer_options)):
-                got = (type(optimizer_options).__name__ if not isinstance(optimizer_options, Mapping)
-                       else f"the keys {list(optimizer_options)}")
-                raise TypeError(f"optimizer_options: expected a dict of keyword arguments (names as strings) or None, "
-                                f"got {got}")
+            expected = "optimizer_options: expected a dict of keyword arguments (names as strings) or None, got"
+            if optimizer_options is not None and not isinstance(optimizer_options, Mapping):
+                raise TypeError(f"{expected} {type(optimizer_options).__name__}")
+            if optimizer_options and not all(isinstance(k, str) for k in optimizer_options):
+                raise TypeError(f"{expected} the keys {list(optimizer_options)}")
             self.optimizer = make_optimizer(optimizer, model.params, lr, backend=model.backend,
                                             **(optimizer_options or {}))
         self.window_runner = _Window(model, self.loss, self.clip_step)

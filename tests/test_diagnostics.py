@@ -266,9 +266,8 @@ def test_a_figure_that_fails_to_save_leaves_no_temporary_file(tmp_path, monkeypa
     import matplotlib.figure
     import matplotlib.pyplot as plt
 
-    def half_written(fig, name, **kwargs):
-        with open(name, "wb") as f:
-            f.write(b"\x89PNG")
+    def half_written(fig, f, **kwargs):  # (savefig is handed the temporary file, open)
+        f.write(b"\x89PNG")
         raise OSError("No space left on device")
 
     params, x, s0, d = make_problem(4, 2, 2, 3, 2)

@@ -21,9 +21,11 @@ kernels of ``kernels/optim_cuda.py``: no value travels to the host, and the norm
 CuPy array (read it with ``float(norm)`` when you want it, which waits for the GPU). On ``cpu`` the
 ``@njit`` twins do the same; ``reference`` spells the formulas out in NumPy float64.
 
-A gradient holding NaN or Inf (or whose squared norm overflows float64) has a non-finite norm: the
-clipping functions then leave it as it is and return that norm, and the optimizers skip the step
-(nothing reaches the weights), count it and report it.
+A gradient holding NaN or Inf (or whose squared norm overflows float64) has a non-finite norm:
+``clip_global_norm`` then leaves the gradients as they are and returns that norm; ``clip_value``
+(which measures no norm) limits ±Inf to ±limit and leaves NaN as NaN. The optimizers judge the
+gradients before clipping: a non-finite one skips the step (nothing reaches the weights), which they
+count and report.
 """
 from collections.abc import Mapping
 import math

@@ -53,7 +53,8 @@ def add_train_arguments(p):
                    help="element-wise gradient clipping to [-C, C], or off")
     p.add_argument("--clip-step", type=_clip_arg, metavar="C", help="per-time-step clipping inside BPTT, or off")
     p.add_argument("--tbptt", type=int, nargs=2, metavar=("K1", "K2"),
-                   help="truncated BPTT: update every K1 steps, backpropagating K2 >= K1 steps (default: full BPTT)")
+                   help="truncated BPTT: update every K1 steps, backpropagating K2 >= K1 steps (a task with its loss "
+                        "at the last step only: one update per batch; default: full BPTT)")
     p.add_argument("--backend", choices=BACKENDS, help="default auto")
     p.add_argument("--dtype", choices=("float32", "float64"), help="default float32")
     p.add_argument("--seed", type=int, help="seed of the initialisation and the data (default 0)")

@@ -29,9 +29,10 @@ A peer that cannot run the cell (``torch.nn.RNN`` has no sigmoid or identity cel
 unavailable with the reason: its probe on a tiny problem raised.
 
 Timing: per peer, ``warmup`` untimed runs (Numba compiles or loads its cache, PyTorch picks its
-kernels) whose results are checked, and one untimed run measuring memory; then, peer after peer, a
-pause of ``settle_s`` (the previous peer's idle BLAS and OpenMP threads spin for up to ~0.1 s and
-would take the cores from the next one), ``warmup`` runs again and ``repeat`` timed runs in a row, as
+kernels) whose results are checked, and ``MEMORY_RUNS`` untimed runs measuring memory (one for the
+reference; the cpu peer one more for its live peak); then, peer after peer, a pause of ``settle_s``
+(the previous peer's idle BLAS and OpenMP threads spin for up to ~0.1 s and would take the cores
+from the next one), ``warmup`` runs again and ``repeat`` timed runs in a row, as
 a training loop calls them; the median is reported and every sample kept in the JSON. On a shared
 machine other processes take cores from the threads being timed (a 2-thread run that loses a core
 waits at every barrier, easily 10x slower): each block records the cores other processes used while
@@ -1154,7 +1155,7 @@ def _cpu_step_products():
 def _numba_codegen():
     """The CPU Numba compiles the kernels' loops for: its name, and the features it was given apart from
     the host's (``NUMBA_CPU_NAME``, ``NUMBA_CPU_FEATURES``; e.g. -prefer-256-bit, which makes LLVM
-    vectorise them 512 bits wide on AVX-512 hosts, where its tuning prefers 256: README, Threads)."""
+    vectorise them 512 bits wide on AVX-512 hosts, where its tuning prefers 256: README, Vector width)."""
     import llvmlite.binding as llvm
     from numba.core import config
 
@@ -1354,7 +1355,7 @@ def add_arguments(p):
     p.add_argument("--mode", default="both", choices=tuple(MODE_CHOICES),
                    help="forward + BPTT ('bptt'), forward alone ('fwd'), or both")
     p.add_argument("--output-size", type=positive_int_arg, default=DEFAULT_OUTPUT_SIZE, help="O (default 1)")
-    p.add_argument("--warmup", type=_nonnegative_int, default=1, help="untimed runs before the memory run and timing (default 1)")
+    p.add_argument("--warmup", type=_nonnegative_int, default=1, help="untimed runs before the memory runs and timing (default 1)")
     p.add_argument("--reference-budget", type=_positive_float, default=DEFAULT_REFERENCE_BUDGET_S, metavar="SECONDS",
                    help="the reference backend's time per entry: skipped when one run is projected to take longer, "
                         "else as many runs as fit (default 20)")

@@ -1,14 +1,16 @@
 """Forward and BPTT for the ``cpu`` and ``cuda`` backends (DESIGN.md §4).
 
-Only the recurrence is sequential. Everything else is one large matrix product over all T·B rows on
-the backend's BLAS (NumPy's on the CPU, cuBLAS through CuPy on the GPU). Per layer and direction:
+Only the recurrence is sequential. Everything else is large matrix products over many of the T·B
+rows (on the CPU SciPy's BLAS or the register-blocked product, ``kernels/linalg_cpu.py``; cuBLAS
+through CuPy on the GPU): over all rows, over a time chunk's in backward (``time_chunks``), or formed
+inside the CPU kernels (``from_input``, ``backward_top``). Per layer and direction:
 
     forward:  U = input Wxᵀ + bx (+ bs)  ->  kernel: the recurrence over time, gates fused
               (Elman with a one-part input: the kernels take the input and Wx, ``from_input``; the CPU
               kernels form each step's input product in the time loop when D is small enough)
     backward: kernel: the reverse-time recurrence  ->  dWs = Σ_t dRec_tᵀ S_{t-1},
-              dWx = Σ_t dU_tᵀ input_t, d input = dU Wx : one product each
-and once: Z = S Wyᵀ + by, Y = g2(Z); dWy = Σ_t dZ_tᵀ S_t, dS = dZ Wy.
+              dWx = Σ_t dU_tᵀ input_t, d input = dU Wx : one product each (a time chunk's)
+and for the output layer: Z = S Wyᵀ + by, Y = g2(Z); dWy = Σ_t dZ_tᵀ S_t, dS = dZ Wy (per chunk).
 
 A layer's input is a list of parts: [x] for layer 0, the layer below's directions [S_fwd, S_rev]
 above it; products with a concatenation are sums of products with the parts, so nothing is

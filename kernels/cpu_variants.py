@@ -17,7 +17,9 @@ threads scale (measured on 2 cores: two threads each multiplying half of [6400,2
 ms against 6.6 ms for one thread alone), while a BLAS pool of its own would spin between calls and
 starve the kernels' threads.
 
-``GPUBPTT_CPU_VARIANT=loops|blas`` (read at each call) overrides the choice; ``auto`` or unset chooses.
+``GPUBPTT_CPU_VARIANT=loops|blas|units`` (read at each call) overrides the choice (``units``: the
+gated cells' units variant wherever it can run, ``unit_slices``; the Elman cell takes it as
+``auto``); ``auto`` or unset chooses.
 ``GPUBPTT_REGISTER_GEMM=0`` keeps BLAS for the blas variant's step products.
 The thread count is Numba's (``numba.set_num_threads``, ``NUMBA_NUM_THREADS``); with one share
 (one thread, or a single sequence) the kernels run without a parallel region.
@@ -54,7 +56,8 @@ def variant_forced():
 # which a step's few rows do not repay; the AVX-512 builds (core types below) take small products,
 # M·N·K <= SMALL_PRODUCT, through kernels that pack nothing. So:
 # - BLAS with small-product kernels: ``blas`` when each thread's step product [share, H]·[H, G·H] is
-#   small, or its share has at least WIDE_SHARE sequences; never for one sequence a thread (forward +
+#   small, or fits small products in pieces (``piece_rows``, below PIECES_BELOW_SHARE sequences), or
+#   its share has at least WIDE_SHARE sequences; never for one sequence a thread (forward +
 #   BPTT at (B,T,D,H) = (1,50,128,512) 1.6 ms in loops, 2.0 in blas, though a step's product alone is
 #   faster in BLAS from H = 128).
 #   Measured on a 2-core AVX-512 VM (OpenBLAS 0.3.30 SkylakeX), per step, loops / blas µs: H = 64,

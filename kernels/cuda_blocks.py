@@ -249,8 +249,9 @@ def choose(batch, hidden, gates, itemsize, footprint, limits=None, variant=None)
        is too small to fill the GPU, so the hidden units are spread over the SMs instead, each SM
        keeping its slice of Ws on chip. Below COOP_MIN_HIDDEN a step's dot products (hidden long, one
        per thread) are estimated to take less than a grid synchronisation (~1 µs);
-    2. else ``tiled`` when Ws fits in one block's shared memory (the opt-in limit less SMEM_RESERVE:
-       163 KiB on an A100, 227 KiB on an H100; 48 KiB under the simulator);
+    2. else ``tiled`` when its shared memory (Ws and the tile's buffers, the module's footprint) fits
+       the opt-in limit less SMEM_RESERVE: 162 KiB on an A100, 226 KiB on an H100, 47 KiB under the
+       simulator;
     3. else ``simple``.
     """
     limits = limits or current_limits()

@@ -197,7 +197,7 @@ def aligned(W):
     what the backward kernels read as it lies. Measured, the Elman backward kernel on one thread
     with Ws on a line / 16 or 32 bytes off it, µs: (T,B,H) = (1000,1,64) 129 / 154-156; (200,4,128)
     227 / 305-307; (100,16,256) 1413-1457 / 1614-1692; (50,64,512) 12438-12613 / 13912-14693
-    (strips of 128 rows of K instead of 256 gave no better on W off a line)."""
+    (measured when the strips were 256 rows of K; strips of 128 gave no better on W off a line)."""
     if W.ctypes.data % VECTOR_BYTES == 0:
         return W
     out = aligned_empty(W.shape, W.dtype)
@@ -220,7 +220,7 @@ def packed(W):
 
 @njit(cache=True)
 def pack(W, out):
-    """``packed`` into out [N/COLUMNS·K, COLUMNS], from a kernel (LSTM's units variant: each thread
+    """``packed`` into out [N/COLUMNS·K, COLUMNS], from a kernel (the units variant of LSTM and GRU: each thread
     packs its columns, which then lie in its own core's caches). Blocks of columns packed one after
     the other are the packing of those columns side by side."""
     K, N = W.shape

@@ -4,6 +4,7 @@ First tier: no GPU, simulator off. ``cuda_status()`` is lru_cached, so these tes
 flip it by changing the environment; tests that assume "no CUDA here" skip where there is one.
 """
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -335,6 +336,33 @@ def test_to_device_without_gpu_says_so_and_moves_nothing():
         with pytest.raises(RuntimeError, match=r"to_device: cannot copy to a GPU \(.+\).*backend 'cpu'"):
             call()
     assert all(type(v) is np.ndarray and np.array_equal(v, before[k]) for k, v in rnn.params.items())
+
+
+def test_to_device_wraps_cupys_no_gpu_error_with_a_fake_cupy(monkeypatch):
+    """The same wrapping where CuPy is not installed (CI): a stand-in ``cupy`` whose copy raises as
+    CuPy's CUDARuntimeError does without a GPU (a RuntimeError from a ``cupy_backends`` module)."""
+    class CUDARuntimeError(RuntimeError):
+        pass
+
+    CUDARuntimeError.__module__ = "cupy_backends.cuda.api.runtime"
+
+    def asarray(a):
+        raise CUDARuntimeError("cudaErrorNoDevice: no CUDA-capable device is detected")
+
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(asarray=asarray))
+    rnn = gpubptt.RNN(D, H, O, seed=0)
+    before = {k: v.copy() for k, v in rnn.params.items()}
+    for call in (lambda: gpubptt.to_device(np.zeros(3)), rnn.to_device):
+        with pytest.raises(RuntimeError, match=r"to_device: cannot copy to a GPU \(cudaErrorNoDevice.+\).*backend 'cpu'"):
+            call()
+    assert all(type(v) is np.ndarray and np.array_equal(v, before[k]) for k, v in rnn.params.items())
+
+    def other_error(a):
+        raise RuntimeError("not CuPy's")  # any other RuntimeError passes through unchanged
+
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(asarray=other_error))
+    with pytest.raises(RuntimeError, match=r"^not CuPy's$"):
+        gpubptt.to_device(np.zeros(3))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -94,11 +94,12 @@ def test_overflowing_squares_count_as_non_finite():
 def test_clip_global_norm_on_a_bptt_result_ignores_x_and_s0(problem):
     params, x, s0, d = problem(4, 2, 3, 5, 2, dtype=np.float64)
     L, grads = gpubptt.bptt(params, x, d, s0, backend="cpu")
-    x_grad = grads["x"].copy()
+    x_grad, s0_grad = grads["x"].copy(), grads["s0"].copy()
     norm = clipping.clip_global_norm(grads, 1e-3, backend="cpu")
     assert_close(norm, numpy_norm({k: v for k, v in gpubptt.bptt(params, x, d, s0, backend="cpu")[1].items()}),
                  1e-12, "norm")
     np.testing.assert_array_equal(grads["x"], x_grad)
+    np.testing.assert_array_equal(grads["s0"], s0_grad)
     assert_close(numpy_norm(grads), 1e-3, 1e-12, "clipped norm")
 
 

@@ -20,7 +20,8 @@ SHAPES = [  # (T, B, D, H, O)
 
 @pytest.fixture(params=["loops", "blas", "blas-pieces"])
 def variant(request, monkeypatch):
-    """Both ways the CPU kernels split their work (kernels/cpu_variants.py), forced in turn; the blas
+    """The two ways every cell's CPU kernels split their work (kernels/cpu_variants.py; the gated cells'
+    third, units, is tested on its own below), forced in turn; the blas
     variant also with its step products in pieces smaller than a thread's share: on one thread, the
     whole batch its share, in pieces of B - 1 rows (a last piece shorter than the others from B = 3)."""
     import numba

@@ -366,6 +366,7 @@ def test_inputs_are_not_modified():
         contributions(params, x, d, s0=s0, cell="lstm", backend=backend)
     assert all(np.array_equal(params[k], copies[0][k]) for k in params)
     np.testing.assert_array_equal(x, copies[1])
+    np.testing.assert_array_equal(s0[0], copies[2][0])
     np.testing.assert_array_equal(s0[1], copies[2][1])
     np.testing.assert_array_equal(d, copies[3])
 
@@ -406,7 +407,8 @@ def test_diagnose_lstm_shows_the_cell_state_and_each_gate(capsys):
                  "--backend", "reference"]) == 0
     out = capsys.readouterr().out
     assert "‖dE_N/dc_i‖" in out and "fitted rate of ‖dE_N/dc_i‖" in out
-    assert all(len(row) == 4 for row in table(out).values())  # i, ‖dS‖, ‖dc‖, ‖term‖
+    rows = table(out)
+    assert rows and all(len(row) == 4 for row in rows.values())  # i, ‖dS‖, ‖dc‖, ‖term‖
     assert "spectral radius of Ws: i " in out and "(per gate block)" in out
     assert "wrote" not in out  # no --out, no file
 

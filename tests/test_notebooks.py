@@ -1,6 +1,7 @@
 """Every notebook in notebooks/ runs top to bottom in a fresh Jupyter kernel without an error.
 
-The notebooks assert the claims they show, so a notebook that runs is a notebook whose numbers hold.
+The notebooks assert the numerical claims they show, so a notebook that runs is a notebook whose
+numbers hold; timings they show are printed, never asserted (a busy machine varies).
 The kernel is ``python3`` from this environment's kernelspecs only (``pip install ipykernel`` writes
 it to sys.prefix/share/jupyter/kernels; its command ``python`` is started as ``sys.executable``), so
 a ``python3`` kernel registered for another interpreter in the user's Jupyter directories cannot be

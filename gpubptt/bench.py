@@ -32,11 +32,11 @@ Timing: per peer, ``warmup`` untimed runs (Numba compiles or loads its cache, Py
 kernels) whose results are checked, and ``MEMORY_RUNS`` untimed runs measuring memory (one for the
 reference; the cpu peer one more for its live peak); then, peer after peer, a pause of ``settle_s``
 (the previous peer's idle BLAS and OpenMP threads spin for up to ~0.1 s and would take the cores
-from the next one), ``warmup`` runs again and ``repeat`` timed runs in a row, as
-a training loop calls them; the median is reported and every sample kept in the JSON. On a shared
-machine other processes take cores from the threads being timed (a 2-thread run that loses a core
-waits at every barrier, easily 10x slower): each block records the cores other processes used while
-it ran (``other_processes_cores``, from /proc/stat less this process's time) and a block above
+from the next one), ``warmup`` runs again and ``repeat`` timed runs in a row, as a training loop
+calls them; the median is reported and every sample kept in the JSON. On a shared machine other
+processes take cores from the threads being timed (a 2-thread run that loses a core waits at every
+barrier, easily 10x slower): each block records the cores other processes used while it ran
+(``other_processes_cores``, from /proc/stat less this process's time) and a block above
 the cores the peer leaves free plus ``QUIET_CORES`` is run again, up to ``retries`` times, keeping
 the quietest (``attempts`` says how many blocks ran, ``disturbed`` whether even the kept one was); the load
 average before and after the whole run is in the metadata.

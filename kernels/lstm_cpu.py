@@ -5,9 +5,9 @@ apply the gates (shared scalar math in activations.py) and run backwards for the
 Conventions (lengths, reverse, truncate, clip) and the two ways to split the work (``loops``,
 ``blas``: cpu_variants.py) as in ``elman_cpu.py``, and a third that the gated cells (LSTM, GRU)
 share, for small batches and large weights (``units``: the hidden units shared among the threads at
-every step); the per-step
-clipping acts on the whole backpropagated state gradient (dL/dh_t, dL/dc_t). Twins: ``lstm_cuda.py``
-(the units variant is CPU-only: it changes which thread does what, not the arguments).
+every step); the per-step clipping acts on the whole backpropagated state gradient (dL/dh_t,
+dL/dc_t). Twins: ``lstm_cuda.py`` (the units variant is CPU-only: it changes which thread does what,
+not the arguments).
 """
 import numpy as np
 from numba import njit, prange

@@ -770,7 +770,7 @@ UNITS = [  # (T, B, H, num_layers, bidirectional, lengths, options): D = 3, O = 
 def test_units_variant_matches_reference(cell, case, monkeypatch):
     """The gated cells' units variant (the hidden units shared among the threads at every step, each
     thread packing its own columns of the weight; GPUBPTT_CPU_VARIANT=units): the reference's
-    outputs, states and gradients, with sequences past their end, truncation and clipping (whose norm
+    outputs, states (LSTM's cells too), final states and gradients, with sequences past their end, truncation and clipping (whose norm
     sums over every thread's units), and every kernel of every layer and direction taken by it."""
     import importlib
 
@@ -792,14 +792,17 @@ def test_units_variant_matches_reference(cell, case, monkeypatch):
     params, x, s0, d = make_problem(T, B, 3, H, 2, dtype=np.float32, seed=case, cell=cell, **structure)
     before = numba.get_num_threads()
     numba.set_num_threads(2)
+    outputs = dict(return_state=True, return_cells=cell == "lstm")  # C and the final (h, c) past the ends
     try:
-        Y, S = gpubptt.forward(params, x, s0, cell, backend="cpu", lengths=lengths, **structure)
+        got = gpubptt.forward(params, x, s0, cell, backend="cpu", lengths=lengths, **structure, **outputs)
         L, g = gpubptt.bptt(params, x, d, s0, cell, backend="cpu", lengths=lengths, **structure, **options)
     finally:
         numba.set_num_threads(before)
-    rY, rS = gpubptt.forward(params, x, s0, cell, backend="reference", lengths=lengths, **structure)
-    assert_close(Y, rY, TOLERANCE["float32"], "Y")
-    assert_close(S, rS, TOLERANCE["float32"], "S")
+    want = gpubptt.forward(params, x, s0, cell, backend="reference", lengths=lengths, **structure, **outputs)
+    names = ["Y", "S"] + (["C"] if cell == "lstm" else []) + ["final state"]
+    assert len(got) == len(want) == len(names)
+    for name, a, b in zip(names, got, want):
+        assert_close(a, b, TOLERANCE["float32"], name)
     assert_bptt_as_reference(L, g, np.float32, params, x, d, s0, cell, lengths=lengths, **structure, **options)
     runs = num_layers * (2 if bidirectional else 1)
     assert sorted(calls) == ["_backward_units_kernel"] * runs + ["_forward_units_kernel"] * 2 * runs

@@ -51,13 +51,27 @@ def compare(cell, out, loss, steps, shape, dtype, s0=True, num_layers=1, bidirec
         params["Ws"] *= 0.5  # keep a linear or ReLU recurrence from growing over 600 steps
     tol = TOLERANCE[np.dtype(dtype).name]
     kw = dict(structure, lengths=lengths)
-    Y, S = gpubptt.forward(params, x, s0_, cell, out, backend="cpu", **kw)
-    rY, rS = gpubptt.forward(params, x, s0_, cell, out, backend="reference", **kw)
-    assert Y.dtype == S.dtype == dtype
-    assert_close(Y, rY, tol, "Y")
-    assert_close(S, rS, tol, "S")
+    got = forward_outputs(params, x, s0_, cell, out, backend="cpu", **kw)
+    assert got[0].dtype == got[1].dtype == dtype
+    assert_forward_as_reference(got, tol, params, x, s0_, cell, out, **kw)
     L, g = gpubptt.bptt(params, x, d, s0_, cell, out, loss, steps, backend="cpu", **kw, **options)
     assert_bptt_as_reference(L, g, dtype, params, x, d, s0_, cell, out, loss, steps, **kw, **options)
+
+
+def forward_outputs(*args, **kwargs):
+    """gpubptt.forward's outputs with the final state and, for LSTM, the cells: Y, S, C and the final
+    state read the steps past each sequence's end, which Y, S and the gradients do not."""
+    lstm = (args[3] if len(args) > 3 else kwargs.get("cell", "tanh")) == "lstm"
+    return gpubptt.forward(*args, return_state=True, return_cells=lstm, **kwargs)
+
+
+def assert_forward_as_reference(got, tol, *args, **kwargs):
+    """``got`` (from ``forward_outputs``) as the reference backend gives it for the same call."""
+    want = forward_outputs(*args, backend="reference", **kwargs)
+    names = ["Y", "S", "C", "final state"] if len(want) == 4 else ["Y", "S", "final state"]
+    assert len(got) == len(want)
+    for name, a, r in zip(names, got, want):
+        assert_close(a, r, tol, name)
 
 
 def assert_bptt_as_reference(L, g, dtype, *args, **kwargs):
@@ -123,14 +137,9 @@ def test_elman_forward_from_input(fused, bias, monkeypatch):
                                         bidirectional=bidirectional)
         kw = dict(num_layers=2, bidirectional=bidirectional, lengths=lengths)
         tol = TOLERANCE["float64"]
-        for name, ours, ref in zip(("Y", "S"), gpubptt.forward(params, x, s0, backend="cpu", **kw),
-                                   gpubptt.forward(params, x, s0, backend="reference", **kw)):
-            assert_close(ours, ref, tol, name)
+        assert_forward_as_reference(forward_outputs(params, x, s0, backend="cpu", **kw), tol, params, x, s0, **kw)
         L, g = gpubptt.bptt(params, x, d, s0, backend="cpu", **kw)
-        rL, rg = gpubptt.bptt(params, x, d, s0, backend="reference", **kw)
-        assert_close(L, rL, tol, "L")
-        for k in rg:
-            assert_close(g[k], rg[k], tol, f"d{k}")
+        assert_bptt_as_reference(L, g, np.float64, params, x, d, s0, **kw)
     # fused, in forward and again in bptt: both unidirectional layers, then the bidirectional layer 0's
     # two directions (layer 1 there has two input parts: U first)
     assert ran == ([0, 0, 0, 0, 0, 1, 0, 1] if fused else [])
@@ -792,17 +801,12 @@ def test_units_variant_matches_reference(cell, case, monkeypatch):
     params, x, s0, d = make_problem(T, B, 3, H, 2, dtype=np.float32, seed=case, cell=cell, **structure)
     before = numba.get_num_threads()
     numba.set_num_threads(2)
-    outputs = dict(return_state=True, return_cells=cell == "lstm")  # C and the final (h, c) past the ends
     try:
-        got = gpubptt.forward(params, x, s0, cell, backend="cpu", lengths=lengths, **structure, **outputs)
+        got = forward_outputs(params, x, s0, cell, backend="cpu", lengths=lengths, **structure)
         L, g = gpubptt.bptt(params, x, d, s0, cell, backend="cpu", lengths=lengths, **structure, **options)
     finally:
         numba.set_num_threads(before)
-    want = gpubptt.forward(params, x, s0, cell, backend="reference", lengths=lengths, **structure, **outputs)
-    names = ["Y", "S"] + (["C"] if cell == "lstm" else []) + ["final state"]
-    assert len(got) == len(want) == len(names)
-    for name, a, b in zip(names, got, want):
-        assert_close(a, b, TOLERANCE["float32"], name)
+    assert_forward_as_reference(got, TOLERANCE["float32"], params, x, s0, cell, lengths=lengths, **structure)
     assert_bptt_as_reference(L, g, np.float32, params, x, d, s0, cell, lengths=lengths, **structure, **options)
     runs = num_layers * (2 if bidirectional else 1)
     assert sorted(calls) == ["_backward_units_kernel"] * runs + ["_forward_units_kernel"] * 2 * runs

@@ -21,9 +21,9 @@ SHAPES = [  # (T, B, D, H, O)
 @pytest.fixture(params=["loops", "blas", "blas-pieces"])
 def variant(request, monkeypatch):
     """The two ways every cell's CPU kernels split their work (kernels/cpu_variants.py; the gated cells'
-    third, units, is tested on its own below), forced in turn; the blas
-    variant also with its step products in pieces smaller than a thread's share: on one thread, the
-    whole batch its share, in pieces of B - 1 rows (a last piece shorter than the others from B = 3)."""
+    third, units, is tested on its own below), forced in turn; the blas variant also with its step
+    products in pieces smaller than a thread's share: on one thread, the whole batch its share, in
+    pieces of B - 1 rows (a last piece shorter than the others from B = 3)."""
     import numba
 
     from gpubptt.kernels import cpu_variants
@@ -779,8 +779,9 @@ UNITS = [  # (T, B, H, num_layers, bidirectional, lengths, options): D = 3, O = 
 def test_units_variant_matches_reference(cell, case, monkeypatch):
     """The gated cells' units variant (the hidden units shared among the threads at every step, each
     thread packing its own columns of the weight; GPUBPTT_CPU_VARIANT=units): the reference's
-    outputs, states (LSTM's cells too), final states and gradients, with sequences past their end, truncation and clipping (whose norm
-    sums over every thread's units), and every kernel of every layer and direction taken by it."""
+    outputs, states (LSTM's cells too), final states and gradients, with sequences past their end,
+    truncation and clipping (whose norm sums over every thread's units), and every kernel of every layer
+    and direction taken by it."""
     import importlib
 
     import numba

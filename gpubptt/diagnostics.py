@@ -36,10 +36,10 @@ import numpy as np
 
 from . import engine, reference
 from .arrays import check_float_array, check_float_type, check_int, check_shape, to_host, xp_of
+from .checkpoint import check_output_file
 from .losses import loss_and_output_grad, loss_mask
 from .model import _Call
 from .params import check_params, check_recurrent_weight, gate_rows, gates, layer_suffixes, structure_of
-from .checkpoint import check_output_file
 from .report import FIGURE_FORMATS, option_error, save_figure
 
 __all__ = ["contributions", "Contributions", "fit_rate", "spectral_radius", "with_spectral_radius",

@@ -60,12 +60,12 @@ def _stamped(base):
 
 
 def _install():
+    if DIGEST is None or getattr(config, "CACHE_LOCATOR_CLASSES", None):  # files unread; the user's locators
+        return False
     # (numba 0.68 names them UserProvidedCacheLocator, ...; 0.61 _UserProvidedCacheLocator, ...)
     names = ("UserProvidedCacheLocator", "InTreeCacheLocator", "UserWideCacheLocator")
     bases = [getattr(caching, n, None) or getattr(caching, "_" + n, None) for n in names]
     classes = getattr(getattr(caching, "CacheImpl", None), "_locator_classes", None)
-    if DIGEST is None or getattr(config, "CACHE_LOCATOR_CLASSES", None):  # files unread; the user's locators
-        return False
     if None in bases or not isinstance(classes, list):  # pragma: no cover - another Numba
         return False
     if not any(getattr(c, "__module__", None) == __name__ for c in classes):  # (once per process)

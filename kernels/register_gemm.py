@@ -220,9 +220,9 @@ def packed(W):
 
 @njit(cache=True)
 def pack(W, out):
-    """``packed`` into out [N/COLUMNS·K, COLUMNS], from a kernel (the units variant of LSTM and GRU: each thread
-    packs its columns, which then lie in its own core's caches). Blocks of columns packed one after
-    the other are the packing of those columns side by side."""
+    """``packed`` into out [N/COLUMNS·K, COLUMNS], from a kernel (the units variant of LSTM and GRU:
+    each thread packs its columns, which then lie in its own core's caches). Blocks of columns packed
+    one after the other are the packing of those columns side by side."""
     K, N = W.shape
     for j in range(0, N - N % COLUMNS, COLUMNS):
         for k in range(K):

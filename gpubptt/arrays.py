@@ -125,7 +125,7 @@ class ValueChecks:
         self._add((name, a, where, where_text, None))
 
     def within(self, name, a, low, high, where=None, where_text=""):
-        """Every (marked) integer of ``a`` in [low, high)."""
+        """Every (marked) integer of ``a`` in [low, high) (high None: no upper bound)."""
         self._add((name, a, where, where_text, (low, high)))
 
     @staticmethod
@@ -169,8 +169,9 @@ class ValueChecks:
         for (name, _, _, where_text, bounds), result in zip(queue, results):
             if bounds is None and not result[0]:
                 raise NonFiniteError(f"{name}: contains NaN or Inf{where_text}")
-            if bounds is not None and (result[0] < bounds[0] or result[1] >= bounds[1]):
-                raise ValueError(f"{name}: values must lie in [{bounds[0]}, {bounds[1] - 1}]{where_text}, "
+            if bounds is not None and (result[0] < bounds[0] or bounds[1] is not None and result[1] >= bounds[1]):
+                expected = f"be >= {bounds[0]}" if bounds[1] is None else f"lie in [{bounds[0]}, {bounds[1] - 1}]"
+                raise ValueError(f"{name}: values must {expected}{where_text}, "
                                  f"got values in [{int(result[0])}, {int(result[1])}]")
 
 
@@ -211,13 +212,36 @@ def check_shape(name, a, names, shape):
 
 def check_int_array(name, a, names, shape, low, high, where=None, where_text="", checks=None):
     """Validate an integer array's dtype, shape and that every value (or every one ``where`` marks)
-    lies in [low, high); ``where``, ``where_text``, ``checks`` as in ``check_float_array``."""
+    lies in [low, high) (high None: no upper bound); ``where``, ``where_text``, ``checks`` as in
+    ``check_float_array``."""
     check_type(name, a)
     if a.dtype.kind not in "iu":
         raise TypeError(f"{name}: expected an integer dtype, got {a.dtype}")
     check_shape(name, a, names, shape)
     (ValueChecks(immediate=True) if checks is None else checks).within(name, a, low, high, where, where_text)
     return a
+
+
+def check_per_sequence(name, values, B, low, high, most=None):
+    """Integers, one per sequence, each in [low, high) (high None: no upper bound), from a list, tuple,
+    NumPy or CuPy array [B]: an int32 NumPy array (a copy), values above ``most`` made ``most``.
+    ``lengths`` and per-sequence ``loss_steps`` come this way."""
+    if isinstance(values, (list, tuple)):
+        if any(isinstance(v, (bool, np.bool_)) for v in values):  # NumPy would make True a 1
+            raise TypeError(f"{name}: expected integers, got a bool in {values!r}")
+        try:
+            values = np.asarray(values)
+        except ValueError:
+            raise TypeError(f"{name}: expected a flat list or array of B integers, got {values!r}") from None
+        if values.dtype.kind not in "iu":
+            raise TypeError(f"{name}: expected integers, got values of dtype {values.dtype}")
+    if not hasattr(values, "dtype") or isinstance(values, np.generic):  # np.int64(3): one number
+        raise TypeError(f"{name}: expected a list or array of B = {B} integers, got {type(values).__name__} "
+                        f"{values!r}")
+    check_type(name, values)
+    check_int_array(name, values, ("B",), (B,), low, high)
+    values = to_host(values)
+    return np.array(values if most is None else np.minimum(values, most), dtype=np.int32)
 
 
 def check_int(name, value, low=1, allow_none=False):

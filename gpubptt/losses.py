@@ -5,11 +5,12 @@ Used by the ``cpu`` and ``cuda`` backends; ``reference.py`` spells the same form
 ``squared``:        L = (1/B) Σ_b Σ_{t in steps} Σ_o (d - Y)^2    (the seed's E_t, summed)
 ``cross_entropy``:  L = (1/B) Σ_b Σ_{t in steps} -log Y[t,b,d[t,b]]  (Y = softmax(Z); log-sum-exp)
 The steps in the loss (``loss_steps``) of a sequence of length n (T without ``lengths``):
-``"all"`` every step t < n; ``"last"`` only t = n - 1 (many-to-one); an int k: the last k steps.
+``"all"`` every step t < n; ``"last"`` only t = n - 1 (many-to-one); an int k: the last k steps;
+one int k per sequence (TBPTT's windows over sequences of their own lengths): its last k steps.
 """
 OUTPUT_ACTIVATIONS = ("identity", "tanh", "sigmoid", "softmax")
 LOSSES = ("squared", "cross_entropy")
-LOSS_STEPS = ("all", "last")  # or a positive int k
+LOSS_STEPS = ("all", "last")  # or a positive int k, or one int k >= 0 per sequence
 
 
 def output_activation(Z, name, xp):
@@ -30,12 +31,12 @@ def loss_mask(T, lengths, loss_steps, dtype, xp):
     """[T,B] of 1 where step t of sequence b is in the loss, else 0 (``lengths`` [B] on xp's device)."""
     t = xp.arange(T, dtype=lengths.dtype)[:, None]
     n = lengths[None, :]
-    if loss_steps == "all":
-        keep = t < n
-    elif loss_steps == "last":
-        keep = t == n - 1
-    else:
+    if isinstance(loss_steps, int):  # the last k steps
         keep = (t < n) & (t >= n - loss_steps)
+    elif isinstance(loss_steps, str):
+        keep = t < n if loss_steps == "all" else t == n - 1
+    else:  # the last k steps, one k per sequence (a NumPy array [B])
+        keep = (t < n) & (t >= n - xp.asarray(loss_steps)[None, :])
     return keep.astype(dtype)
 
 

@@ -8,8 +8,8 @@ import numbers
 import numpy as np
 
 from . import engine, reference
-from .arrays import (ValueChecks, check_bool, check_choice, check_float_array, check_int, check_int_array, check_type,
-                     to_device, to_host, xp_of)
+from .arrays import (ValueChecks, check_bool, check_choice, check_float_array, check_int, check_int_array,
+                     check_per_sequence, to_device, to_host, xp_of)
 from .backend import BACKENDS, resolve
 from .clipping import check_threshold
 from .losses import LOSS_STEPS, LOSSES, OUTPUT_ACTIVATIONS, loss_and_output_grad, loss_mask
@@ -71,8 +71,9 @@ def bptt(params, x, d, s0=None, cell="tanh", output_activation="identity", loss=
     d           [T,B,O] desired outputs for loss="squared"; integer classes [T,B] for
                 loss="cross_entropy" (which needs output_activation="softmax"); read only at the
                 steps in the loss, so padding elsewhere (-100, NaN) is accepted
-    loss_steps  "all" every step, "last" each sequence's last step only (many-to-one), or an int k:
-                the last k steps of each sequence (k >= its length: all of them)
+    loss_steps  "all" every step, "last" each sequence's last step only (many-to-one), an int k:
+                the last k steps of each sequence (k >= its length: all of them), or one int k >= 0
+                per sequence [B] (a list or an array; 0: none of that sequence)
     truncate    k: gradient does not flow back across the start of each chunk of k steps (the state
                 does flow forward); None: full BPTT
     clip_step   c: the article's clipping, at every step the gradient reaching the state (per
@@ -121,10 +122,12 @@ class _Call:
         check_choice("backend", backend, BACKENDS)
         if bptt:
             check_choice("loss", loss, LOSSES)
-            if isinstance(loss_steps, (str, bool)) or not isinstance(loss_steps, numbers.Integral) or loss_steps < 1:
-                if loss_steps not in LOSS_STEPS:
-                    raise ValueError(f"loss_steps: expected 'all', 'last' or a positive integer k (the last k steps), "
-                                     f"got {loss_steps!r}")
+            per_sequence = isinstance(loss_steps, (list, tuple)) or getattr(loss_steps, "ndim", 0) == 1
+            if not per_sequence and (isinstance(loss_steps, (str, bool)) or not isinstance(loss_steps, numbers.Integral)
+                                     or loss_steps < 1):
+                if not (isinstance(loss_steps, str) and loss_steps in LOSS_STEPS):
+                    raise ValueError(f"loss_steps: expected 'all', 'last', a positive integer k (the last k steps) "
+                                     f"or one integer k >= 0 per sequence [B], got {loss_steps!r}")
             if loss == "cross_entropy" and output_activation != "softmax":
                 raise ValueError(
                     f"loss='cross_entropy' needs output_activation='softmax', got output_activation={output_activation!r}"
@@ -153,9 +156,11 @@ class _Call:
             check_float_array(name, a, names, shape, dtype, checks=checks)
         if state_step is not None and state_step > T:
             raise ValueError(f"state_step: expected 1..T = 1..{T}, got {state_step}")
-        self.lengths_host = self._lengths(lengths, T, B)
+        self.lengths_host = None if lengths is None else check_per_sequence("lengths", lengths, B, 1, T + 1)
         if bptt:
-            if isinstance(loss_steps, numbers.Integral):
+            if per_sequence:  # k >= T: every step; 0: none
+                loss_steps = check_per_sequence("loss_steps", loss_steps, B, 0, None, most=T)
+            elif isinstance(loss_steps, numbers.Integral):
                 loss_steps = min(int(loss_steps), T)  # k >= T: every step
             if truncate is not None:
                 truncate = min(truncate, T)  # k >= T: no chunk starts inside the sequence (full BPTT)
@@ -200,7 +205,7 @@ class _Call:
         keep = None
         if loss_at is not None:  # (loss_at > T keeps nothing: the caller reports that step)
             keep = loss_mask(T, xp.full(B, min(loss_at, T + 1), np.int32), "last", bool, xp)
-        elif self.lengths_host is not None or loss_steps != "all":
+        elif self.lengths_host is not None or not isinstance(loss_steps, str) or loss_steps != "all":
             lengths = xp.full(B, T, np.int32) if self.lengths_host is None else xp.asarray(self.lengths_host)
             keep = loss_mask(T, lengths, loss_steps, bool, xp)
         where_text = "" if keep is None else " at the steps in the loss"
@@ -212,27 +217,6 @@ class _Call:
         if keep is not None:
             d = xp.where(keep if loss == "cross_entropy" else keep[..., None], d, 0).astype(d.dtype)
         return d
-
-    @staticmethod
-    def _lengths(lengths, T, B):
-        """Validated lengths as an int32 NumPy array [B], or None."""
-        if lengths is None:
-            return None
-        if isinstance(lengths, (list, tuple)):
-            if any(isinstance(v, (bool, np.bool_)) for v in lengths):  # NumPy would make True a 1
-                raise TypeError(f"lengths: expected integers, got a bool in {lengths!r}")
-            try:
-                lengths = np.asarray(lengths)
-            except ValueError:
-                raise TypeError(f"lengths: expected a flat list or array of B integers, got {lengths!r}") from None
-            if lengths.dtype.kind not in "iu":
-                raise TypeError(f"lengths: expected integers, got values of dtype {lengths.dtype}")
-        if not hasattr(lengths, "dtype") or isinstance(lengths, np.generic):  # np.int64(3): one number
-            raise TypeError(f"lengths: expected a list or array of B = {B} integers, got {type(lengths).__name__} "
-                            f"{lengths!r}")
-        check_type("lengths", lengths)
-        check_int_array("lengths", lengths, ("B",), (B,), 1, T + 1)
-        return np.asarray(to_host(lengths), dtype=np.int32)
 
     def pack_states(self, states):
         """Per-layer-and-direction states -> the structure of s0 (copies, on the compute device)."""

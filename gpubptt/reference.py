@@ -79,7 +79,7 @@ def in_loss(t, length, loss_steps):
         return True
     if loss_steps == "last":
         return t == length - 1
-    return t >= length - loss_steps  # the last k steps
+    return t >= length - loss_steps  # the last k steps (the sequence's own k where there is one per sequence)
 
 
 # --- one step of one cell, forward and backward, for one sample ---------------------------------
@@ -247,7 +247,7 @@ def bptt(params, x, d, states0, cell="tanh", output_activation="identity", loss=
         # the loss and dL/d(output of the top layer) at every step
         d_top = [np.zeros(dirs * H) for _ in range(T)]
         for t in range(T):
-            if not in_loss(t, lengths[b], loss_steps):
+            if not in_loss(t, lengths[b], int(loss_steps[b]) if isinstance(loss_steps, np.ndarray) else loss_steps):
                 continue
             if loss == "cross_entropy":
                 c, z = int(d[t, b]), Z[t, b]

@@ -204,6 +204,28 @@ def test_loss_steps_k_is_the_loss_of_the_last_k_steps(backend):
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_loss_steps_per_sequence_are_each_sequence_own_last_k(backend):
+    """One k per sequence (TBPTT's windows over sequences of their own lengths): each sequence's own
+    last k steps, 0 none of them, k past its length all of them; one k for all is the int k."""
+    params, x, s0, d = make_problem(6, 3, 2, 4, 2, cell="gru", seed=5)
+    lengths, ks = [6, 2, 4], [3, 0, 7]
+    Y, _ = gpubptt.forward(params, x, s0, "gru", backend=backend, lengths=lengths)
+    L, g = gpubptt.bptt(params, x, d, s0, "gru", loss_steps=ks, backend=backend, lengths=lengths)
+    expected = sum(((d[t, b] - Y[t, b]) ** 2).sum() for b, n in enumerate(lengths) for t in range(max(0, n - ks[b]), n))
+    assert L == pytest.approx(expected / 3, rel=1e-12)
+    # each sequence alone (B = 1, its rows up to its length), the batch's gradient their mean
+    first = gpubptt.bptt(params, x[:6, :1], d[:6, :1], s0[:1], "gru", loss_steps=3, backend=backend)[1]
+    third = gpubptt.bptt(params, x[:4, 2:], d[:4, 2:], s0[2:], "gru", loss_steps="all", backend=backend)[1]
+    for k in params:
+        assert_close(g[k], (first[k] + third[k]) / 3, 1e-12, k)
+    one = gpubptt.bptt(params, x, d, s0, "gru", loss_steps=np.array([2, 2, 2]), backend=backend, lengths=lengths)
+    two = gpubptt.bptt(params, x, d, s0, "gru", loss_steps=2, backend=backend, lengths=lengths)
+    assert one[0] == two[0] and all(np.array_equal(one[1][k], two[1][k]) for k in params)
+    none = gpubptt.bptt(params, x, d, s0, "gru", loss_steps=[0, 0, 0], backend=backend, lengths=lengths)
+    assert none[0] == 0 and not any(np.any(none[1][k]) for k in params)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
 @pytest.mark.parametrize("cell", ["tanh", "lstm"])
 def test_returned_state_carries_a_sequence_across_chunks(cell, backend):
     kw = dict(num_layers=2)

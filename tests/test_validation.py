@@ -521,7 +521,7 @@ def test_unknown_choice(which, arg, value, choices):
         ("loss", "mse", "'squared', 'cross_entropy'"),
         ("loss", "crossentropy", "'cross_entropy'"),
         ("loss", None, "'squared'"),
-        ("loss_steps", "first", "'all', 'last' or a positive integer"),
+        ("loss_steps", "first", "'all', 'last', a positive integer"),
     ],
 )
 def test_unknown_loss_choice(arg, value, choices):
@@ -869,7 +869,8 @@ def test_lengths_as_list_or_any_integer_dtype_work(backend, wrap, structure):
 
 @pytest.mark.parametrize("backend", HOST_BACKENDS)
 @pytest.mark.parametrize("loss", ["squared", "cross_entropy"])
-@pytest.mark.parametrize("lengths,loss_steps", [([T, 2], "all"), (None, "last"), (None, 2), ([T, 3], 1)])
+@pytest.mark.parametrize("lengths,loss_steps", [([T, 2], "all"), (None, "last"), (None, 2), ([T, 3], 1),
+                                                ([T, 3], (2, 0))])
 def test_targets_outside_the_loss_are_not_read(backend, loss, lengths, loss_steps):
     """Where a step is outside the loss (past a sequence's length, or before its last loss_steps), d is
     never read: padding there (-100 classes, NaN) gives the loss and gradients of any valid value,
@@ -881,7 +882,7 @@ def test_targets_outside_the_loss_are_not_read(backend, loss, lengths, loss_step
     else:
         pad = np.nan
     n = np.full(B, T) if lengths is None else np.array(lengths)
-    k = {"all": T, "last": 1}.get(loss_steps, loss_steps)
+    k = np.array(loss_steps) if isinstance(loss_steps, tuple) else {"all": T, "last": 1}.get(loss_steps, loss_steps)
     t = np.arange(T)[:, None]
     outside = (t >= n) | (t < n - k)
     assert outside.any() and not outside.all()
@@ -1117,6 +1118,20 @@ def test_bad_loss_steps(value):
     params, x, d, s0 = make()
     expect_error(ValueError, ["loss_steps:", "'all', 'last'", "positive int", f"got {value!r}"],
                  run, "bptt", params, x, d, s0, loss_steps=value)
+
+
+@pytest.mark.parametrize("value,error,fragments", [
+    ([1, 2, 3], ValueError, ["expected shape [B] = (2,), got (3,)"]),
+    (np.array([[1, 2]]), ValueError, ["one integer k >= 0 per sequence [B]", "got array([[1, 2]])"]),
+    ([2, -1], ValueError, ["values must be >= 0, got values in [-1, 2]"]),
+    ([1.0, 2.0], TypeError, ["expected integers, got values of dtype float64"]),
+    (np.array([1.0, 2.0]), TypeError, ["expected an integer dtype, got float64"]),
+    ([True, 1], TypeError, ["expected integers, got a bool in [True, 1]"]),
+    ([[1], [2, 3]], TypeError, ["expected a flat list or array of B integers"]),
+], ids=repr)
+def test_bad_loss_steps_per_sequence(value, error, fragments):
+    params, x, d, s0 = make()
+    expect_error(error, ["loss_steps:", *fragments], run, "bptt", params, x, d, s0, loss_steps=value)
 
 
 @pytest.mark.parametrize("which", ["forward", "bptt"])

@@ -13,6 +13,9 @@ so the state flows forward across windows while the gradient stops at each windo
 k1 = k2 = T (the default, ``tbptt=None``) there is one window per batch: full BPTT, exactly. For a
 task whose loss is at the last step only (``adding``), the windows before the last have nothing to
 learn from: the state is carried through them by ``forward`` and only the last window is a step.
+A batch of sequences of their own lengths runs the windows of the 'all' plan, each with the
+lengths and per-sequence loss steps of ``window_lengths``: a window without a step in the loss only
+carries the state forward, and the batch ends once every sequence has ended.
 
 Everything a run needs to continue goes into the checkpoint (``gpubptt.checkpoint``): parameters,
 optimizer state, the data generator's state at the start of the current batch, the window reached
@@ -38,8 +41,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import checkpoint as ckpt
-from .arrays import (NonFiniteError, check_bool, check_choice, check_int, check_type, is_device_array, to_device,
-                     to_host, xp_of)
+from .arrays import (NonFiniteError, check_bool, check_choice, check_int, check_per_sequence, check_type,
+                     is_device_array, to_device, to_host, xp_of)
 from .backend import resolve
 from .clipping import check_threshold
 from .losses import LOSSES
@@ -118,6 +121,21 @@ def tbptt_windows(T, tbptt, loss_steps):
     return [w for w in merged if not (w[2] == 0 and w[3] == w[0])]  # forward-only over nothing
 
 
+def window_lengths(lengths, start, end, new, loss_steps):
+    """(lengths, loss_steps) [B] for bptt over the TBPTT window [start, end) of a batch of sequences of
+    their own ``lengths``, the window's last ``new`` steps being those no window before it had: each
+    sequence's steps in the window (at least 1: one that ended before the window runs a step there,
+    outside the loss), and how many of the last of them are in the loss: its steps among the new ones
+    (``loss_steps`` 'all'), or its last step where that is one of them ('last')."""
+    W = end - start
+    inside = np.clip(lengths - start, 0, W)
+    if loss_steps == "all":
+        steps = np.maximum(inside - (W - new), 0)
+    else:
+        steps = ((lengths - 1 >= end - new) & (lengths - 1 < end)).astype(np.int32)
+    return np.maximum(inside, 1).astype(np.int32), steps.astype(np.int32)
+
+
 def build_model(config, seed=None, backend="auto"):
     """An ``RNN`` from ``RNN.config()`` output."""
     return RNN(seed=seed, backend=backend, **config)
@@ -134,8 +152,8 @@ class _Window:
 
     def bptt(self, x, d, s0, loss_k, state_step, lengths=None):
         """(L, grads, state after state_step steps of x from s0; None when state_step is None).
-        ``lengths``: the sequences' lengths, for a batch that is one window (full BPTT)."""
-        loss_steps = "all" if loss_k == x.shape[0] else loss_k
+        ``lengths``: the sequences' lengths in the window; ``loss_k`` an int, or one per sequence."""
+        loss_steps = loss_k if isinstance(loss_k, np.ndarray) or loss_k != x.shape[0] else "all"
         kwargs = dict(s0=s0, loss=self.loss, loss_steps=loss_steps, clip_step=self.clip_step)
         if lengths is not None:
             kwargs["lengths"] = lengths
@@ -352,9 +370,6 @@ class Trainer:
                 loss = "cross_entropy" if self.data.first[1].dtype.kind in "iu" else "squared"
             self.loss = check_choice("loss", loss, LOSSES)
             self.loss_steps = "all" if loss_steps is None else check_choice("loss_steps", loss_steps, ("all", "last"))
-            if isinstance(self.data, _ListData):  # a stream's batches are checked as they come
-                for i, b in enumerate(self.data.batches):
-                    self._check_lengths_fit(b, f"task_or_batches[{i}]")
 
         # the backend, the model's and the data's device, the optimizer
         named = {f"model.params[{k!r}]": v for k, v in model.params.items()}
@@ -425,11 +440,6 @@ class Trainer:
         if held:
             raise ValueError(f"out: {self.out} already holds {' and '.join(held)} (with no checkpoint to resume); a "
                              "new run would overwrite them: choose another directory, or remove them first")
-
-    def _check_lengths_fit(self, batch, name):
-        if self.tbptt and batch[2] is not None:
-            raise ValueError(f"tbptt: batches with lengths train by full BPTT (a window past a sequence's end "
-                             f"would hold none of it), got tbptt={self.tbptt} and lengths in {name}")
 
     def _check_task_fits(self):
         t, m = self.task, self.model
@@ -518,10 +528,10 @@ class Trainer:
     def _draw_batch(self):
         self.batch_state = self.data.get_state()
         x, d, lengths = self.data.next()
-        if isinstance(self.data, _StreamData):
-            self._check_lengths_fit((x, d, lengths), self.data.name())
         self.batch = (self.xp.asarray(x), self.xp.asarray(d), lengths) if self.xp is not np else (x, d, lengths)
-        self.plan = tbptt_windows(x.shape[0], self.tbptt, self.loss_steps)
+        # with lengths, a sequence's last step may lie in any window: each window's own steps decide
+        windowed = self.tbptt and lengths is not None
+        self.plan = tbptt_windows(x.shape[0], self.tbptt, "all" if windowed else self.loss_steps)
         self.window = 0
         self.carry = None
 
@@ -534,7 +544,16 @@ class Trainer:
             x, d, lengths = self.batch
             state_step = None if next_start is None else next_start - start
             try:
-                if loss_k == 0:
+                if self.tbptt and lengths is not None:
+                    T, B = x.shape[:2]
+                    lengths = check_per_sequence("lengths", lengths, B, 1, T + 1)
+                    # every sequence ended before the window's new steps: no loss here or later, the batch is done
+                    if lengths.max() <= end - loss_k:
+                        self._next_window(None)
+                        continue
+                    lengths, loss_k = window_lengths(lengths, start, end, loss_k, self.loss_steps)
+                    loss_k = loss_k if loss_k.any() else 0  # no sequence has a step of this window in the loss
+                if not np.any(loss_k):
                     self.carry = self.window_runner.advance(x[start:next_start], self.carry)
                     self._next_window(next_start)
                     continue
@@ -547,15 +566,20 @@ class Trainer:
                 raise type(e)(f"{self.data.name()} (at step {self.step + 1}): {e}") from None
             info = self.optimizer.step(grads, clip_norm=self.clip_norm, clip_value=self.clip_value)
             self.step += 1
-            # the log's loss: per step in the loss (with lengths, of the mean length; 'last': one a sequence)
-            per = loss_k if lengths is None or self.loss_steps == "last" else float(lengths.mean())
+            # the log's loss: per step in the loss (with lengths: of the mean length, in a window the mean
+            # steps in the loss; 'last': one a sequence, in a window those whose last step it holds)
+            if isinstance(loss_k, np.ndarray):
+                per = float(loss_k.mean())
+            else:
+                per = loss_k if lengths is None or self.loss_steps == "last" else float(lengths.mean())
             self.pending.append((self.step, L, per, info, self.clock.elapsed()))
             self.carry = state
             self._next_window(next_start)
             return
 
     def _next_window(self, next_start):
-        self.window += 1
+        """On to the plan's next window; None: the batch is done."""
+        self.window = self.window + 1 if next_start is not None else len(self.plan)
         if self.window == len(self.plan):
             self.batch, self.plan, self.carry = None, None, None
 
@@ -743,7 +767,7 @@ def train(model, task_or_batches, steps, *, batch_size=32, optimizer="adam", lr=
     task_or_batches  a task name ('sine', 'adding', 'copy', 'text' needs a Task made with its file),
                      a ``gpubptt.tasks.Task``, or a list of (x [T,B,D], d) batches used in turn,
                      each also as (x, d, lengths [B]) for sequences of their own lengths (as in
-                     ``bptt``; full BPTT only, so not with tbptt); or any other iterable of such
+                     ``bptt``; with tbptt, ``window_lengths``); or any other iterable of such
                      batches, read one per step as it comes (a DataLoader-like object is read
                      again when it ends; a generator that ends ends the run: ``ran_out``); a
                      resumed run reads it from the start and skips the batches already used

@@ -94,6 +94,82 @@ def test_tbptt_k1_lt_k2_matches_windows_by_hand():
     assert params_equal(m.params, ref.params)
 
 
+def _tbptt_by_sequence(params, x, d, lengths, tbptt, loss_steps, lr):
+    """TBPTT(k1, k2) of one batch of sequences of their own lengths, each sequence run alone (B = 1, no
+    lengths: its rows up to its end) and the batch's gradient their mean: SGD on a copy of params.
+    Returns (params, logged losses): one update for each window where some sequence has a step in the
+    loss, those being its steps among the window's new ones ('all') or its last step ('last')."""
+    params = {k: v.copy() for k, v in params.items()}
+    T, B = x.shape[:2]
+    states, losses = [None] * B, []
+    for start, end, new, next_start in tbptt_windows(T, tbptt, "all"):
+        upto = end if next_start is None else next_start  # where the state carried on is taken
+        if loss_steps == "all":
+            steps = [max(0, min(n, end) - (end - new)) for n in lengths]
+        else:
+            steps = [int(end - new <= n - 1 < end) for n in lengths]
+        total, L = {k: np.zeros_like(v) for k, v in params.items()}, 0.0
+        for b, n in enumerate(lengths):
+            if n <= start:
+                continue  # ended before this window: no loss, no state to carry on
+            xb, db = x[start:min(end, n), b:b + 1], d[start:min(end, n), b:b + 1]
+            carried = min(upto, n) - start
+            if steps[b]:
+                Lb, g, state = gpubptt.bptt(params, xb, db, states[b], loss_steps=steps[b], return_state=True,
+                                            state_step=carried, backend="cpu")
+                L += float(Lb) / B
+                for k in total:
+                    total[k] += g[k] / B
+            else:
+                state = gpubptt.forward(params, xb[:carried], states[b], return_state=True, backend="cpu")[2]
+            states[b] = state
+        if any(steps):
+            for k in params:
+                params[k] = params[k] - lr * total[k]
+            losses.append(L / np.mean(steps))
+    return params, losses
+
+
+@pytest.mark.parametrize("tbptt", [(3, 3), (3, 5), (4, 4)])
+@pytest.mark.parametrize("loss_steps", ["all", "last"])
+def test_tbptt_with_lengths_is_each_sequence_alone_window_by_window(tbptt, loss_steps):
+    """TBPTT over sequences of their own lengths: in each window a sequence has its steps up to its
+    end, its loss on its steps among the window's new ones (or on its last step where the window
+    has it), the state carried from its own previous window; a window where no sequence has a step
+    in the loss is no update, and the batch ends once every sequence has. Padding (NaN) is never read."""
+    rng = np.random.default_rng(5)
+    T, B = 11, 4
+    lengths = np.array([11, 7, 2, 5])
+    x = rng.standard_normal((T, B, 1))
+    d = rng.standard_normal((T, B, 1))
+    for b, n in enumerate(lengths):
+        x[n:, b], d[n:, b] = np.nan, np.nan
+        if loss_steps == "last":
+            d[:n - 1, b] = np.nan
+    m = small_model()
+    expected, losses = _tbptt_by_sequence(m.params, x, d, lengths, tbptt, loss_steps, 0.1)
+    x = np.nan_to_num(x, nan=1e3)  # x past an end is read (the state stays put there), never used
+    r = train(m, [(x, d, lengths)], len(losses), loss_steps=loss_steps, tbptt=tbptt, optimizer="sgd", lr=0.1,
+              log_every=1, progress=False)
+    for k in expected:
+        np.testing.assert_allclose(m.params[k], expected[k], rtol=1e-12, atol=1e-14)
+    assert [h["loss"] for h in r.history if "loss" in h] == pytest.approx(losses, rel=1e-12)
+
+
+@pytest.mark.parametrize("loss_steps", ["all", "last"])
+def test_tbptt_with_lengths_of_t_is_tbptt_without_them(loss_steps):
+    task = gpubptt.tasks.make_task("sine" if loss_steps == "all" else "adding", seq_len=10, dtype=np.float64)
+    batches = [task.batch(np.random.default_rng(i), 3) for i in range(2)]
+    runs = []
+    for with_lengths in (False, True):
+        m = small_model(D=task.input_size)
+        data = [(x, d, np.full(3, 10)) if with_lengths else (x, d) for x, d in batches]
+        train(m, data, 6 if loss_steps == "all" else 2, loss_steps=loss_steps, tbptt=(3, 5), optimizer="sgd",
+              lr=0.1, progress=False)
+        runs.append(m.params)
+    assert params_equal(*runs)
+
+
 def test_clip_step_and_gated_cells_reach_bptt():
     """clip_step goes to bptt's per-time-step clipping: one step equals bptt(clip_step=c) + an update."""
     task = gpubptt.tasks.make_task("sine", seq_len=8, dtype=np.float64)
@@ -154,6 +230,23 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, stop, structure)
         np.testing.assert_array_equal(a[0][k], b[0][k], err_msg=k)
     steps_logged = [r["step"] for r in map(json.loads, open(tmp_path / "b" / "metrics.jsonl")) if "loss" in r]
     assert steps_logged == list(range(1, 11))
+
+
+def test_tbptt_over_lengths_resumed_inside_a_batch_is_bit_identical(tmp_path):
+    """The windows of a batch of sequences of their own lengths, stopped between two of them: the
+    resumed run carries the checkpoint's state into the next window and ends where the straight one does."""
+    rng = np.random.default_rng(2)
+    batches = [(rng.standard_normal((10, 3, 1)), rng.standard_normal((10, 3, 1)), lengths)
+               for lengths in ([10, 4, 7], [2, 9, 5])]
+    common = dict(optimizer="adam", lr=0.01, tbptt=(3, 3), progress=False)
+    straight = small_model()
+    train(straight, batches, 9, out=tmp_path / "a", **common)
+    first = train(small_model(), batches, 9, out=tmp_path / "b", callback=_interrupt_at(2), **common)
+    assert first.interrupted and first.steps == 2
+    assert ckpt.load(tmp_path / "b")[1]["position"]["in_batch"]  # stopped between two windows of a batch
+    resumed = small_model(seed=99)
+    train(resumed, batches, 9, out=tmp_path / "b", resume=True, **common)
+    assert params_equal(resumed.params, straight.params)
 
 
 def test_ctrl_c_without_out_stops_cleanly():
@@ -623,15 +716,15 @@ def test_a_bad_batch_from_an_iterable_is_named_by_its_place():
     wide = (rng.standard_normal((5, 2, 2)), good[1])
     with pytest.raises(ValueError, match=r"^task_or_batches' batch 2 \(at step 3\): x: expected shape"):
         train(small_model(), iter([good, good, wide]), 3, progress=False)
-    with pytest.raises(ValueError, match=r"tbptt: batches with lengths train by full BPTT .* lengths in "
-                                         r"task_or_batches' batch 1"):
-        train(small_model(), iter([good, (*good, np.array([5, 3]))]), 4, tbptt=(2, 2), progress=False)  # 3 windows a batch
+    with pytest.raises(ValueError, match=r"^task_or_batches' batch 1 \(at step 4\): lengths: values must lie in "
+                                         r"\[1, 5\], got values in \[3, 6\]$"):  # checked before TBPTT's windows
+        train(small_model(), iter([good, (*good, np.array([6, 3]))]), 4, tbptt=(2, 2), progress=False)  # 3 windows a batch
 
 
 def test_batches_with_lengths_train_as_bptt_with_those_lengths():
     """A list of (x, d, lengths) batches (pairs may sit among them) steps the optimizer with
     bptt(x, d, lengths=lengths), exactly as a hand-written loop; padding past the lengths (-100) is
-    never read; the logged loss is per step of the mean length; tbptt with lengths is refused."""
+    never read; the logged loss is per step of the mean length."""
     rng = np.random.default_rng(1)
     T, B, O = 7, 3, 4
     x = [rng.standard_normal((T, B, 1)) for _ in range(2)]
@@ -653,8 +746,6 @@ def test_batches_with_lengths_train_as_bptt_with_those_lengths():
     whole = small_model(O=O, out="softmax")
     train(whole, [(x[0], np.where(d[0] < 0, 0, d[0])), (x[1], d[1])], 4, optimizer="sgd", lr=0.1, progress=False)
     assert not params_equal(whole.params, by_train.params)  # the lengths did something
-    with pytest.raises(ValueError, match=r"tbptt: batches with lengths train by full BPTT.*got tbptt=\(3, 3\)"):
-        train(small_model(O=O, out="softmax"), batches, 1, tbptt=(3, 3), progress=False)
     with pytest.raises(ValueError, match=r"lengths: expected shape \[B\] = \(3,\), got \(2,\)"):
         train(small_model(O=O, out="softmax"), [(x[0], d[1], [1, 2])], 1, progress=False)
     with pytest.raises(ValueError, match=r"task_or_batches\[0\]: lengths: expected one integer per sequence \[B\], "

@@ -262,7 +262,8 @@ def check_dtype(name, dtype):
     except (TypeError, ValueError):
         found = None
     if found is None or found not in FLOAT_DTYPES:  # (np.dtype('float64') == None is True)
-        raise TypeError(f"{name}: expected float32 or float64, got {dtype!r}")
+        shown = dtype.__name__ if isinstance(dtype, type) else repr(dtype)  # np.float16, not <class '...'>
+        raise TypeError(f"{name}: expected float32 or float64, got {shown}")
     return found
 
 

@@ -193,7 +193,7 @@ def with_spectral_radius(params, radius, cell="tanh"):
     ``params`` is validated as ``bptt`` validates it, for the layers and directions its keys name
     ('Ws'; 'Ws_l0', 'Ws_l1', ...; with '_reverse' ones: bidirectional; ``params.structure_of``).
     ``radius`` must lie in the range of normal numbers of params' dtype, and the rescaled Ws must
-    stay finite in it."""
+    stay finite in it; a block of spectral radius 0 (zero or nilpotent) is refused."""
     num_layers, bidirectional = structure_of(params) if isinstance(params, Mapping) else (1, False)
     dtype = check_params(params, cell, num_layers, bidirectional)[4]
     if isinstance(radius, bool) or not isinstance(radius, numbers.Real) or not radius > 0:
@@ -209,9 +209,11 @@ def with_spectral_radius(params, radius, cell="tanh"):
         for k in range(gates(cell)):
             block = Ws[k * H:(k + 1) * H]
             now = spectral_radius(block, "tanh")  # one H×H block
-            if now > 0:
-                with np.errstate(over="ignore", invalid="ignore"):  # refused just below, with the reason
-                    block *= radius / now
+            if not now > 0:
+                raise ValueError(f"params[{key!r}]: a gate block has spectral radius 0 (a zero or nilpotent block), "
+                                 f"which no scaling brings to {radius!r}")
+            with np.errstate(over="ignore", invalid="ignore"):  # refused just below, with the reason
+                block *= radius / now
         if not bool(xp_of({key: Ws}).isfinite(Ws).all()):
             raise ValueError(f"radius: {radius!r} rescales params[{key!r}] past what {dtype} holds "
                              f"(entries of a gate block far larger than its spectral radius overflow)")
@@ -501,6 +503,11 @@ def main(args):
         i = N - k
         row = f"{i:>6} {k:>5} {dS[i - 1]:>13.4e}" + (f" {dc[i - 1]:>13.4e}" if lstm else "")
         print(row + f" {np.sqrt((dWs[i - 1] ** 2).sum()):>22.4e}")
+    overflowed = int((~np.isfinite(dS)).sum())
+    if overflowed:
+        hint = f"; --dtype float64 holds up to {np.finfo(np.float64).max:.3g}" if dtype != np.float64 else ""
+        print(f"note: {overflowed} of the {N} norms are not finite: the states or the gradient overflowed "
+              f"{dtype.name} (largest {np.finfo(dtype).max:.3g}){hint}")
     rate, scale, used = fit_rate(dS)
     print(f"fitted rate per step: {rate:.4g}  (‖dE_N/dS_i‖ ≈ {scale:.3g} · {rate:.4g}^(N−i), least squares over "
           f"{used} of {N} steps): {_verdict(rate)}")

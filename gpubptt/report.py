@@ -26,13 +26,14 @@ from .checkpoint import check_output_file, write_atomically
 def option_error(command, error, args, python_names=None):
     """Print ``error`` as the command's (``gpubptt COMMAND: error: ...``); a message that begins with the
     Python argument an option became names the option instead (``--batch:`` rather than
-    ``batch_size:``). ``args``: the parsed options; ``python_names``: {option's dest: Python name} where
-    the two differ."""
+    ``batch_size:``), without the Python argument's "or None" (an option left out, not a value to
+    give). ``args``: the parsed options; ``python_names``: {option's dest: Python name} where the two
+    differ."""
     text = str(error)
     name, colon, rest = text.partition(":")
     option = {python: option for option, python in (python_names or {}).items()}.get(name, name)
     if colon and getattr(args, option, None) is not None:
-        text = f"--{option.replace('_', '-')}:{rest}"
+        text = f"--{option.replace('_', '-')}:{rest.replace(' or None, got', ', got')}"
     print(f"gpubptt {command}: error: {text}", file=sys.stderr)
 
 

@@ -124,6 +124,11 @@ def _fresh(args):
     return model, task, out, {}
 
 
+def _shown(saved):
+    """A checkpoint's setting as a conflict message gives it: 'none' for one it does not have."""
+    return "none" if saved is None else saved
+
+
 def _resumed(args):
     from . import checkpoint as ckpt
     from .tasks import task_from_config
@@ -143,7 +148,7 @@ def _resumed(args):
         given = getattr(args, opt)
         saved = saved_model.get(key, 1 if key == "num_layers" else None)
         if given is not None and given != saved:
-            conflicts.append(f"--{opt} {given} (the checkpoint has {saved})")
+            conflicts.append(f"--{opt} {given} (the checkpoint has {_shown(saved)})")
     hyper = meta["optimizer"]["hyper"]
     for opt, saved in (("task", saved_task["name"]), ("seq_len", saved_task["seq_len"]),
                        ("delay", saved_task.get("delay")), ("batch", saved_train["batch_size"]),
@@ -151,12 +156,13 @@ def _resumed(args):
                        ("momentum", hyper.get("momentum")), ("nesterov", hyper.get("nesterov"))):
         given = getattr(args, opt)
         if given is not None and given != saved:
-            conflicts.append(f"--{opt.replace('_', '-')} {given} (the checkpoint has {saved})")
+            conflicts.append(f"--{opt.replace('_', '-')} {given} (the checkpoint has {_shown(saved)})")
     if args.text is not None and os.path.abspath(args.text) != saved_task.get("path"):
         conflicts.append(f"--text {args.text} (the checkpoint has {saved_task.get('path')})")
     tbptt = saved_train["tbptt"]
     if args.tbptt is not None and list(args.tbptt) != tbptt:
-        conflicts.append(f"--tbptt {' '.join(map(str, args.tbptt))} (the checkpoint has {tbptt})")
+        saved = " ".join(map(str, tbptt)) if tbptt else "none: full BPTT"
+        conflicts.append(f"--tbptt {' '.join(map(str, args.tbptt))} (the checkpoint has {saved})")
     if conflicts:
         raise UsageError(f"--resume {args.resume}: options differ from the checkpoint: {'; '.join(conflicts)}")
     model = build_model(saved_model, backend=_value(args, "backend"))

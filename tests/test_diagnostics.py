@@ -2,6 +2,7 @@
 ``gpubptt diagnose`` command."""
 import math
 import os
+import re
 import warnings
 
 import numpy as np
@@ -157,6 +158,11 @@ def test_spectral_radius_per_gate_block_and_rescaling():
     assert scaled["Wx_l0"] is params["Wx_l0"]
     with pytest.raises(ValueError, match=r"radius: expected a positive number, got -1"):
         with_spectral_radius(params, -1, "lstm")
+    zero = dict(params, Ws_l1=params["Ws_l1"].copy())
+    zero["Ws_l1"][6:9] = 0  # the g gate's block
+    with pytest.raises(ValueError, match=r"^params\['Ws_l1'\]: a gate block has spectral radius 0 \(a zero or "
+                                         r"nilpotent block\), which no scaling brings to 1.5$"):
+        with_spectral_radius(zero, 1.5, "lstm")
     # a gated Ws taken for an Elman one (the default cell) would be read as its first gate block alone
     with pytest.raises(ValueError, match=r"^Ws: expected shape \[H,H\] = \(3, 3\) \(H = its width\) for cell='tanh', "
                                          r"got \(12, 3\): \[4H,H\] is the weight of cell='lstm'$"):
@@ -420,6 +426,18 @@ def test_diagnose_explodes_past_radius_one(capsys):
     assert "exploding" in out and float(out.split("fitted rate per step: ")[1].split()[0]) > 1
 
 
+def test_diagnose_says_when_float32_overflows(capsys):
+    """Norms past float32's range print as inf/nan; the run says why and what holds them."""
+    argv = ["diagnose", "--cell", "identity", "--seq-len", "100", "--hidden", "8", "--spectral-radius", "3",
+            "--backend", "cpu"]
+    assert main(argv + ["--dtype", "float32"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"note: \d+ of the 100 norms are not finite: the states or the gradient overflowed float32 "
+                     r"\(largest 3.4e\+38\); --dtype float64 holds up to 1.8e\+308", out), out
+    assert main(argv) == 0  # float64 (the default) holds them
+    assert "note:" not in capsys.readouterr().out
+
+
 def test_diagnose_without_matplotlib_prints_the_table_and_says_how(tmp_path, capsys, monkeypatch):
     import builtins
 
@@ -439,7 +457,7 @@ def test_diagnose_without_matplotlib_prints_the_table_and_says_how(tmp_path, cap
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--step", "0"], "--step: expected a positive integer or None, got 0"),
+    (["--step", "0"], "--step: expected a positive integer, got 0"),
     (["--seq-len", "5", "--step", "6"], "--step: expected 1..T = 1..5, got 6"),
     (["--spectral-radius", "-1"], "--spectral-radius: expected a positive number, got -1.0"),
     (["--hidden", "0"], "--hidden: expected a positive integer, got 0"),

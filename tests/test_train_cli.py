@@ -73,6 +73,10 @@ def test_tbptt_and_resume_from_the_command_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "gpubptt train: error: --resume" in err and "options differ from the checkpoint" in err
     assert "--hidden 8 (the checkpoint has 4)" in err and "--seed 3 (the checkpoint has 0)" in err
+    assert main(["train", "--resume", out, "--steps", "7", "--delay", "3", "--layers", "1"]) == 2
+    err = capsys.readouterr().err  # a setting the checkpoint does not have, in words (not Python's None)
+    assert "--delay 3 (the checkpoint has none)" in err and "None" not in err
+    assert "--layers" not in err  # (one layer is what the checkpoint has)
 
 
 def test_resume_can_switch_clipping_off_but_not_change_the_optimizer(tmp_path, capsys):
@@ -82,6 +86,8 @@ def test_resume_can_switch_clipping_off_but_not_change_the_optimizer(tmp_path, c
     capsys.readouterr()
     assert main(["train", "--resume", out, "--steps", "5", "--momentum", "0", "--quiet"]) == 2
     assert "--momentum 0.0 (the checkpoint has 0.9)" in capsys.readouterr().err
+    assert main(["train", "--resume", out, "--steps", "5", "--tbptt", "2", "2", "--quiet"]) == 2
+    assert "--tbptt 2 2 (the checkpoint has none: full BPTT)" in capsys.readouterr().err
     assert main(["train", "--resume", out, "--steps", "5", "--clip-norm", "off", "--clip-step", "off", "--quiet"]) == 0
     meta = ckpt.load(out)[1]
     assert (meta["step"], meta["train"]["clip_norm"], meta["train"]["clip_value"], meta["train"]["clip_step"]) \

@@ -600,8 +600,9 @@ def test_init_params_refuses_a_bias_or_dtype_it_would_misread(make):
     """bias='no' would keep the biases and bias=None drop them; dtype=None would mean float64."""
     for bias in ("no", None, 0):
         expect_error(TypeError, ["bias:", "True or False", f"got {bias!r}"], make, D, H, O, bias=bias)
-    for dtype in (None, "bogus", np.float16):
-        expect_error(TypeError, ["dtype:", "float32 or float64", f"got {dtype!r}"], make, D, H, O, dtype=dtype)
+    for dtype, shown in ((None, "None"), ("bogus", "'bogus'"), (np.float16, "float16"), (np.dtype("float16"),
+                                                                                       "dtype('float16')")):
+        expect_error(TypeError, ["dtype:", "float32 or float64", f"got {shown}"], make, D, H, O, dtype=dtype)
     made = make(D, H, O, bias=np.False_, seed=0)
     assert not gpubptt.params.has_bias(made if isinstance(made, dict) else made.params)
 

@@ -51,6 +51,7 @@ from .optim import OPTIMIZERS, Optimizer, make_optimizer
 from .report import Clock, MetricsLog, Progress, finite_or_none, plot
 from .tasks import TASKS, Task, encode, make_task, one_hot, task_from_config
 
+DEFAULT_BATCH_SIZE = 32  # sequences per batch drawn from a task
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "training.png"
 
@@ -315,15 +316,23 @@ def _carry_from_arrays(arrays, kind, xp):
 class Trainer:
     """One training run; ``train()`` builds it and calls ``run()``. Attributes are the run's state."""
 
-    def __init__(self, model, task_or_batches, steps, batch_size=32, optimizer="adam", lr=None,
+    def __init__(self, model, task_or_batches, steps, batch_size=None, optimizer="adam", lr=None,
                  optimizer_options=None, clip_norm=None, clip_value=None, clip_step=None, tbptt=None, loss=None,
-                 loss_steps=None, seed=0, out=None, resume=False, checkpoint_every=None, eval_every=None, log_every=10,
+                 loss_steps=None, seed=None, out=None, resume=False, checkpoint_every=None, eval_every=None, log_every=10,
                  progress=True, callback=None):
         if not isinstance(model, RNN):
             raise TypeError(f"model: expected a gpubptt.RNN, got {type(model).__name__}")
         self.model = model
         self.total = check_int("steps", steps)
-        self.batch_size = check_int("batch_size", batch_size)
+        own = not isinstance(task_or_batches, (str, Task))  # one's own batches: a task's settings do not apply
+        for name, value, why in (("batch_size", batch_size, "one's own batches come as they are"),
+                                 ("seed", seed, "one's own batches are drawn by no generator of ours (the model "
+                                                "carries its own initialisation)"),
+                                 ("eval_every", eval_every, "one's own batches have no test set (evaluate in a "
+                                                            "callback)")):
+            if own and value is not None:
+                raise ValueError(f"{name}: applies to a task's batches; {why}, got {name}={value!r}")
+        self.batch_size = check_int("batch_size", DEFAULT_BATCH_SIZE if batch_size is None else batch_size)
         self.clip_norm = check_threshold("clip_norm", clip_norm)
         self.clip_value = check_threshold("clip_value", clip_value)
         self.clip_step = check_threshold("clip_step", clip_step)
@@ -331,16 +340,13 @@ class Trainer:
         if self.tbptt and model.bidirectional:
             raise ValueError(f"tbptt: a bidirectional model reads each sequence whole (its reverse direction starts "
                              f"at the end), got tbptt={self.tbptt} for a bidirectional model")
-        self.seed = check_int("seed", seed, low=0)
+        self.seed = check_int("seed", 0 if seed is None else seed, low=0)
         self.progress_enabled = check_bool("progress", progress)
         check_bool("resume", resume)
         if callback is not None and not callable(callback):
             raise TypeError(f"callback: expected a function of (step, trainer) or None, got {callback!r}")
         self.checkpoint_every = check_int("checkpoint_every", checkpoint_every, allow_none=True)
         self.eval_every = check_int("eval_every", eval_every, allow_none=True)
-        if self.eval_every is not None and not isinstance(task_or_batches, (str, Task)):
-            raise ValueError(f"eval_every: evaluates on a task's test set; one's own batches have none (evaluate in a "
-                             f"callback), got eval_every={eval_every!r}")
         self.log_every = check_int("log_every", log_every)
         self.callback = callback
         self.out = None if out is None else ckpt.check_directory("out", out, writable=True)
@@ -759,8 +765,8 @@ class Trainer:
         )
 
 
-def train(model, task_or_batches, steps, *, batch_size=32, optimizer="adam", lr=None, optimizer_options=None,
-          clip_norm=None, clip_value=None, clip_step=None, tbptt=None, loss=None, loss_steps=None, seed=0, out=None,
+def train(model, task_or_batches, steps, *, batch_size=None, optimizer="adam", lr=None, optimizer_options=None,
+          clip_norm=None, clip_value=None, clip_step=None, tbptt=None, loss=None, loss_steps=None, seed=None, out=None,
           resume=False, checkpoint_every=None, eval_every=None, log_every=10, progress=True, callback=None):
     """Train ``model`` (a ``gpubptt.RNN``, its parameters updated in place) for ``steps`` optimizer steps.
 
@@ -771,7 +777,7 @@ def train(model, task_or_batches, steps, *, batch_size=32, optimizer="adam", lr=
                      batches, read one per step as it comes (a DataLoader-like object is read
                      again when it ends; a generator that ends ends the run: ``ran_out``); a
                      resumed run reads it from the start and skips the batches already used
-    batch_size       sequences per batch (tasks only)
+    batch_size       sequences per batch of a task (default DEFAULT_BATCH_SIZE; not with one's own batches)
     optimizer        'sgd', 'adam', 'adagrad' or an ``Optimizer`` made for ``model.params``;
                      lr None takes the optimizer's default (on resume, the checkpoint's lr);
                      optimizer_options e.g. {'momentum': 0.9}
@@ -783,7 +789,8 @@ def train(model, task_or_batches, steps, *, batch_size=32, optimizer="adam", lr=
     loss             for a list of batches: 'squared' or 'cross_entropy' (default from d's dtype)
     loss_steps       for a list of batches: 'all' (default) or 'last', each sequence's last step alone
                      (many-to-one; d elsewhere is not read, as in ``bptt``); a task brings its own
-    seed             the data generator's seed (the model carries its own initialisation)
+    seed             the seed of a task's data generator (default 0; not with one's own batches: the model
+                     carries its own initialisation)
     out              directory for checkpoint.npz, metrics.jsonl, training.png (None: nothing written); a
                      new run refuses one that holds another run's (resume, or remove them)
     resume           continue from the checkpoint in ``out`` (same model shape, task, data and optimizer

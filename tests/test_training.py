@@ -545,7 +545,8 @@ def test_an_update_that_overflows_the_parameters_is_a_divergence_not_a_bad_batch
         with np.errstate(over="ignore", invalid="ignore"), \
                 pytest.raises(FloatingPointError, match=r"^the run diverged: after the update of step 1, "
                                                         r"model\.params\['\w+'\]: contains NaN or Inf"):
-            train(small_model(dtype=np.float32), data, 3, batch_size=2, optimizer="sgd", lr=1e38, progress=False)
+            train(small_model(dtype=np.float32), data, 3, batch_size=2 if data is task else None, optimizer="sgd",
+                  lr=1e38, progress=False)
     m = small_model(dtype=np.float32)
     m.params["Ws"][0, 0] = np.nan
     with pytest.raises(ValueError, match=r"^model\.params\['Ws'\]: contains NaN or Inf$"):
@@ -612,8 +613,11 @@ def test_training_on_a_list_of_batches():
         train(m, [batches[0], batches[1] + (None, None)], 4, progress=False)
     with pytest.raises(TypeError, match=r"task_or_batches: expected a task name .* got dict"):
         train(m, {"x": 1}, 4, progress=False)
-    with pytest.raises(ValueError, match=r"eval_every: evaluates on a task's test set; one's own batches have none"):
-        train(m, batches, 4, eval_every=1, progress=False)
+    for name, value, why in (("eval_every", 1, "one's own batches have no test set"),
+                             ("batch_size", 8, "one's own batches come as they are"),
+                             ("seed", 0, "one's own batches are drawn by no generator of ours")):
+        with pytest.raises(ValueError, match=rf"^{name}: applies to a task's batches; {why}.*, got {name}={value}$"):
+            train(m, batches, 4, progress=False, **{name: value})  # a task's setting, not silently ignored
     with pytest.raises(TypeError, match=r"task_or_batches\[1\]: x: expected a NumPy or CuPy array, got list"):
         train(m, [batches[0], (batches[1][0].tolist(), batches[1][1])], 4, progress=False)
     with pytest.raises(TypeError, match=r"task_or_batches\[0\]: d: expected a NumPy or CuPy array, got list"):

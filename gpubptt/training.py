@@ -318,8 +318,8 @@ class Trainer:
 
     def __init__(self, model, task_or_batches, steps, batch_size=None, optimizer="adam", lr=None,
                  optimizer_options=None, clip_norm=None, clip_value=None, clip_step=None, tbptt=None, loss=None,
-                 loss_steps=None, seed=None, out=None, resume=False, checkpoint_every=None, eval_every=None, log_every=10,
-                 progress=True, callback=None):
+                 loss_steps=None, seed=None, out=None, resume=False, checkpoint_every=None, eval_every=None,
+                 log_every=10, progress=True, callback=None):
         if not isinstance(model, RNN):
             raise TypeError(f"model: expected a gpubptt.RNN, got {type(model).__name__}")
         self.model = model

@@ -180,16 +180,20 @@ def launched(monkeypatch):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("variant", ["simple", "tiled", "cooperative"])
 @pytest.mark.parametrize("cell", ["tanh", "lstm", "gru"])
-@pytest.mark.parametrize("H,options", [
-    (300, dict(bidirectional=True, lengths=[7, 3, 5], truncate=3, clip_step=0.05)),
-    (64, dict()),
+@pytest.mark.parametrize("H,B,options", [
+    (300, 3, dict(bidirectional=True, lengths=[7, 3, 5], truncate=3, clip_step=0.05)),
+    (64, 3, dict()),
+    # H not a multiple of 32 and a batch that leaves the last tile of 4 sequences part-empty
+    (33, 5, dict(lengths=[7, 3, 5, 1, 6], clip_step=0.05)),
 ])
-def test_variants_on_the_gpu_match_reference(cell, variant, H, options, dtype, monkeypatch, launched):
+def test_variants_on_the_gpu_match_reference(cell, variant, H, B, options, dtype, monkeypatch, launched):
     if variant == "tiled" and H == 300:
         pytest.skip("Ws with H = 300 does not fit in one block's shared memory (H = 64 runs the tiled "
                     "kernels, the LSTM's above 48 KiB)")
     monkeypatch.setenv(cb.VARIANT_ENV, variant)
-    params, x, s0, d = make_problem(7, 3, 4, H, 2, dtype=dtype, seed=5, cell=cell,
+    if B == 5:  # tiles of 4 sequences, the second with one (the rule would give tiles of 1 on a large GPU)
+        monkeypatch.setattr(cb, "TILES", (4,))
+    params, x, s0, d = make_problem(7, B, 4, H, 2, dtype=dtype, seed=5, cell=cell,
                                     bidirectional=options.get("bidirectional", False))
     tol = TOLERANCE[np.dtype(dtype).name]
     L, g = gpubptt.bptt(params, x, d, s0, cell, backend="cuda", **options)
@@ -197,6 +201,8 @@ def test_variants_on_the_gpu_match_reference(cell, variant, H, options, dtype, m
     assert {p.variant for p in launched} == {variant}, launched
     if variant == "cooperative" and H == 300:
         assert all(p.blocks > 1 for p in launched), launched  # a real multi-block grid sync
+    if variant == "tiled" and B == 5:
+        assert all(p.tile == 4 and p.blocks == 2 for p in launched), launched
     assert_close(L, rL, tol, "L")
     for k in rg:
         assert_close(g[k], rg[k], tol, f"d{k}")

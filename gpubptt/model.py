@@ -123,11 +123,11 @@ class _Call:
         if bptt:
             check_choice("loss", loss, LOSSES)
             per_sequence = isinstance(loss_steps, (list, tuple)) or getattr(loss_steps, "ndim", 0) == 1
-            if not per_sequence and (isinstance(loss_steps, (str, bool)) or not isinstance(loss_steps, numbers.Integral)
-                                     or loss_steps < 1):
-                if not (isinstance(loss_steps, str) and loss_steps in LOSS_STEPS):
-                    raise ValueError(f"loss_steps: expected 'all', 'last', a positive integer k (the last k steps) "
-                                     f"or one integer k >= 0 per sequence [B], got {loss_steps!r}")
+            named = isinstance(loss_steps, str) and loss_steps in LOSS_STEPS
+            one_k = isinstance(loss_steps, numbers.Integral) and not isinstance(loss_steps, bool) and loss_steps >= 1
+            if not (per_sequence or named or one_k):
+                raise ValueError(f"loss_steps: expected 'all', 'last', a positive integer k (the last k steps) "
+                                 f"or one integer k >= 0 per sequence [B], got {loss_steps!r}")
             if loss == "cross_entropy" and output_activation != "softmax":
                 raise ValueError(
                     f"loss='cross_entropy' needs output_activation='softmax', got output_activation={output_activation!r}"

@@ -79,7 +79,7 @@ def in_loss(t, length, loss_steps):
         return True
     if loss_steps == "last":
         return t == length - 1
-    return t >= length - loss_steps  # the last k steps (the sequence's own k where there is one per sequence)
+    return t >= length - loss_steps  # the last k steps
 
 
 # --- one step of one cell, forward and backward, for one sample ---------------------------------
@@ -246,8 +246,9 @@ def bptt(params, x, d, states0, cell="tanh", output_activation="identity", loss=
     for b in range(B):
         # the loss and dL/d(output of the top layer) at every step
         d_top = [np.zeros(dirs * H) for _ in range(T)]
+        steps = int(loss_steps[b]) if isinstance(loss_steps, np.ndarray) else loss_steps  # its own k, if one each
         for t in range(T):
-            if not in_loss(t, lengths[b], int(loss_steps[b]) if isinstance(loss_steps, np.ndarray) else loss_steps):
+            if not in_loss(t, lengths[b], steps):
                 continue
             if loss == "cross_entropy":
                 c, z = int(d[t, b]), Z[t, b]

@@ -133,7 +133,7 @@ def window_lengths(lengths, start, end, new, loss_steps):
     if loss_steps == "all":
         steps = np.maximum(inside - (W - new), 0)
     else:
-        steps = ((lengths - 1 >= end - new) & (lengths - 1 < end)).astype(np.int32)
+        steps = (lengths - 1 >= end - new) & (lengths - 1 < end)
     return np.maximum(inside, 1).astype(np.int32), steps.astype(np.int32)
 
 
